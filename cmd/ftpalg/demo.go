@@ -1,0 +1,3 @@
+package main
+
+func demoCmd(args []string) error { return nil }

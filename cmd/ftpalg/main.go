@@ -1,0 +1,47 @@
+// Command ftpalg is a firewall-aware FTP proxy and application-layer gateway.
+//
+//	ftpalg demo                         see the problem and the fix on loopback
+//	ftpalg run --upstream HOST:PORT ... relay FTP to a server, rewriting data-channel addresses
+//	ftpalg version
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `ftpalg — firewall-aware FTP proxy / application-layer gateway
+
+Usage:
+  ftpalg demo [--keep-going]     run a server, the proxy and a client on loopback and show the rewrite
+  ftpalg run [flags]             run the proxy (ftpalg run --help lists the flags)
+  ftpalg version                 print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = runCmd(os.Args[2:])
+	case "demo":
+		err = demoCmd(os.Args[2:])
+	case "version", "--version", "-v":
+		fmt.Println("ftpalg", version)
+	case "help", "--help", "-h":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "ftpalg: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ftpalg:", err)
+		os.Exit(1)
+	}
+}

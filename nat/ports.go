@@ -1,0 +1,102 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+)
+
+// PortRange is an inclusive range of TCP ports for data connections. The
+// zero range means "any port the kernel picks".
+type PortRange struct{ Lo, Hi uint16 }
+
+// ParsePortRange parses "LO-HI" (or a single port, or "0" for any).
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, found := strings.Cut(strings.TrimSpace(s), "-")
+	if !found {
+		hi = lo
+	}
+	l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	h, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil {
+		return PortRange{}, fmt.Errorf("nat: port range %q: want LO-HI with ports 1..65535", s)
+	}
+	if l == 0 && h == 0 {
+		return PortRange{}, nil
+	}
+	if l == 0 || l > h {
+		return PortRange{}, fmt.Errorf("nat: port range %q: want 1 <= LO <= HI <= 65535", s)
+	}
+	return PortRange{Lo: uint16(l), Hi: uint16(h)}, nil
+}
+
+func (r PortRange) String() string {
+	if r.Lo == 0 {
+		return "any"
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+// Size is the number of ports in the range (0 for "any").
+func (r PortRange) Size() int {
+	if r.Lo == 0 {
+		return 0
+	}
+	return int(r.Hi) - int(r.Lo) + 1
+}
+
+// ErrNoPort is returned when every port of the range is in use.
+var ErrNoPort = errors.New("nat: no free data port in range")
+
+// Ports hands out listening sockets on ports of a range. It rotates through
+// the range instead of reusing the lowest free port, so a port just closed
+// (with a pinhole possibly still draining) is not handed out again at once.
+type Ports struct {
+	r    PortRange
+	next atomic.Uint32
+}
+
+// NewPorts returns an allocator for r.
+func NewPorts(r PortRange) *Ports {
+	p := &Ports{r: r}
+	if n := r.Size(); n > 0 {
+		p.next.Store(uint32(rand.IntN(n)))
+	}
+	return p
+}
+
+// Range returns the allocator's range.
+func (p *Ports) Range() PortRange { return p.r }
+
+// Listen opens a TCP listener on ip and a free port of the range.
+func (p *Ports) Listen(ip netip.Addr) (*net.TCPListener, netip.AddrPort, error) {
+	n := p.r.Size()
+	if n == 0 {
+		return listen(netip.AddrPortFrom(ip, 0))
+	}
+	for range n {
+		port := p.r.Lo + uint16(p.next.Add(1)%uint32(n))
+		ln, ap, err := listen(netip.AddrPortFrom(ip, port))
+		if err == nil {
+			return ln, ap, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, netip.AddrPort{}, err
+		}
+	}
+	return nil, netip.AddrPort{}, fmt.Errorf("%w %s on %s", ErrNoPort, p.r, ip)
+}
+
+func listen(ap netip.AddrPort) (*net.TCPListener, netip.AddrPort, error) {
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+	if err != nil {
+		return nil, netip.AddrPort{}, err
+	}
+	return ln, ln.Addr().(*net.TCPAddr).AddrPort(), nil
+}

@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ftpalg/ftpalg/nat"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// firewallTimeout bounds one call into the firewall backend.
+const firewallTimeout = 5 * time.Second
+
+// dataOffer is a data connection the proxy has announced and waits for: a
+// listener that accepts exactly one connection, from exactly one address,
+// within the accept timeout, behind a pinhole that lives as long as the
+// listener. Passive mode: the client connects and the proxy dials the
+// server's data port. Active mode: the server connects and the proxy dials
+// the address the client announced.
+type dataOffer struct {
+	s       *Session
+	passive bool
+	ln      *net.TCPListener
+	local   netip.AddrPort // where the proxy listens
+	peer    netip.Addr     // the only address allowed to connect
+	target  netip.AddrPort // where the proxy dials once it has
+	from    netip.Addr     // the proxy's address to dial from
+	pinhole rules.Pinhole
+	once    sync.Once
+}
+
+// openOffer listens on listenIP, opens the pinhole for peer and starts
+// waiting for the connection. It does not touch s.mu, so callers may hold it.
+func (s *Session) openOffer(passive bool, listenIP, peer netip.Addr, target netip.AddrPort, from netip.Addr) (*dataOffer, error) {
+	ln, local, err := s.srv.ports.Listen(listenIP)
+	if err != nil {
+		return nil, err
+	}
+	o := &dataOffer{s: s, passive: passive, ln: ln, local: local, peer: peer.Unmap(), target: target, from: from}
+	o.pinhole = rules.Pinhole{Proto: rules.ProtoTCP, Peer: o.peer, Local: local,
+		Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
+	ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
+	err = s.srv.cfg.Firewall.Open(ctx, o.pinhole)
+	cancel()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s.log.Debug("data offer open", zap.Bool("passive", passive), zap.Stringer("listen", local),
+		zap.Stringer("peer", o.peer), zap.Stringer("target", target))
+	s.data.Add(1)
+	go o.accept()
+	return o, nil
+}
+
+// accept waits for the one data connection and hands it to transfer.
+func (o *dataOffer) accept() {
+	s := o.s
+	defer s.data.Done()
+	o.ln.SetDeadline(time.Now().Add(s.srv.cfg.DataAcceptTimeout))
+	for {
+		c, err := o.ln.AcceptTCP()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				s.log.Info("data connection not made in time", zap.Stringer("listen", o.local),
+					zap.Duration("timeout", s.srv.cfg.DataAcceptTimeout))
+			}
+			o.close()
+			s.clearOffer(o)
+			return
+		}
+		from := nat.AddrPortOf(c.RemoteAddr())
+		if from.Addr() != o.peer {
+			s.log.Warn("data connection from a foreign address refused", zap.Stringer("from", from),
+				zap.Stringer("allowed", o.peer), zap.Stringer("listen", o.local))
+			c.SetLinger(0)
+			c.Close()
+			continue
+		}
+		o.close() // exactly one connection: listener and pinhole go now
+		s.clearOffer(o)
+		s.transfer(o, c)
+		return
+	}
+}
+
+// close stops listening and removes the pinhole. Safe to call repeatedly.
+func (o *dataOffer) close() {
+	o.once.Do(func() {
+		o.ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
+		defer cancel()
+		if err := o.s.srv.cfg.Firewall.Close(ctx, o.pinhole); err != nil {
+			o.s.log.Warn("closing pinhole failed", zap.Stringer("pinhole", o.pinhole), zap.Error(err))
+		}
+	})
+}
+
+// transfer dials the other end of the data connection and splices the two.
+func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
+	s.idle.transferStarted()
+	defer s.idle.transferEnded()
+	s.track(in, true)
+	defer s.track(in, false)
+
+	d := net.Dialer{Timeout: s.srv.cfg.ConnectTimeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(o.from, 0))}
+	c, err := d.DialContext(s.srv.dataCtx, "tcp", o.target.String())
+	if err != nil {
+		s.log.Warn("data connection failed", zap.Stringer("to", o.target), zap.Error(err))
+		in.SetLinger(0)
+		in.Close()
+		return
+	}
+	out := c.(*net.TCPConn)
+	s.track(out, true)
+	defer s.track(out, false)
+
+	client, server := in, out
+	mode := "passive"
+	if !o.passive {
+		client, server, mode = out, in, "active"
+	}
+	s.log.Info("data connection established", zap.String("mode", mode),
+		zap.Stringer("client_data", client.RemoteAddr()), zap.Stringer("server_data", server.RemoteAddr()))
+	start := time.Now()
+	toServer, toClient, err := splice(client, server)
+	d2 := time.Since(start)
+	fields := []zap.Field{zap.String("mode", mode), zap.Int64("bytes_to_client", toClient),
+		zap.Int64("bytes_to_server", toServer), zap.Duration("duration", d2)}
+	if secs := d2.Seconds(); secs > 0 {
+		fields = append(fields, zap.Float64("mbit_per_s", float64(toClient+toServer)*8/secs/1e6))
+	}
+	if err != nil {
+		s.log.Info("transfer ended with an error", append(fields, zap.Error(err))...)
+		return
+	}
+	s.log.Info("transfer finished", fields...)
+}
+
+// track records a data connection so a server shutdown can close it.
+func (s *Session) track(c *net.TCPConn, add bool) {
+	s.mu.Lock()
+	if add {
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+	s.mu.Unlock()
+}
+
+// setOffer makes o the session's pending data offer.
+func (s *Session) setOffer(o *dataOffer) {
+	s.mu.Lock()
+	old := s.offer
+	s.offer = o
+	s.mu.Unlock()
+	if old != nil && old != o {
+		old.close()
+	}
+}
+
+// dropOffer cancels the pending data offer: a new PASV/PORT replaces it.
+func (s *Session) dropOffer() {
+	s.mu.Lock()
+	o := s.offer
+	s.offer = nil
+	s.mu.Unlock()
+	if o != nil {
+		o.close()
+	}
+}
+
+// dropOfferLocked cancels o, for callers holding s.mu.
+func (s *Session) dropOfferLocked(o *dataOffer) {
+	if s.offer == o {
+		s.offer = nil
+	}
+	o.close()
+}
+
+// clearOffer forgets o once it is used or expired.
+func (s *Session) clearOffer(o *dataOffer) {
+	s.mu.Lock()
+	if s.offer == o {
+		s.offer = nil
+	}
+	s.mu.Unlock()
+}

@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ftpalg/ftpalg/nat"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// Config is what a Server needs. Zero durations and limits take the
+// defaults below.
+type Config struct {
+	// Upstream is the FTP server, "host:port".
+	Upstream string
+	// Advertise is the address announced to clients in passive replies;
+	// zero means the local address of the client's control connection.
+	Advertise netip.Addr
+	// DataPorts is the range data connections listen on, on both sides.
+	DataPorts nat.PortRange
+	// TrustPASVAddress makes the proxy dial the address a server announces
+	// in 227/228 even when it differs from the server's control address.
+	// By default (false) it dials the control address with the announced
+	// port, as curl and lftp do, since servers behind NAT announce private
+	// or bogus addresses.
+	TrustPASVAddress bool
+
+	ConnectTimeout    time.Duration // dialing the server (control and data)
+	DataAcceptTimeout time.Duration // waiting for the announced data connection
+	IdleTimeout       time.Duration // control silence outside transfers; <0 disables
+	MaxSessions       int           // <0: no limit
+	MaxSessionsPerIP  int           // <0: no limit
+
+	// Firewall opens a pinhole for each announced data connection.
+	Firewall rules.Backend
+	// Logger receives structured logs; every session line has "session".
+	Logger *zap.Logger
+	// Trace, when set, sees every control line the proxy reads or writes.
+	// It must be fast; it is called with session locks held.
+	Trace func(TraceEvent)
+}
+
+// Defaults of Config.
+const (
+	DefaultConnectTimeout    = 10 * time.Second
+	DefaultDataAcceptTimeout = 30 * time.Second
+	DefaultIdleTimeout       = 15 * time.Minute
+	DefaultMaxSessions       = 1024
+	DefaultMaxSessionsPerIP  = 64
+)
+
+// Direction of a traced control line.
+type Direction uint8
+
+const (
+	ClientToProxy Direction = iota
+	ProxyToServer
+	ServerToProxy
+	ProxyToClient
+)
+
+func (d Direction) String() string {
+	return [...]string{"client→proxy", "proxy→server", "server→proxy", "proxy→client"}[d]
+}
+
+// TraceEvent is one control line seen by the proxy.
+type TraceEvent struct {
+	Session uint64
+	Dir     Direction
+	Line    string // without the line terminator; PASS arguments redacted
+	// Changed is set on lines the proxy wrote that differ from what it
+	// read (rewritten or answered by the proxy itself).
+	Changed bool
+}
+
+// Server accepts FTP control connections and relays each to the upstream
+// server as a Session.
+type Server struct {
+	cfg   Config
+	log   *zap.Logger
+	ports *nat.Ports
+
+	nextID atomic.Uint64
+	// dataCtx outlives sessions: a transfer may finish after its control
+	// connection is gone; it ends only with the server.
+	dataCtx    context.Context
+	dataCancel context.CancelFunc
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	perIP    map[netip.Addr]int
+	wg       sync.WaitGroup
+	idle     chan struct{} // closed when the last session ends during drain
+}
+
+// NewServer checks cfg and returns a Server.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Upstream == "" {
+		return nil, errors.New("proxy: no upstream server")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
+		return nil, fmt.Errorf("proxy: upstream %q: %w", cfg.Upstream, err)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.DataAcceptTimeout == 0 {
+		cfg.DataAcceptTimeout = DefaultDataAcceptTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.MaxSessionsPerIP == 0 {
+		cfg.MaxSessionsPerIP = DefaultMaxSessionsPerIP
+	}
+	if cfg.Firewall == nil {
+		cfg.Firewall = rules.None{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		ports:    nat.NewPorts(cfg.DataPorts),
+		sessions: map[*Session]struct{}{},
+		perIP:    map[netip.Addr]int{},
+	}
+	s.dataCtx, s.dataCancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Serve accepts connections on ln until ctx is cancelled, then stops
+// accepting, lets running sessions finish for up to grace, closes the rest
+// and returns once every session and transfer has ended. ln is closed.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	s.log.Info("listening", zap.Stringer("addr", ln.Addr()), zap.String("upstream", s.cfg.Upstream),
+		zap.Stringer("data_ports", s.cfg.DataPorts), zap.String("firewall", s.cfg.Firewall.Name()))
+	var err error
+	for {
+		c, aerr := ln.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil && !errors.Is(aerr, net.ErrClosed) {
+				var ne net.Error
+				if errors.As(aerr, &ne) && ne.Timeout() {
+					continue
+				}
+				err = aerr
+			}
+			break
+		}
+		s.admit(c)
+	}
+	ln.Close()
+	s.drain(grace)
+	return err
+}
+
+// admit applies the session limits and starts a session for c.
+func (s *Server) admit(c net.Conn) {
+	peer := nat.AddrPortOf(c.RemoteAddr())
+	s.mu.Lock()
+	var refuse string
+	switch {
+	case s.cfg.MaxSessions > 0 && len(s.sessions) >= s.cfg.MaxSessions:
+		refuse = fmt.Sprintf("421 Too many sessions (limit %d), try again later.\r\n", s.cfg.MaxSessions)
+	case s.cfg.MaxSessionsPerIP > 0 && s.perIP[peer.Addr()] >= s.cfg.MaxSessionsPerIP:
+		refuse = fmt.Sprintf("421 Too many sessions from %s (limit %d), try again later.\r\n", peer.Addr(), s.cfg.MaxSessionsPerIP)
+	}
+	if refuse != "" {
+		s.mu.Unlock()
+		s.log.Warn("session refused", zap.Stringer("client", peer), zap.String("reason", refuse[4:len(refuse)-2]))
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte(refuse))
+		c.Close()
+		return
+	}
+	sess := newSession(s, s.nextID.Add(1), c, peer)
+	s.sessions[sess] = struct{}{}
+	s.perIP[peer.Addr()]++
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.runSession(sess)
+}
+
+// runSession owns sess until it ends.
+func (s *Server) runSession(sess *Session) {
+	defer s.wg.Done()
+	sess.run()
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	if s.perIP[sess.clientAddr.Addr()]--; s.perIP[sess.clientAddr.Addr()] <= 0 {
+		delete(s.perIP, sess.clientAddr.Addr())
+	}
+	if len(s.sessions) == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.mu.Unlock()
+}
+
+// drain waits up to grace for the sessions to end by themselves, then
+// closes what is left and waits for it.
+func (s *Server) drain(grace time.Duration) {
+	s.mu.Lock()
+	n := len(s.sessions)
+	var idle chan struct{}
+	if n > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Info("draining sessions", zap.Int("sessions", n), zap.Duration("grace", grace))
+		t := time.NewTimer(grace)
+		select {
+		case <-idle:
+		case <-t.C:
+			s.mu.Lock()
+			left := make([]*Session, 0, len(s.sessions))
+			for sess := range s.sessions {
+				left = append(left, sess)
+			}
+			s.mu.Unlock()
+			s.log.Info("grace period over, closing sessions", zap.Int("sessions", len(left)))
+			for _, sess := range left {
+				sess.shutdown()
+			}
+		}
+		t.Stop()
+	}
+	s.dataCancel()
+	s.wg.Wait()
+}
+
+// Sessions returns the number of sessions running now.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
