@@ -3,12 +3,14 @@ module github.com/ftpalg/ftpalg
 go 1.26.8
 
 require (
+	github.com/fclairamb/ftpserverlib v0.30.0
+	github.com/jlaffaye/ftp v0.2.4
+	github.com/spf13/afero v1.15.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/sys v0.40.0
 )
 
 require (
-	github.com/stretchr/testify v1.12.1 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	golang.org/x/text v0.28.0 // indirect
 )

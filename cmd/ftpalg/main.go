@@ -16,7 +16,7 @@ var version = "dev"
 const usage = `ftpalg — firewall-aware FTP proxy / application-layer gateway
 
 Usage:
-  ftpalg demo [--keep-going]     run a server, the proxy and a client on loopback and show the rewrite
+  ftpalg demo                    run a server, the proxy and a client on loopback and show the rewrite
   ftpalg run [flags]             run the proxy (ftpalg run --help lists the flags)
   ftpalg version                 print the version
 `

@@ -156,4 +156,3 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	return cfg.Build(zap.WithCaller(false))
 }
-

@@ -63,12 +63,12 @@ type UrgentReader interface {
 type scanState uint8
 
 const (
-	stData scanState = iota
-	stCR             // saw CR, waiting to see whether LF follows
-	stIAC            // saw IAC
-	stOpt            // saw IAC WILL/WONT/DO/DONT, waiting for the option byte
-	stSB             // inside a subnegotiation
-	stSBIAC          // saw IAC inside a subnegotiation
+	stData  scanState = iota
+	stCR              // saw CR, waiting to see whether LF follows
+	stIAC             // saw IAC
+	stOpt             // saw IAC WILL/WONT/DO/DONT, waiting for the option byte
+	stSB              // inside a subnegotiation
+	stSBIAC           // saw IAC inside a subnegotiation
 )
 
 // Scanner splits a control stream into Lines. It reads in small chunks so an
