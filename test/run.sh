@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md gives it: installs what it needs
+# (Debian packages, FTP servers and clients), then runs gofmt/vet, the unit,
+# fuzz-smoke, loopback-integration and namespace end-to-end tests.
+# Needs root: the end-to-end tests create network namespaces and firewall
+# rules (all removed again, also on failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+if [ "$(id -u)" != 0 ]; then
+	echo "test/run.sh: run as root (sudo ./test/run.sh): the end-to-end tests need network namespaces" >&2
+	exit 1
+fi
+
+echo "== installing test dependencies"
+./test/deps.sh
+
+echo "== gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "not gofmt-ed:" $unformatted >&2
+	exit 1
+fi
+go vet ./...
+
+# FTPALG_E2E=1: a missing prerequisite of an end-to-end test is a failure,
+# never a skip.
+export FTPALG_E2E=1
+
+echo "== fuzz smoke (each parser target for a few seconds)"
+for f in $(go test ./proxy/ftp -list '^Fuzz' | grep '^Fuzz'); do
+	go test ./proxy/ftp -run '^$' -fuzz "^${f}\$" -fuzztime 4s >/dev/null
+	echo "ok   $f"
+done
+
+echo "== race detector on the relay (short mode)"
+go test -count=1 -race -short ./proxy/... ./nat/... ./rules/...
+
+echo "== all tests"
+go test -count=1 -timeout 40m ./... 2>&1 | tee /tmp/ftpalg-test.log
