@@ -421,6 +421,11 @@ func (s *Session) replyPump() {
 func (s *Session) handleReply(r *ftp.Reply) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A reply of the proxy's own may have been queued at the head and not
+	// written yet; it goes first, and is not the command being answered.
+	if err := s.flushLocalLocked(); err != nil {
+		return err
+	}
 	if !r.Whole() || !r.Final() {
 		// 1xx, or a long multi-line reply passed on in chunks.
 		if err := s.writeClientLocked(r.Raw(), false); err != nil {
@@ -505,7 +510,7 @@ func (s *Session) passiveReplyLocked(cmd ftp.Command, r *ftp.Reply) error {
 	}
 	target := s.passiveTarget(ap)
 	adv := nat.Advertised(s.srv.cfg.Advertise, s.clientSide.Addr())
-	if cmd.Kind != ftp.KindEPSV && !adv.Is4() && cmd.Kind == ftp.KindPASV {
+	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
 		s.log.Warn("PASV from a client that can only be given an IPv6 address", zap.Stringer("advertise", adv))
 		return s.writeClientLocked([]byte("425 You cannot use PASV on IPv6 connections. Use EPSV instead.\r\n"), true)
 	}

@@ -1,0 +1,114 @@
+package nat
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+)
+
+func TestParsePortRange(t *testing.T) {
+	for _, c := range []struct {
+		in      string
+		want    PortRange
+		wantErr bool
+	}{
+		{"50000-50999", PortRange{50000, 50999}, false},
+		{" 2121 ", PortRange{2121, 2121}, false},
+		{"0", PortRange{}, false},
+		{"0-0", PortRange{}, false},
+		{"10-5", PortRange{}, true},
+		{"0-5", PortRange{}, true},
+		{"1-65536", PortRange{}, true},
+		{"a-b", PortRange{}, true},
+		{"", PortRange{}, true},
+	} {
+		got, err := ParsePortRange(c.in)
+		if (err != nil) != c.wantErr || got != c.want {
+			t.Errorf("ParsePortRange(%q) = %v, %v; want %v, err %v", c.in, got, err, c.want, c.wantErr)
+		}
+	}
+}
+
+// TestPortsExhaustAndReuse fills a small range, checks the next Listen
+// fails with ErrNoPort, and that a freed port is handed out again.
+func TestPortsExhaustAndReuse(t *testing.T) {
+	// Find 3 consecutive free ports by probing; skip the test's own choice
+	// if something else grabs one in between (then Listen still must not
+	// hand out a port outside the range).
+	base := freePortBlock(t, 3)
+	p := NewPorts(PortRange{base, base + 2})
+	lo := netip.MustParseAddr("127.0.0.1")
+	seen := map[uint16]*net.TCPListener{}
+	for range 3 {
+		ln, ap, err := p.Listen(lo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ap.Port() < base || ap.Port() > base+2 || seen[ap.Port()] != nil {
+			t.Fatalf("got port %d, want a new one in %d-%d", ap.Port(), base, base+2)
+		}
+		seen[ap.Port()] = ln
+	}
+	if _, _, err := p.Listen(lo); !errors.Is(err, ErrNoPort) {
+		t.Fatalf("full range: err %v, want ErrNoPort", err)
+	}
+	seen[base+1].Close()
+	ln, ap, err := p.Listen(lo)
+	if err != nil || ap.Port() != base+1 {
+		t.Fatalf("after freeing %d: got %v, %v", base+1, ap, err)
+	}
+	ln.Close()
+	for port, l := range seen {
+		if port != base+1 {
+			l.Close()
+		}
+	}
+}
+
+func TestPortsAnyPort(t *testing.T) {
+	ln, ap, err := NewPorts(PortRange{}).Listen(netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if ap.Port() == 0 || ap.Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("got %v", ap)
+	}
+}
+
+// freePortBlock returns the first of n consecutive ports free on 127.0.0.1.
+func freePortBlock(t *testing.T, n int) uint16 {
+	t.Helper()
+	for base := 42000; base < 60000; base += n {
+		ok := true
+		var lns []net.Listener
+		for i := range n {
+			ln, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(base+i)).String())
+			if err != nil {
+				ok = false
+				break
+			}
+			lns = append(lns, ln)
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+		if ok {
+			return uint16(base)
+		}
+	}
+	t.Fatal("no free port block")
+	return 0
+}
+
+func TestAdvertised(t *testing.T) {
+	local := netip.MustParseAddr("::ffff:198.51.100.1")
+	if got := Advertised(netip.Addr{}, local); got != netip.MustParseAddr("198.51.100.1") {
+		t.Fatalf("got %v", got)
+	}
+	pub := netip.MustParseAddr("203.0.113.7")
+	if got := Advertised(pub, local); got != pub {
+		t.Fatalf("got %v", got)
+	}
+}
