@@ -29,8 +29,8 @@ const (
 
 // Command is a parsed command line.
 type Command struct {
-	Verb string // upper case
-	Arg  string // as sent, after the single space following the verb
+	Verb string // upper case (ASCII only)
+	Arg  string // as sent, after the single separator following the verb
 	Kind Kind
 }
 
@@ -45,9 +45,20 @@ func (c Command) Active() bool {
 }
 
 // ParseCommand splits a command line's text into verb and argument.
+//
+// Servers split the verb off differently: vsftpd and pyftpdlib at SP only,
+// ProFTPD (pr_str_get_word) at any isspace() byte after skipping leading
+// whitespace. So that no server runs a PORT the proxy took for something
+// else, leading SP/HT/VT/FF are skipped and the verb ends at the first of
+// them: "PORT\t192,0,2,1,0,21" and " PORT ..." are PORT commands here too.
+// (CR, LF and NUL make a line unclean; the proxy refuses it anyway.)
 func ParseCommand(text []byte) Command {
-	verb, arg, _ := bytes.Cut(text, []byte{' '})
-	c := Command{Verb: strings.ToUpper(string(verb)), Arg: string(arg)}
+	text = bytes.TrimLeft(text, " \t\v\f")
+	verb, arg := text, []byte(nil)
+	if i := bytes.IndexAny(text, " \t\v\f"); i >= 0 {
+		verb, arg = text[:i], text[i+1:]
+	}
+	c := Command{Verb: asciiUpper(verb), Arg: string(arg)}
 	switch c.Verb {
 	case "PASV", "CPSV":
 		c.Kind = KindPASV
@@ -76,6 +87,19 @@ func ParseCommand(text []byte) Command {
 		c.Kind = KindPASS
 	}
 	return c
+}
+
+// asciiUpper upper-cases ASCII letters only, as servers do (strings.ToUpper
+// would also map "ſ" to "S" and bytes that are not UTF-8 to U+FFFD).
+func asciiUpper(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return string(out)
 }
 
 // String returns the command for logs, with a password hidden.

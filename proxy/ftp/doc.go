@@ -11,7 +11,10 @@
 //     holds no other CR, LF or NUL; the proxy refuses anything else, so a
 //     server never sees a command boundary the proxy did not see.
 //   - Telnet IAC sequences are recognised in both directions, removed from the
-//     text that is parsed and kept in the raw bytes that are forwarded.
+//     text that is parsed and kept in the raw bytes that are forwarded. They
+//     are decoded the way FTP servers do (IAC SB is a 2-byte command, never
+//     a subnegotiation that hides text), and a CR or LF never belongs to one:
+//     a sequence cut short by CR or LF makes the line unclean.
 //   - Replies are matched on their code, never on their text; addresses are
 //     parsed into netip values and integers, and formatted back only from
 //     those values.

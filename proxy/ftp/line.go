@@ -16,7 +16,7 @@ const (
 	DO   = 0xFD
 	WONT = 0xFC
 	WILL = 0xFB
-	SB   = 0xFA // subnegotiation begin
+	SB   = 0xFA // subnegotiation begin; a 2-byte command on FTP (see step)
 	IP   = 0xF4 // interrupt process, sent before ABOR
 	DM   = 0xF2 // data mark, the Synch that follows urgent data
 	SE   = 0xF0 // subnegotiation end
@@ -41,16 +41,21 @@ type Line struct {
 	// Urgent is the index in Raw of the byte the peer sent as TCP urgent
 	// data, or -1.
 	Urgent int
-	// CRLF reports that the line ended in CRLF (false: bare LF, commands only).
+	// CRLF reports that the line ended in CRLF (false: bare LF, commands
+	// only, or a partial last line at the end of the stream).
 	CRLF bool
 	// BareCR, BareLF and NUL report such bytes inside Text.
 	BareCR, BareLF, NUL bool
+	// BadTelnet reports a Telnet sequence cut short by CR or LF ("IAC CR",
+	// "IAC WILL LF"). Peers disagree on whether such a CR or LF belongs to
+	// the sequence or ends the line, so the line is never clean.
+	BadTelnet bool
 }
 
 // Clean reports whether the line is a well-formed command line: CRLF
-// terminated, with no bare CR, bare LF or NUL inside.
+// terminated, with no bare CR, bare LF, NUL or broken Telnet sequence inside.
 func (l *Line) Clean() bool {
-	return l.CRLF && !l.BareCR && !l.BareLF && !l.NUL
+	return l.CRLF && !l.BareCR && !l.BareLF && !l.NUL && !l.BadTelnet
 }
 
 // UrgentReader is implemented by connections that can tell which byte was
@@ -63,12 +68,10 @@ type UrgentReader interface {
 type scanState uint8
 
 const (
-	stData  scanState = iota
-	stCR              // saw CR, waiting to see whether LF follows
-	stIAC             // saw IAC
-	stOpt             // saw IAC WILL/WONT/DO/DONT, waiting for the option byte
-	stSB              // inside a subnegotiation
-	stSBIAC           // saw IAC inside a subnegotiation
+	stData scanState = iota
+	stCR             // saw CR, waiting to see whether LF follows
+	stIAC            // saw IAC
+	stOpt            // saw IAC WILL/WONT/DO/DONT, waiting for the option byte
 )
 
 // Scanner splits a control stream into Lines. It reads in small chunks so an
@@ -88,6 +91,9 @@ type Scanner struct {
 	state   scanState
 	cur     Line
 	lineOff int64 // stream offset of cur.Raw[0]
+	// done reports that cur is a complete line already returned by Next,
+	// not bytes of a line still pending.
+	done bool
 }
 
 // NewReplyScanner returns a Scanner for the server-to-client direction: lines
@@ -105,13 +111,18 @@ func newScanner(r io.Reader, lfEnds bool) *Scanner {
 	return s
 }
 
-// Buffered reports whether bytes of a next line are already buffered.
-func (s *Scanner) Buffered() bool { return s.start < s.end || len(s.cur.Raw) > 0 }
+// Buffered reports whether bytes of a next line are already buffered (the
+// peer pipelined more than one line).
+func (s *Scanner) Buffered() bool { return s.start < s.end }
 
 // Next returns the next line. The Line's slices stay valid until the next
 // call. At the end of the stream it returns io.EOF (io.ErrUnexpectedEOF when
 // a partial line was pending).
 func (s *Scanner) Next() (Line, error) {
+	if s.err == ErrLineTooLong {
+		return Line{Urgent: -1}, s.err
+	}
+	s.done = false
 	s.cur = Line{Raw: s.cur.Raw[:0], Text: s.cur.Text[:0], Telnet: s.cur.Telnet[:0], Urgent: -1}
 	if cap(s.cur.Raw) > 2048 { // do not keep a large buffer for an idle session
 		s.cur = Line{Urgent: -1}
@@ -131,6 +142,7 @@ func (s *Scanner) Next() (Line, error) {
 			s.cur.Raw = append(s.cur.Raw, b)
 			if s.step(b) {
 				s.assignUrgent()
+				s.done = true
 				return s.cur, nil
 			}
 		}
@@ -149,11 +161,17 @@ func (s *Scanner) fill() {
 	s.start, s.end = 0, 0
 	var n, urg int
 	var err error
-	if s.ur != nil {
-		n, urg, err = s.ur.ReadUrgent(s.buf)
-	} else {
-		n, err = s.r.Read(s.buf)
-		urg = -1
+	for try := 0; n == 0 && err == nil; try++ {
+		if try == 100 {
+			err = io.ErrNoProgress
+			break
+		}
+		if s.ur != nil {
+			n, urg, err = s.ur.ReadUrgent(s.buf)
+		} else {
+			n, err = s.r.Read(s.buf)
+			urg = -1
+		}
 	}
 	if urg >= 0 && urg < n && len(s.urgents) < 16 {
 		s.urgents = append(s.urgents, s.off+int64(urg))
@@ -196,35 +214,34 @@ func (s *Scanner) step(b byte) bool {
 	case stIAC:
 		s.state = stData
 		switch {
+		case b == '\r' || b == '\n':
+			// "IAC CR", "IAC LF": a line end inside a Telnet command. Some
+			// servers end the line there, others swallow the byte; treat
+			// the CR or LF as data and flag the line.
+			s.cur.BadTelnet = true
+			return s.data(b)
 		case b == IAC:
 			s.cur.Text = append(s.cur.Text, IAC)
 		case b >= WILL && b <= DONT:
 			s.cur.Telnet = append(s.cur.Telnet, IAC, b)
 			s.state = stOpt
-		case b == SB:
-			s.cur.Telnet = append(s.cur.Telnet, IAC, b)
-			s.state = stSB
-		default: // IP, DM, NOP, AYT... and undefined bytes: a 2-byte command
+		default:
+			// IP, DM, NOP, AYT, SB, SE... and undefined bytes: a 2-byte
+			// command. SB is not special: FTP never agrees to a Telnet
+			// option, and servers read what follows "IAC SB" as command
+			// text (inetutils drops the two bytes, ProFTPD keeps them),
+			// so the subnegotiation "payload" is parsed as text here too.
 			s.cur.Telnet = append(s.cur.Telnet, IAC, b)
 		}
 		return false
 	case stOpt:
-		s.cur.Telnet = append(s.cur.Telnet, b)
 		s.state = stData
-		return false
-	case stSB:
-		s.cur.Telnet = append(s.cur.Telnet, b)
-		if b == IAC {
-			s.state = stSBIAC
+		if b == '\r' || b == '\n' {
+			s.cur.Telnet = s.cur.Telnet[:len(s.cur.Telnet)-2] // drop IAC WILL
+			s.cur.BadTelnet = true
+			return s.data(b)
 		}
-		return false
-	case stSBIAC:
 		s.cur.Telnet = append(s.cur.Telnet, b)
-		if b == SE {
-			s.state = stData
-		} else {
-			s.state = stSB
-		}
 		return false
 	}
 	return s.data(b)

@@ -2,6 +2,7 @@ package ftp
 
 import (
 	"bytes"
+	"io"
 	"net/netip"
 )
 
@@ -98,7 +99,12 @@ type ReplyReader struct {
 // NewReplyReader returns a ReplyReader over s.
 func NewReplyReader(s *Scanner) *ReplyReader { return &ReplyReader{s: s} }
 
-// Next returns the next reply or reply chunk.
+// Next returns the next reply or reply chunk. At the end of the stream it
+// returns io.EOF, or io.ErrUnexpectedEOF when the stream ends inside a
+// multi-line reply or inside a line; the reply returned with it holds what
+// was read, so its bytes can still be forwarded (a partial line is the last
+// of its Lines, with CRLF false). An unfinished reply never yields an
+// address (see ParsePassiveReply).
 func (rr *ReplyReader) Next() (*Reply, error) {
 	r := &Reply{}
 	if rr.open != 0 {
@@ -108,6 +114,15 @@ func (rr *ReplyReader) Next() (*Reply, error) {
 	for {
 		l, err := rr.s.Next()
 		if err != nil {
+			if err == io.ErrUnexpectedEOF && len(l.Raw) > 0 {
+				r.Lines = append(r.Lines, copyLine(l))
+				if rr.open == 0 && len(r.Lines) == 1 {
+					r.Code, _, _ = ParseCode(l.Text)
+				}
+			}
+			if err == io.EOF && rr.open != 0 {
+				err = io.ErrUnexpectedEOF
+			}
 			return r, err
 		}
 		cp := copyLine(l)
@@ -168,15 +183,28 @@ func AddressCode(code int) bool { return code == CodePASV || code == CodeLPSV ||
 // 229 and EPSV with 227 at times). For a 229 the address is the zero Addr
 // unless the server put one in. A multi-line reply is searched line by line
 // (aioftp sends "227-listen socket created" then "227 (h,h,h,h,p,p)"). ok is
-// false when the code carries no address at all.
+// false when the code carries no address at all. A reply too long to be
+// whole, an unfinished one (the stream ended), or one with control bytes or
+// broken Telnet sequences inside is an error.
 func ParsePassiveReply(r *Reply) (ap netip.AddrPort, ok bool, err error) {
-	if !AddressCode(r.Code) || !r.Whole() {
+	if !AddressCode(r.Code) {
 		return netip.AddrPort{}, false, nil
 	}
-	err = syntaxErr("empty reply")
+	if !r.Whole() {
+		return netip.AddrPort{}, true, syntaxErr("%d reply longer than %d lines or %d bytes", r.Code, maxReplyLines, maxReplyBytes)
+	}
+	if len(r.Lines) == 0 {
+		return netip.AddrPort{}, true, syntaxErr("empty %d reply", r.Code)
+	}
+	if _, sep, _ := ParseCode(r.Lines[0].Text); sep == '-' && (len(r.Lines) == 1 || !endsReply(r.Lines[len(r.Lines)-1].Text, r.Code)) {
+		return netip.AddrPort{}, true, syntaxErr("unfinished multi-line %d reply", r.Code)
+	}
 	for i := range r.Lines {
 		l := &r.Lines[i]
-		if l.BareCR || l.BareLF || l.NUL {
+		if !l.CRLF {
+			return netip.AddrPort{}, true, syntaxErr("%d reply not ended by CRLF", r.Code)
+		}
+		if l.BareCR || l.BareLF || l.NUL || l.BadTelnet {
 			return netip.AddrPort{}, true, syntaxErr("control bytes inside a %d reply", r.Code)
 		}
 		text := string(l.Text)
