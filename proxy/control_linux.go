@@ -16,7 +16,12 @@ import (
 // urgent. SO_OOBINLINE keeps the urgent byte in the stream (otherwise the
 // kernel takes it out and "ABOR\r\n" arrives as "ABOR\r"), and SIOCATMARK
 // before each read tells whether the read starts at the urgent byte: Linux
-// never returns data across the urgent mark in one read.
+// never returns data across the urgent mark in one read. (One window is
+// left: an urgent byte that is the first byte to arrive on an empty socket
+// between the ioctl and the read loses its mark. Reads normally run when
+// data is already queued, after the poller reported it, so the ioctl sees
+// it; closing the window would need the kernel's urgent offset, which no
+// socket call reports.)
 type controlConn struct {
 	*net.TCPConn
 	rc syscall.RawConn

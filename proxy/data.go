@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,7 +34,14 @@ type dataOffer struct {
 	from    netip.Addr     // the proxy's address to dial from
 	pinhole rules.Pinhole
 	once    sync.Once
+	// settled is closed once the connection to the far end is made or has
+	// failed, or the offer ended unused.
+	settled      chan struct{}
+	settleOnce   sync.Once
+	acceptedConn atomic.Bool
 }
+
+func (o *dataOffer) settle() { o.settleOnce.Do(func() { close(o.settled) }) }
 
 // openOffer listens on listenIP, opens the pinhole for peer and starts
 // waiting for the connection. It does not touch s.mu, so callers may hold it.
@@ -42,7 +50,8 @@ func (s *Session) openOffer(passive bool, listenIP, peer netip.Addr, target neti
 	if err != nil {
 		return nil, err
 	}
-	o := &dataOffer{s: s, passive: passive, ln: ln, local: local, peer: peer.Unmap(), target: target, from: from}
+	o := &dataOffer{s: s, passive: passive, ln: ln, local: local, peer: peer.Unmap(), target: target, from: from,
+		settled: make(chan struct{})}
 	o.pinhole = rules.Pinhole{Proto: rules.ProtoTCP, Peer: o.peer, Local: local,
 		Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
 	ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
@@ -74,6 +83,7 @@ func (o *dataOffer) accept() {
 			}
 			o.close()
 			s.clearOffer(o)
+			o.settle()
 			return
 		}
 		from := nat.AddrPortOf(c.RemoteAddr())
@@ -84,6 +94,7 @@ func (o *dataOffer) accept() {
 			c.Close()
 			continue
 		}
+		o.acceptedConn.Store(true)
 		o.close() // exactly one connection: listener and pinhole go now
 		s.clearOffer(o)
 		s.transfer(o, c)
@@ -94,6 +105,9 @@ func (o *dataOffer) accept() {
 // close stops listening and removes the pinhole. Safe to call repeatedly.
 func (o *dataOffer) close() {
 	o.once.Do(func() {
+		if !o.acceptedConn.Load() {
+			defer o.settle()
+		}
 		o.ln.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
 		defer cancel()
@@ -112,6 +126,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 
 	d := net.Dialer{Timeout: s.srv.cfg.ConnectTimeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(o.from, 0))}
 	c, err := d.DialContext(s.srv.dataCtx, "tcp", o.target.String())
+	o.settle()
 	if err != nil {
 		s.log.Warn("data connection failed", zap.Stringer("to", o.target), zap.Error(err))
 		in.SetLinger(0)
@@ -158,6 +173,11 @@ func (s *Session) track(c *net.TCPConn, add bool) {
 // setOffer makes o the session's pending data offer.
 func (s *Session) setOffer(o *dataOffer) {
 	s.mu.Lock()
+	if s.closing() { // the session is closing and will not see o
+		s.mu.Unlock()
+		o.close()
+		return
+	}
 	old := s.offer
 	s.offer = o
 	s.mu.Unlock()

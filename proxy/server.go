@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -150,6 +151,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	s.log.Info("listening", zap.Stringer("addr", ln.Addr()), zap.String("upstream", s.cfg.Upstream),
 		zap.Stringer("data_ports", s.cfg.DataPorts), zap.String("firewall", s.cfg.Firewall.Name()))
 	var err error
+	var backoff time.Duration
 	for {
 		c, aerr := ln.Accept()
 		if aerr != nil {
@@ -158,15 +160,36 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 				if errors.As(aerr, &ne) && ne.Timeout() {
 					continue
 				}
+				if outOfResources(aerr) {
+					// Out of descriptors or buffers for a moment: wait
+					// and retry, as net/http does, instead of ending.
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					s.log.Warn("accept failed, retrying", zap.Error(aerr), zap.Duration("in", backoff))
+					t := time.NewTimer(backoff)
+					select {
+					case <-t.C:
+					case <-ctx.Done():
+					}
+					t.Stop()
+					continue
+				}
 				err = aerr
 			}
 			break
 		}
+		backoff = 0
 		s.admit(c)
 	}
 	ln.Close()
 	s.drain(grace)
 	return err
+}
+
+// outOfResources reports whether an accept error is the process or the
+// system running out of descriptors or memory, which passes.
+func outOfResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // admit applies the session limits and starts a session for c.

@@ -54,14 +54,17 @@ type Session struct {
 	done      chan struct{} // closed when the session is closing
 	data      sync.WaitGroup
 
-	mu       sync.Mutex
-	queue    []pending     // commands in flight, in order
-	slots    chan struct{} // bounds len(queue)
-	offer    *dataOffer    // the data connection announced last, not yet connected
-	conns    map[*net.TCPConn]struct{}
-	epsvAll  bool
-	opaque   bool // the control channel turned into TLS: relay bytes only
-	commands int
+	mu    sync.Mutex
+	queue []pending     // commands in flight, in order
+	slots chan struct{} // bounds len(queue)
+	offer *dataOffer    // the data connection announced last, not yet connected
+	// active is the last active-mode offer, kept after it is connected so
+	// the reply that ends its transfer can wait for the client's side.
+	activeOffer *dataOffer
+	conns       map[*net.TCPConn]struct{}
+	epsvAll     bool
+	opaque      bool // the control channel turned into TLS: relay bytes only
+	commands    int
 }
 
 func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *Session {
@@ -109,7 +112,14 @@ func (s *Session) dialServer() bool {
 		s.writeClientNow("421 Service not available: the FTP server cannot be reached.\r\n")
 		return false
 	}
+	s.mu.Lock()
+	if s.closing() { // shut down while connecting
+		s.mu.Unlock()
+		c.Close()
+		return false
+	}
 	s.server = wrapControl(c)
+	s.mu.Unlock()
 	s.serverAddr = nat.AddrPortOf(c.RemoteAddr())
 	s.serverSide = nat.AddrPortOf(c.LocalAddr())
 	s.log = s.log.With(zap.Stringer("server", s.serverAddr))
@@ -123,10 +133,10 @@ func (s *Session) close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.client.Close()
+		s.mu.Lock()
 		if s.server != nil {
 			s.server.Close()
 		}
-		s.mu.Lock()
 		o := s.offer
 		s.offer = nil
 		n := s.commands
@@ -232,6 +242,9 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 		return s.active(line, cmd)
 	case cmd.Passive():
 		s.dropOffer()
+		s.mu.Lock()
+		s.activeOffer = nil
+		s.mu.Unlock()
 		return s.forward(pending{cmd: cmd}, line.Raw, line.Urgent, false)
 	case cmd.Kind == ftp.KindEPSVAll:
 		// Honoured from the moment the client says it (RFC 2428 4): a
@@ -289,6 +302,9 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	s.log.Info("active mode rewritten", zap.String("verb", cmd.Verb), zap.Stringer("client_data", announced),
 		zap.String("sent", verb+" "+arg), zap.Stringer("listen", o.local))
 	s.setOffer(o)
+	s.mu.Lock()
+	s.activeOffer = o
+	s.mu.Unlock()
 	return s.forward(pending{cmd: cmd, offer: o}, out, -1, true)
 }
 
@@ -403,6 +419,7 @@ func (s *Session) replyPump() {
 		for i := range r.Lines {
 			s.trace(ServerToProxy, r.Lines[i].Raw, false)
 		}
+		s.awaitActiveData(r)
 		if err := s.handleReply(r); err != nil {
 			if !s.closing() && !errors.Is(err, io.EOF) {
 				s.log.Info("client write failed", zap.Error(err))
@@ -413,6 +430,40 @@ func (s *Session) replyPump() {
 			s.relayOpaqueReplies(rr)
 			return
 		}
+	}
+}
+
+// awaitActiveData holds the reply that ends an active-mode transfer until
+// the proxy's data connection to the client exists. The server connects to
+// the proxy, sends, closes and replies 226 at once; relayed straight away,
+// that 226 can reach the client before the proxy has connected to it, and
+// clients that watch the control channel while waiting for the data
+// connection (curl) give up. With a direct connection that cannot happen.
+func (s *Session) awaitActiveData(r *ftp.Reply) {
+	if !r.Whole() || r.Code/100 != 2 {
+		return
+	}
+	s.mu.Lock()
+	o := s.activeOffer
+	head := ftp.Command{}
+	for _, p := range s.queue {
+		if p.local == nil {
+			head = p.cmd
+			break
+		}
+	}
+	s.mu.Unlock()
+	if o == nil || !ftp.TransferVerb(head.Verb) {
+		return
+	}
+	t := time.NewTimer(s.srv.cfg.ConnectTimeout)
+	defer t.Stop()
+	select {
+	case <-o.settled:
+	case <-t.C:
+		s.log.Warn("relaying the transfer's reply before the client's data connection is made",
+			zap.Int("code", r.Code), zap.Duration("waited", s.srv.cfg.ConnectTimeout))
+	case <-s.done:
 	}
 }
 
@@ -513,6 +564,9 @@ func (s *Session) passiveReplyLocked(cmd ftp.Command, r *ftp.Reply) error {
 	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
 		s.log.Warn("PASV from a client that can only be given an IPv6 address", zap.Stringer("advertise", adv))
 		return s.writeClientLocked([]byte("425 You cannot use PASV on IPv6 connections. Use EPSV instead.\r\n"), true)
+	}
+	if s.closing() {
+		return io.EOF // close() takes s.mu after marking the session closed: no offer may start now
 	}
 	o, err := s.openOffer(true, s.clientSide.Addr(), s.clientAddr.Addr(), target, s.serverSide.Addr())
 	if err != nil {

@@ -150,3 +150,13 @@ func CheckActive(announced netip.AddrPort, client netip.Addr) error {
 	}
 	return nil
 }
+
+// TransferVerb reports whether verb starts a transfer over the data
+// connection (RFC 959, RFC 3659).
+func TransferVerb(verb string) bool {
+	switch verb {
+	case "RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD":
+		return true
+	}
+	return false
+}
