@@ -1,0 +1,23 @@
+//go:build linux
+
+// Package e2e holds the end-to-end tests of ftpalg: they build the proxy,
+// create throw-away network namespaces (client, front host, server), run
+// real FTP servers (vsftpd, proftpd, pure-ftpd) and real FTP clients (curl,
+// lftp, python3 ftplib) and check what arrives, byte for byte.
+//
+// The tests need root. Without root, or with a missing server or client
+// binary, they skip, unless FTPALG_E2E=1 is set (CI), in which case a missing
+// prerequisite is a failure. test/deps.sh installs everything on Debian 12.
+//
+//	sudo test/deps.sh
+//	sudo go test ./test/e2e/ -v -count=1
+//
+// Binary locations can be overridden with FTPALG_VSFTPD, FTPALG_PROFTPD,
+// FTPALG_PUREFTPD and FTPALG_PUREPW.
+//
+// Nothing leaves the sandbox: all addresses are documentation addresses
+// that only exist inside the namespaces the tests create, the namespaces
+// have only connected routes (plus routes to each other where a test needs
+// them), and every namespace, firewall rule and process is removed in
+// t.Cleanup, also when a test fails.
+package e2e

@@ -1,0 +1,108 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// proxyBinary is the ftpalg binary built by TestMain ("" if the build
+// failed or was not attempted); proxyBuildErr says why.
+var (
+	proxyBinary   string
+	proxyBuildErr error
+)
+
+// buildProxy builds cmd/ftpalg into dir.
+func buildProxy(dir string) (string, error) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		if _, serr := os.Stat(gobin); serr != nil {
+			return "", errors.New("go command not found in PATH")
+		}
+	}
+	out := filepath.Join(dir, "ftpalg")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gobin, "build", "-o", out, "github.com/ftpalg/ftpalg/cmd/ftpalg")
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", errors.New("go build github.com/ftpalg/ftpalg/cmd/ftpalg: " + err.Error() + "\n" + string(b))
+	}
+	return out, nil
+}
+
+// requireProxy skips (or fails under FTPALG_E2E=1) when the proxy binary is
+// not available.
+func requireProxy(t testing.TB) {
+	t.Helper()
+	if proxyBinary == "" {
+		msg := "ftpalg binary was not built"
+		if proxyBuildErr != nil {
+			msg += ": " + proxyBuildErr.Error()
+		}
+		if strict() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
+// Proxy is a running "ftpalg run" instance.
+type Proxy struct {
+	*Proc
+	Listen    string
+	Advertise string
+}
+
+// ProxyConfig are the flags of "ftpalg run".
+type ProxyConfig struct {
+	Listen    string // host:port
+	Upstream  string // host:port
+	Advertise string // IP
+	DataPorts string // LO-HI
+}
+
+// StartProxy runs ftpalg in the front namespace and waits until a client
+// in the client namespace gets the (relayed) 220 greeting. The upstream
+// server must already be running. On failure of the calling test, the
+// proxy log is attached. Cleanup stops it with SIGTERM and reports an error
+// if it does not exit.
+func StartProxy(t testing.TB, topo *Topology, cfg ProxyConfig) *Proxy {
+	t.Helper()
+	requireProxy(t)
+	logPath := filepath.Join(t.TempDir(), "ftpalg.log")
+	args := []string{proxyBinary, "run",
+		"--listen", cfg.Listen,
+		"--upstream", cfg.Upstream,
+		"--advertise", cfg.Advertise,
+		"--data-ports", cfg.DataPorts,
+		"--log-format", "json",
+		"--log-level", "debug",
+	}
+	p := &Proxy{Proc: startProc(t, topo.Front, "ftpalg", logPath, args...), Listen: cfg.Listen, Advertise: cfg.Advertise}
+	t.Logf("started (pid %d): %s", p.PID(), strings.Join(args, " "))
+	t.Cleanup(func() {
+		err := p.Stop(5 * time.Second)
+		if errors.Is(err, errNoGracefulExit) {
+			t.Errorf("ftpalg (%s) %v", cfg.Listen, err)
+		} else if err != nil {
+			t.Errorf("ftpalg (%s): %v", cfg.Listen, err)
+		}
+		if t.Failed() {
+			t.Logf("--- ftpalg log (%s, listen %s) ---\n%s", logPath, cfg.Listen, tail(p.Log(), 80))
+		}
+	})
+	if err := topo.Client.waitBanner(cfg.Listen, 15*time.Second, p.Alive); err != nil {
+		t.Fatalf("ftpalg not serving: %v", err)
+	}
+	return p
+}

@@ -1,0 +1,367 @@
+//go:build linux
+
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ServerKind names one of the FTP server implementations.
+type ServerKind string
+
+const (
+	Vsftpd   ServerKind = "vsftpd"
+	Proftpd  ServerKind = "proftpd"
+	PureFTPd ServerKind = "pureftpd"
+)
+
+var allServers = []ServerKind{Vsftpd, Proftpd, PureFTPd}
+
+func (k ServerKind) requirement() string {
+	switch k {
+	case Vsftpd:
+		return reqVsftpd
+	case Proftpd:
+		return reqProftpd
+	case PureFTPd:
+		return reqPureFTPd
+	}
+	panic("unknown server " + string(k))
+}
+
+// Passive port range of all servers.
+const (
+	serverPasvMin = 40000
+	serverPasvMax = 40100
+)
+
+// DataFile is a file in a server's data directory.
+type DataFile struct {
+	Name   string
+	Size   int64
+	SHA256 string
+}
+
+// Standard test files in every server's root.
+var standardFiles = []struct {
+	name string
+	size int64
+}{
+	{"empty.bin", 0},
+	{"one.bin", 1},
+	{"small.bin", 4096},
+	{"big.bin", 10 << 20},
+}
+
+// uploadDirName is the only directory of a server's root the FTP user may
+// write to.
+const uploadDirName = "upload"
+
+// Server is a running FTP server (one process per address family where the
+// implementation cannot listen on two specific addresses at once).
+type Server struct {
+	Kind      ServerKind
+	Root      string // served directory
+	UploadDir string // Root/upload, writable
+	User      string
+	Pass      string
+	Files     map[string]DataFile
+	procs     []*Proc
+	extraLogs []string // log files written by the servers themselves
+}
+
+// ServerOptions configure StartServer.
+type ServerOptions struct {
+	// IPv6 also listens on [ServerIP6]:21.
+	IPv6 bool
+	// Extra files: name -> size; created sparse (all zeros), no checksum.
+	SparseFiles map[string]int64
+}
+
+// StartServer writes the data files and configuration and starts the
+// server in the server namespace, listening on ServerIP4:21 (and
+// [ServerIP6]:21). It waits until the server greets.
+func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOptions) *Server {
+	t.Helper()
+	base := worldDir(t, "ftpalg-e2e-"+string(kind)+"-")
+	s := &Server{
+		Kind:  kind,
+		Root:  mkdir(t, filepath.Join(base, "root"), 0o755),
+		Files: map[string]DataFile{},
+	}
+	s.UploadDir = mkdir(t, filepath.Join(s.Root, uploadDirName), 0o777)
+	etc := mkdir(t, filepath.Join(base, "etc"), 0o755)
+	for i, f := range standardFiles {
+		s.Files[f.name] = writeRandomFile(t, filepath.Join(s.Root, f.name), f.size, uint64(i+1))
+	}
+	for name, size := range opt.SparseFiles {
+		p := filepath.Join(s.Root, name)
+		writeFile(t, p, "", 0o644)
+		if err := os.Truncate(p, size); err != nil {
+			t.Fatal(err)
+		}
+		s.Files[name] = DataFile{Name: name, Size: size}
+	}
+
+	ftp, err := ftpUser()
+	if err != nil {
+		skipOrFail(t, "system user ftp: %v", err)
+	}
+
+	switch kind {
+	case Vsftpd:
+		s.User, s.Pass = "anonymous", "test@example.org"
+		empty := mkdir(t, filepath.Join(base, "empty"), 0o755)
+		s.startVsftpd(t, topo, etc, empty, false)
+		if opt.IPv6 {
+			s.startVsftpd(t, topo, etc, empty, true)
+		}
+	case Proftpd:
+		s.User, s.Pass = "anonymous", "test@example.org"
+		s.startProftpd(t, topo, etc, opt.IPv6)
+	case PureFTPd:
+		s.User, s.Pass = "ftptest", "secret"
+		pdb := s.pureDB(t, etc, ftp)
+		s.startPureFTPd(t, topo, etc, pdb, false)
+		if opt.IPv6 {
+			s.startPureFTPd(t, topo, etc, pdb, true)
+		}
+	default:
+		t.Fatalf("unknown server kind %q", kind)
+	}
+
+	addrs := []string{net.JoinHostPort(ServerIP4, "21")}
+	if opt.IPv6 {
+		addrs = append(addrs, net.JoinHostPort(ServerIP6, "21"))
+	}
+	for _, a := range addrs {
+		if err := topo.Server.waitBanner(a, 15*time.Second, s.Alive); err != nil {
+			t.Fatalf("%s did not come up: %v\n%s", kind, err, s.Logs())
+		}
+	}
+	return s
+}
+
+// Alive returns an error if one of the server processes exited.
+func (s *Server) Alive() error {
+	for _, p := range s.procs {
+		if err := p.Alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Logs returns the tails of the server logs.
+func (s *Server) Logs() string {
+	var b strings.Builder
+	for _, p := range s.procs {
+		if out := p.Log(); out != "" {
+			fmt.Fprintf(&b, "--- %s output (%s) ---\n%s\n", p.Name, p.LogPath, tail(out, 20))
+		}
+	}
+	for _, l := range s.extraLogs {
+		out, _ := os.ReadFile(l)
+		fmt.Fprintf(&b, "--- %s ---\n%s\n", l, tail(string(out), 40))
+	}
+	return b.String()
+}
+
+func (s *Server) startVsftpd(t testing.TB, topo *Topology, etc, empty string, v6 bool) {
+	t.Helper()
+	fam := "4"
+	listen := "listen=YES\nlisten_ipv6=NO\nlisten_address=" + ServerIP4 + "\n"
+	if v6 {
+		fam = "6"
+		listen = "listen=NO\nlisten_ipv6=YES\nlisten_address6=" + ServerIP6 + "\n"
+	}
+	logPath := filepath.Join(etc, "vsftpd"+fam+".log")
+	conf := filepath.Join(etc, "vsftpd"+fam+".conf")
+	writeFile(t, conf, listen+fmt.Sprintf(`listen_port=21
+background=NO
+anonymous_enable=YES
+local_enable=NO
+no_anon_password=YES
+ftp_username=ftp
+anon_root=%s
+write_enable=YES
+anon_upload_enable=YES
+anon_mkdir_write_enable=NO
+anon_other_write_enable=NO
+anon_world_readable_only=YES
+anon_umask=022
+secure_chroot_dir=%s
+seccomp_sandbox=NO
+pasv_enable=YES
+pasv_min_port=%d
+pasv_max_port=%d
+port_enable=YES
+connect_from_port_20=NO
+async_abor_enable=YES
+idle_session_timeout=120
+data_connection_timeout=60
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+vsftpd_log_file=%s
+syslog_enable=NO
+dual_log_enable=NO
+hide_ids=NO
+use_localtime=NO
+`, s.Root, empty, serverPasvMin, serverPasvMax, logPath), 0o600)
+	s.procs = append(s.procs, startProc(t, topo.Server, "vsftpd-ipv"+fam,
+		filepath.Join(etc, "vsftpd"+fam+".out"), vsftpdPath(), conf))
+	s.extraLogs = append(s.extraLogs, logPath) // protocol log
+}
+
+func (s *Server) startProftpd(t testing.TB, topo *Topology, etc string, v6 bool) {
+	t.Helper()
+	addrs := ServerIP4
+	if v6 {
+		addrs += " " + ServerIP6
+	}
+	logPath := filepath.Join(etc, "proftpd.log")
+	conf := filepath.Join(etc, "proftpd.conf")
+	writeFile(t, conf, fmt.Sprintf(`ServerName "ftpalg e2e"
+ServerType standalone
+Port 21
+UseIPv6 on
+DefaultAddress %s
+SocketBindTight on
+User root
+Group root
+WtmpLog off
+RequireValidShell off
+UseFtpUsers off
+UseReverseDNS off
+ScoreboardFile %s
+PidFile %s
+SystemLog %s
+DelayTable none
+DelayEngine off
+TransferLog none
+<IfModule mod_ctrls.c>
+  ControlsEngine off
+  ControlsSocket %s
+</IfModule>
+PassivePorts %d %d
+TimeoutIdle 120
+<Anonymous %s>
+  User ftp
+  Group nogroup
+  UserAlias anonymous ftp
+  <Limit WRITE>
+    AllowAll
+  </Limit>
+</Anonymous>
+`, addrs, filepath.Join(etc, "proftpd.scoreboard"), filepath.Join(etc, "proftpd.pid"), logPath,
+		filepath.Join(etc, "proftpd.ctrls"), serverPasvMin, serverPasvMax, s.Root), 0o600)
+	s.procs = append(s.procs, startProc(t, topo.Server, "proftpd", filepath.Join(etc, "proftpd.out"),
+		proftpdPath(), "-n", "-q", "-c", conf))
+	s.extraLogs = append(s.extraLogs, logPath)
+}
+
+// pureDB creates the virtual user database (a cheap SHA-512 crypt hash:
+// pure-pw's default argon2 costs seconds per login).
+func (s *Server) pureDB(t testing.TB, etc string, ftp uidGid) string {
+	t.Helper()
+	// crypt("secret", "$6$ftpalgtest$")
+	const hash = "$6$ftpalgtest$78RLnDR73c7G34dEoSlk3nzhq6QSsSizIjM/ICav1ZFu9hog0XgJu/FWQ6OPQdL4MLBCmxiokpoG1q5oMlglj1"
+	passwd := filepath.Join(etc, "pureftpd.passwd")
+	pdb := filepath.Join(etc, "pureftpd.pdb")
+	writeFile(t, passwd, fmt.Sprintf("%s:%s:%d:%d::%s/./::::::::::::\n", s.User, hash, ftp.UID, ftp.GID, s.Root), 0o600)
+	if out, err := exec.Command(purePwPath(), "mkdb", pdb, "-f", passwd).CombinedOutput(); err != nil {
+		t.Fatalf("pure-pw mkdb: %v\n%s", err, out)
+	}
+	return pdb
+}
+
+func (s *Server) startPureFTPd(t testing.TB, topo *Topology, etc, pdb string, v6 bool) {
+	t.Helper()
+	fam, bind := "4", ServerIP4+",21"
+	if v6 {
+		fam, bind = "6", ServerIP6+",21"
+	}
+	s.procs = append(s.procs, startProc(t, topo.Server, "pure-ftpd-ipv"+fam,
+		filepath.Join(etc, "pure-ftpd"+fam+".log"),
+		pureFTPdPath(),
+		"--bind", bind,
+		"--passiveportrange", fmt.Sprintf("%d:%d", serverPasvMin, serverPasvMax),
+		"--noanonymous",
+		"--login", "puredb:"+pdb,
+		"--chrooteveryone",
+		"--dontresolve",
+		"--minuid", "1",
+		"--maxidletime", "2",
+		"--syslogfacility", "none",
+	))
+}
+
+// writeRandomFile writes size deterministic pseudo-random bytes.
+func writeRandomFile(t testing.TB, path string, size int64, seed uint64) DataFile {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var key [32]byte
+	key[0] = byte(seed)
+	r := rand.NewChaCha8(key)
+	h := sha256.New()
+	if _, err := io.CopyN(io.MultiWriter(f, h), r, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return DataFile{Name: filepath.Base(path), Size: size, SHA256: hex.EncodeToString(h.Sum(nil))}
+}
+
+// fileSHA256 returns the checksum and size of a file on disk.
+func fileSHA256(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// checkFile compares a file on disk against want.
+func checkFile(path string, want DataFile) error {
+	got, n, err := fileSHA256(path)
+	if err != nil {
+		return err
+	}
+	if n != want.Size || got != want.SHA256 {
+		return fmt.Errorf("%s: got %d bytes sha256 %s, want %d bytes sha256 %s", path, n, short(got), want.Size, short(want.SHA256))
+	}
+	return nil
+}
+
+func short(sum string) string {
+	if len(sum) > 12 {
+		return sum[:12]
+	}
+	return sum
+}
