@@ -3,18 +3,18 @@ module github.com/ftpalg/ftpalg
 go 1.26.8
 
 require (
+	github.com/coreos/go-iptables v0.8.0
 	github.com/fclairamb/ftpserverlib v0.30.0
 	github.com/jlaffaye/ftp v0.2.4
 	github.com/spf13/afero v1.15.0
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
 	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/sys v0.40.0
 )
 
 require (
-	github.com/coreos/go-iptables v0.8.0 // indirect
-	github.com/vishvananda/netlink v1.3.1 // indirect
-	github.com/vishvananda/netns v0.0.5 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	golang.org/x/text v0.28.0 // indirect
 )

@@ -1,5 +1,63 @@
-// Package nat holds the address plumbing of the proxy: which local port a
-// data connection listens on, and which address is announced to a peer.
-// Transparent interception (original destination, IP_TRANSPARENT) lands here
-// too. It knows nothing of FTP.
+// Package nat holds the socket plumbing of the proxy: which local port a
+// data connection listens on, which address is announced to a peer, and,
+// for the transparent gateway mode, where an intercepted connection was
+// going and how to listen and dial on addresses the host does not own. It
+// knows nothing of FTP and never installs firewall rules or routes (rules/
+// and the operator do; README.md lists what each mechanism needs).
+//
+// # Invariants
+//
+// Addresses leave this package as netip values, unmapped: an IPv4 peer on
+// a dual-stack socket is reported as IPv4.
+//
+// Everything acts in the network namespace of the calling OS thread.
+//
+// Sockets are reached through SyscallConn().Control, never File(), which
+// would duplicate the descriptor.
+//
+// # Original destination
+//
+//   - REDIRECT/DNAT rewrites the destination; conntrack remembers it.
+//     OriginalDst asks with getsockopt(SOL_IP, SO_ORIGINAL_DST) into a
+//     16-byte sockaddr_in, or getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)
+//     into a 28-byte sockaddr_in6 (a shorter buffer is EINVAL). No
+//     capability. A tracked connection nothing rewrote answers with its own
+//     local address, without an error, which Intercepted detects; an
+//     untracked one fails with ENOENT.
+//   - TPROXY does not rewrite: the accepted socket's LocalAddr is the
+//     original destination, and conntrack is not consulted.
+//   - Destination(c, mode) reads whichever applies, and refuses in
+//     ModeRedirect a connection addressed to the proxy itself (it would
+//     loop).
+//
+// # Transparent and freebind sockets
+//
+//   - IP_TRANSPARENT (IPV6_TRANSPARENT for AF_INET6 sockets) is set in
+//     ListenConfig.Control / Dialer.Control, that is after socket(2) and
+//     before bind(2), because bind is where the kernel checks that the
+//     address is local. It lets a listener bind a non-local address, makes
+//     it eligible for TPROXY delivery (TPROXY only hands packets to
+//     transparent sockets), and lets a dial send from a non-local source
+//     (the server sees the client's address). It needs CAP_NET_ADMIN or
+//     CAP_NET_RAW in the user namespace owning the network namespace;
+//     without, the error matches os.ErrPermission and names option and
+//     capability.
+//   - IP_FREEBIND (IPV6_FREEBIND) only lifts the bind check, for an address
+//     not configured yet (a floating VRRP address). No capability, no TPROXY
+//     delivery, no non-local source.
+//   - Sockets are opened as "tcp4" or "tcp6" after the address, never
+//     "tcp": Go would make 0.0.0.0 a dual-stack AF_INET6 socket, and the
+//     IPv4 option and rules are meant for AF_INET ones. One listener per
+//     family.
+//   - Sending from a non-local source is half the job: the replies come
+//     back to an address the host does not own and must be marked by
+//     `-m socket --transparent` and routed to `local 0/0 dev lo` in a
+//     policy table, or they are forwarded away and the dial times out.
+//
+// # Route source
+//
+// RouteSource is `ip route get`'s "src" (netlink RTM_GETROUTE, falling back
+// to the local address of a connected UDP socket, which sends nothing).
+// For a peer with an open connection, that connection's LocalAddr() is the
+// cheaper and exact answer.
 package nat

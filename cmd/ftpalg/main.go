@@ -18,6 +18,7 @@ const usage = `ftpalg — firewall-aware FTP proxy / application-layer gateway
 Usage:
   ftpalg demo                    run a server, the proxy and a client on loopback and show the rewrite
   ftpalg run [flags]             run the proxy (ftpalg run --help lists the flags)
+  ftpalg rules show|flush|cleanup  the firewall pinholes ftpalg holds
   ftpalg version                 print the version
 `
 
@@ -32,6 +33,8 @@ func main() {
 		err = runCmd(os.Args[2:])
 	case "demo":
 		err = demoCmd(os.Args[2:])
+	case "rules":
+		err = rulesCmd(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("ftpalg", version)
 	case "help", "--help", "-h":

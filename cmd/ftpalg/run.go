@@ -16,16 +16,16 @@ import (
 
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy"
-	"github.com/ftpalg/ftpalg/rules"
 )
 
 // runFlags are the flags of `ftpalg run`.
 type runFlags struct {
-	listen, upstream, advertise, dataPorts, firewall string
-	logFormat, logLevel                              string
-	trustPASV                                        bool
-	connectTimeout, dataTimeout, idleTimeout, grace  time.Duration
-	maxSessions, maxPerIP                            int
+	listen, upstream, advertise, dataPorts          string
+	logFormat, logLevel                             string
+	trustPASV                                       bool
+	fw                                              firewallFlags
+	connectTimeout, dataTimeout, idleTimeout, grace time.Duration
+	maxSessions, maxPerIP                           int
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -40,7 +40,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "on SIGINT/SIGTERM, how long running sessions may finish before they are closed")
 	fs.IntVar(&f.maxSessions, "max-sessions", proxy.DefaultMaxSessions, "most concurrent sessions; more are refused with 421 (negative: no limit)")
 	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (negative: no limit)")
-	fs.StringVar(&f.firewall, "firewall", "none", "firewall backend for data pinholes: none (open --data-ports statically)")
+	f.fw.register(fs)
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 }
@@ -72,25 +72,33 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.NewServer(cfg)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	fw, err := f.fw.backend(ctx, log, true)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := cfg.Firewall.Setup(ctx); err != nil {
-		return fmt.Errorf("firewall %s: %w", cfg.Firewall.Name(), err)
+	cfg.Firewall = fw
+	srv, err := proxy.NewServer(cfg)
+	if err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return err
 	}
+	// Setup after the listen succeeded, so a failed start leaves no rules;
+	// it also removes what a crashed run left behind.
+	if err := fw.Setup(ctx); err != nil {
+		ln.Close()
+		return fmt.Errorf("firewall %s: %w", fw.Name(), err)
+	}
 	serveErr := srv.Serve(ctx, ln, f.grace)
 	log.Info("stopped accepting; sessions done")
-	tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := cfg.Firewall.Teardown(tctx); err != nil {
-		log.Warn("firewall teardown failed", zap.Error(err))
+	if err := fw.Teardown(tctx); err != nil {
+		log.Warn("firewall teardown failed", zap.String("firewall", fw.Name()), zap.Error(err))
 	}
 	return serveErr
 }
@@ -121,12 +129,6 @@ func (f *runFlags) config(log *zap.Logger) (proxy.Config, error) {
 		return cfg, fmt.Errorf("run: --data-ports: %w", err)
 	}
 	cfg.DataPorts = r
-	switch f.firewall {
-	case "none", "":
-		cfg.Firewall = rules.None{}
-	default:
-		return cfg, fmt.Errorf("run: --firewall %q: this build knows only \"none\"", f.firewall)
-	}
 	return cfg, nil
 }
 

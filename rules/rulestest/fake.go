@@ -53,7 +53,7 @@ func (f *Fake) Close(_ context.Context, p rules.Pinhole) error {
 	return nil
 }
 
-// Open returns the pinholes open now.
+// Pinholes returns the pinholes open now.
 func (f *Fake) Pinholes() []rules.Pinhole {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -70,3 +70,16 @@ func (f *Fake) Counts() (opened, closed int) {
 	defer f.mu.Unlock()
 	return f.opened, f.closed
 }
+
+// List returns the pinholes open now, as a rules.Lister.
+func (f *Fake) List(context.Context) ([]rules.Pinhole, error) { return f.Pinholes(), nil }
+
+// Flush forgets every open pinhole, as a rules.Lister.
+func (f *Fake) Flush(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.open)
+	return nil
+}
+
+var _ rules.Lister = (*Fake)(nil)

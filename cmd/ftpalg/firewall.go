@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ftpalg/ftpalg/rules"
+	// The pinhole backends register themselves with package rules.
+	_ "github.com/ftpalg/ftpalg/rules/ipset"
+	_ "github.com/ftpalg/ftpalg/rules/iptables"
+)
+
+// firewallFlags choose and configure the pinhole backend; `run` and
+// `rules` share them so both name the same kernel objects.
+type firewallFlags struct {
+	name, instance, iptables string
+	keepHooks                bool
+}
+
+func (f *firewallFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.name, "firewall", "auto", "pinhole backend: auto (best available, reported at start), "+strings.Join(rules.Names(), ", "))
+	fs.StringVar(&f.instance, "firewall-instance", "", "suffix for ftpalg's chains and sets, so several ftpalg processes on one host keep apart (a-z0-9_, up to 12)")
+	fs.StringVar(&f.iptables, "iptables", "", "iptables variant for hooks and rules: nft or legacy (default: the iptables on PATH); must match the host's ruleset")
+	fs.BoolVar(&f.keepHooks, "keep-firewall-hooks", false, "leave ftpalg's chains, hooks and sets in place at exit (pinholes are removed all the same)")
+}
+
+func (f *firewallFlags) options(log *zap.Logger) rules.Options {
+	return rules.Options{Logger: log, Instance: f.instance, Iptables: f.iptables, KeepHooks: f.keepHooks}
+}
+
+// backend builds the chosen backend; "auto" detects the best one (detect
+// false: try none, for the read-only `rules` commands).
+func (f *firewallFlags) backend(ctx context.Context, log *zap.Logger, detect bool) (rules.Backend, error) {
+	name := f.name
+	if name == "auto" {
+		if !detect {
+			return nil, errors.New("--firewall auto cannot be used here: name the backend")
+		}
+		name, _ = rules.Detect(ctx, log) // logs its choice and reason
+	} else {
+		log.Info("firewall backend", zap.String("firewall", name))
+	}
+	return rules.New(name, f.options(log))
+}
+
+const rulesUsage = `Usage: ftpalg rules show|flush|cleanup [--firewall NAME] [--firewall-instance NAME]
+
+  show     list the pinholes open now, with the session that opened each
+  flush    remove every pinhole (chains, hooks and sets stay)
+  cleanup  remove everything ftpalg installed (after a crash, or with --keep-firewall-hooks)
+
+Without --firewall, every backend is asked.
+`
+
+// rulesCmd is `ftpalg rules show|flush|cleanup`.
+func rulesCmd(args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprint(os.Stderr, rulesUsage)
+		return errors.New("rules: show, flush or cleanup?")
+	}
+	verb := args[0]
+	fs := flag.NewFlagSet("ftpalg rules "+verb, flag.ContinueOnError)
+	var f firewallFlags
+	f.register(fs)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), rulesUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log, err := newLogger("console", "warn")
+	if err != nil {
+		return err
+	}
+	names := []string{f.name}
+	if f.name == "auto" {
+		names = nil
+		for _, n := range rules.Names() {
+			if n != "none" {
+				names = append(names, n)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var errs []error
+	tw := tabwriter.NewWriter(os.Stdout, 0, 8, 2, ' ', 0)
+	if verb == "show" {
+		fmt.Fprintln(tw, "BACKEND\tSESSION\tPROTO\tPEER\tLOCAL\tEXPIRES IN")
+	}
+	for _, n := range names {
+		b, err := rules.New(n, f.options(log))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		switch verb {
+		case "cleanup":
+			if err := b.Teardown(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		l, ok := b.(rules.Lister)
+		if !ok {
+			continue
+		}
+		switch verb {
+		case "show":
+			ps, err := l.List(ctx)
+			if err != nil {
+				if f.name == "auto" && errors.Is(err, rules.ErrNotReady) {
+					continue // that backend is not in use here
+				}
+				errs = append(errs, err)
+				continue
+			}
+			for _, p := range ps {
+				exp := "-"
+				if p.Lifetime > 0 {
+					exp = p.Lifetime.String()
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", n, p.Session, p.Proto, p.Peer, p.Local, exp)
+			}
+		case "flush":
+			if err := l.Flush(ctx); err != nil && !(f.name == "auto" && errors.Is(err, rules.ErrNotReady)) {
+				errs = append(errs, err)
+			}
+		default:
+			return fmt.Errorf("rules: unknown command %q (show, flush or cleanup)", verb)
+		}
+	}
+	tw.Flush()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,45 @@
+// Package iptables is the portable pinhole backend: one iptables rule per
+// pinhole, for hosts without ipset. Every Open and Close runs the iptables
+// binary (through go-iptables): milliseconds, not microseconds, and on
+// iptables-legacy the whole table is rewritten each time, so prefer the
+// ipset backend where the kernel has it.
+//
+// Kernel objects:
+//
+//	chains  FTPALG-INPUT, FTPALG-FORWARD in the filter table
+//	hooks   -A INPUT   -p tcp --syn -m conntrack --ctstate NEW -j FTPALG-INPUT
+//	        -A FORWARD -p tcp --syn -m conntrack --ctstate NEW -j FTPALG-FORWARD
+//	        (inserted at the top; the same with ip6tables)
+//	rules   -A FTPALG-INPUT -p tcp -s PEER -d LOCAL --dport PORT
+//	            -m comment --comment "ftpalg session N" -j ACCEPT
+//
+// With Options.Instance "web" the chains are FTPALG-INPUT-web and
+// FTPALG-FORWARD-web, so several ftpalg processes share a host.
+//
+// FTPALG-FORWARD stays empty until the gateway mode puts pinholes there; it
+// is hooked already so that mode changes no hooks.
+//
+// Lifetime: a rule has no kernel timeout. The proxy closes it when the data
+// connection arrives or the offer expires; a crashed proxy leaves its rules
+// in place until the next Setup, which flushes the chain (or until
+// `ftpalg rules flush`). Pinhole.Lifetime is ignored.
+//
+// It works with iptables-nft and iptables-legacy (Options.Iptables chooses;
+// Setup logs which one `iptables --version` reports). The variant must be
+// the one the host's ruleset uses: packets pass both, and a DROP in the
+// other still drops.
+//
+// ESTABLISHED traffic: only a connection's first packet passes our chain
+// (the hook matches NEW SYNs); the host's rules must accept ESTABLISHED
+// traffic, as every default-DROP ruleset does.
+//
+// Invariants:
+//   - The memory map of open pinholes is the source of truth for what this
+//     process opened; FTPALG-INPUT holds exactly one rule for each. List
+//     reads the kernel, so it also works in `ftpalg rules show`.
+//   - Kernel changes are serialised by one mutex: concurrent iptables
+//     processes would only queue on the xtables lock (legacy) or retry
+//     their transactions (nft).
+//   - Closing a missing rule is success; opening an open pinhole adds no
+//     second rule.
+package iptables
