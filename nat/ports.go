@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -60,6 +61,9 @@ var ErrNoPort = errors.New("nat: no free data port in range")
 type Ports struct {
 	r    PortRange
 	next atomic.Uint32
+	// Transparent makes the listeners IP_TRANSPARENT, so they may bind an
+	// address that is not the host's (a server's, in gateway mode).
+	Transparent bool
 }
 
 // NewPorts returns an allocator for r.
@@ -78,11 +82,11 @@ func (p *Ports) Range() PortRange { return p.r }
 func (p *Ports) Listen(ip netip.Addr) (*net.TCPListener, netip.AddrPort, error) {
 	n := p.r.Size()
 	if n == 0 {
-		return listen(netip.AddrPortFrom(ip, 0))
+		return p.listen(netip.AddrPortFrom(ip, 0))
 	}
 	for range n {
 		port := p.r.Lo + uint16(p.next.Add(1)%uint32(n))
-		ln, ap, err := listen(netip.AddrPortFrom(ip, port))
+		ln, ap, err := p.listen(netip.AddrPortFrom(ip, port))
 		if err == nil {
 			return ln, ap, nil
 		}
@@ -93,8 +97,14 @@ func (p *Ports) Listen(ip netip.Addr) (*net.TCPListener, netip.AddrPort, error) 
 	return nil, netip.AddrPort{}, fmt.Errorf("%w %s on %s", ErrNoPort, p.r, ip)
 }
 
-func listen(ap netip.AddrPort) (*net.TCPListener, netip.AddrPort, error) {
-	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+func (p *Ports) listen(ap netip.AddrPort) (*net.TCPListener, netip.AddrPort, error) {
+	var ln *net.TCPListener
+	var err error
+	if p.Transparent {
+		ln, err = ListenTransparent(context.Background(), ap)
+	} else {
+		ln, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+	}
 	if err != nil {
 		return nil, netip.AddrPort{}, err
 	}

@@ -124,8 +124,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	s.track(in, true)
 	defer s.track(in, false)
 
-	d := net.Dialer{Timeout: s.srv.cfg.ConnectTimeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(o.from, 0))}
-	c, err := d.DialContext(s.srv.dataCtx, "tcp", o.target.String())
+	out, err := s.srv.dial(s.srv.dataCtx, o.from, o.target.String())
 	o.settle()
 	if err != nil {
 		s.log.Warn("data connection failed", zap.Stringer("to", o.target), zap.Error(err))
@@ -133,7 +132,6 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 		in.Close()
 		return
 	}
-	out := c.(*net.TCPConn)
 	s.track(out, true)
 	defer s.track(out, false)
 

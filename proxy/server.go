@@ -20,8 +20,26 @@ import (
 // Config is what a Server needs. Zero durations and limits take the
 // defaults below.
 type Config struct {
-	// Upstream is the FTP server, "host:port".
+	// Upstream is the FTP server, "host:port", when every client goes to
+	// the same server (reverse proxy / sidecar).
 	Upstream string
+	// Director, when set, picks each session's server from its control
+	// connection instead (transparent gateway mode: the original
+	// destination of an intercepted connection). An error refuses the
+	// session with 421.
+	Director func(c net.Conn) (netip.AddrPort, error)
+	// Transparent makes the proxy's own sockets IP_TRANSPARENT (gateway
+	// mode, CAP_NET_ADMIN): a passive data port is opened on the server's
+	// own address, which is also what the client is told, so clients that
+	// use the address in the 227 and clients that use the control
+	// connection's address (curl, ftplib, FileZilla) both reach it; the
+	// router's divert rule delivers those connections to the proxy.
+	Transparent bool
+	// UpstreamSourceClient makes the proxy connect to servers (control and
+	// data) from the client's address instead of its own (needs
+	// Transparent and the router's divert rule), so servers see the real
+	// client.
+	UpstreamSourceClient bool
 	// Advertise is the address announced to clients in passive replies;
 	// zero means the local address of the client's control connection.
 	Advertise netip.Addr
@@ -104,11 +122,15 @@ type Server struct {
 
 // NewServer checks cfg and returns a Server.
 func NewServer(cfg Config) (*Server, error) {
-	if cfg.Upstream == "" {
+	switch {
+	case cfg.Director == nil && cfg.Upstream == "":
 		return nil, errors.New("proxy: no upstream server")
-	}
-	if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
-		return nil, fmt.Errorf("proxy: upstream %q: %w", cfg.Upstream, err)
+	case cfg.Director == nil:
+		if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
+			return nil, fmt.Errorf("proxy: upstream %q: %w", cfg.Upstream, err)
+		}
+	case cfg.UpstreamSourceClient && !cfg.Transparent:
+		return nil, errors.New("proxy: connecting from the client's address needs transparent sockets")
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
@@ -138,6 +160,7 @@ func NewServer(cfg Config) (*Server, error) {
 		sessions: map[*Session]struct{}{},
 		perIP:    map[netip.Addr]int{},
 	}
+	s.ports.Transparent = cfg.Transparent
 	s.dataCtx, s.dataCancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -148,7 +171,11 @@ func NewServer(cfg Config) (*Server, error) {
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	s.log.Info("listening", zap.Stringer("addr", ln.Addr()), zap.String("upstream", s.cfg.Upstream),
+	upstream := s.cfg.Upstream
+	if s.cfg.Director != nil {
+		upstream = "(original destination)"
+	}
+	s.log.Info("listening", zap.Stringer("addr", ln.Addr()), zap.String("upstream", upstream),
 		zap.Stringer("data_ports", s.cfg.DataPorts), zap.String("firewall", s.cfg.Firewall.Name()))
 	var err error
 	var backoff time.Duration
@@ -274,4 +301,25 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// dial connects to the server side: from the proxy's own address, or, with
+// UpstreamSourceClient, from the client's (a transparent socket).
+func (s *Server) dial(ctx context.Context, from netip.Addr, to string) (*net.TCPConn, error) {
+	if s.cfg.Transparent && from.IsValid() {
+		ap, err := netip.ParseAddrPort(to)
+		if err != nil {
+			return nil, err
+		}
+		return nat.DialTransparent(ctx, netip.AddrPortFrom(from, 0), ap, s.cfg.ConnectTimeout)
+	}
+	d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
+	if from.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))
+	}
+	c, err := d.DialContext(ctx, "tcp", to)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
 }

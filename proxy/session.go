@@ -42,6 +42,7 @@ type Session struct {
 	id         uint64
 	log        *zap.Logger
 	client     net.Conn
+	rawClient  net.Conn // client as accepted, for Config.Director
 	server     net.Conn
 	clientAddr netip.AddrPort // the client, as seen on its control connection
 	clientSide netip.AddrPort // our address facing the client
@@ -72,6 +73,7 @@ func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *S
 		srv:        srv,
 		id:         id,
 		client:     wrapControl(client),
+		rawClient:  client,
 		clientAddr: peer,
 		clientSide: nat.AddrPortOf(client.LocalAddr()),
 		done:       make(chan struct{}),
@@ -105,10 +107,23 @@ func (s *Session) run() {
 }
 
 func (s *Session) dialServer() bool {
-	d := net.Dialer{Timeout: s.srv.cfg.ConnectTimeout}
-	c, err := d.DialContext(s.srv.dataCtx, "tcp", s.srv.cfg.Upstream)
+	upstream := s.srv.cfg.Upstream
+	if dir := s.srv.cfg.Director; dir != nil {
+		ap, err := dir(s.rawClient)
+		if err != nil {
+			s.log.Warn("no server for this connection", zap.Error(err))
+			s.writeClientNow("421 Service not available: no FTP server for this connection.\r\n")
+			return false
+		}
+		upstream = ap.String()
+	}
+	var from netip.Addr
+	if s.srv.cfg.UpstreamSourceClient {
+		from = s.clientAddr.Addr()
+	}
+	c, err := s.srv.dial(s.srv.dataCtx, from, upstream)
 	if err != nil {
-		s.log.Warn("upstream unreachable", zap.String("upstream", s.srv.cfg.Upstream), zap.Error(err))
+		s.log.Warn("upstream unreachable", zap.String("upstream", upstream), zap.Error(err))
 		s.writeClientNow("421 Service not available: the FTP server cannot be reached.\r\n")
 		return false
 	}
@@ -561,6 +576,16 @@ func (s *Session) passiveReplyLocked(cmd ftp.Command, r *ftp.Reply) error {
 	}
 	target := s.passiveTarget(ap)
 	adv := nat.Advertised(s.srv.cfg.Advertise, s.clientSide.Addr())
+	listenIP := s.clientSide.Addr()
+	if s.srv.cfg.Transparent {
+		// Listen on the server's own address: the client is told that
+		// address, and clients that use the control connection's address
+		// instead (curl, ftplib, FileZilla) land there too.
+		listenIP = s.serverAddr.Addr()
+		if !s.srv.cfg.Advertise.IsValid() {
+			adv = listenIP
+		}
+	}
 	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
 		s.log.Warn("PASV from a client that can only be given an IPv6 address", zap.Stringer("advertise", adv))
 		return s.writeClientLocked([]byte("425 You cannot use PASV on IPv6 connections. Use EPSV instead.\r\n"), true)
@@ -568,7 +593,7 @@ func (s *Session) passiveReplyLocked(cmd ftp.Command, r *ftp.Reply) error {
 	if s.closing() {
 		return io.EOF // close() takes s.mu after marking the session closed: no offer may start now
 	}
-	o, err := s.openOffer(true, s.clientSide.Addr(), s.clientAddr.Addr(), target, s.serverSide.Addr())
+	o, err := s.openOffer(true, listenIP, s.clientAddr.Addr(), target, s.serverSide.Addr())
 	if err != nil {
 		s.log.Warn("cannot listen for the client's data connection", zap.Error(err))
 		return s.writeClientLocked([]byte("425 Can't open data connection: no data port available.\r\n"), true)

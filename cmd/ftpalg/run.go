@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 // runFlags are the flags of `ftpalg run`.
 type runFlags struct {
 	listen, upstream, advertise, dataPorts          string
+	mode, interception, upstreamSource              string
 	logFormat, logLevel                             string
 	trustPASV                                       bool
 	fw                                              firewallFlags
@@ -30,7 +32,10 @@ type runFlags struct {
 
 func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", ":21", "address to accept FTP control connections on")
-	fs.StringVar(&f.upstream, "upstream", "", "the FTP server, HOST:PORT (required)")
+	fs.StringVar(&f.upstream, "upstream", "", "the FTP server, HOST:PORT (required in reverse mode)")
+	fs.StringVar(&f.mode, "mode", "reverse", "reverse: relay every client to --upstream; transparent: relay each intercepted connection to its original destination (gateway on a router)")
+	fs.StringVar(&f.interception, "interception", "redirect", "transparent mode: how connections are intercepted: redirect (iptables REDIRECT, original destination from SO_ORIGINAL_DST) or tproxy (TPROXY, IP_TRANSPARENT listener)")
+	fs.StringVar(&f.upstreamSource, "upstream-source", "router", "transparent mode: connect to servers from the router's address (router) or from the client's (client, needs the divert routing in rules/intercept/README.md)")
 	fs.StringVar(&f.advertise, "advertise", "", "address announced to clients in passive replies (default: the local address the client connected to)")
 	fs.StringVar(&f.dataPorts, "data-ports", "50000-50999", "port range for data connections, LO-HI, on both sides (0: any port)")
 	fs.BoolVar(&f.trustPASV, "trust-pasv-address", false, "dial the address a server announces in 227 even when it is not the server's control address (default: dial the control address, as curl and lftp do)")
@@ -79,12 +84,13 @@ func runCmd(args []string) error {
 		return err
 	}
 	cfg.Firewall = fw
-	srv, err := proxy.NewServer(cfg)
+	ln, err := f.listener(ctx, &cfg)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", f.listen)
+	srv, err := proxy.NewServer(cfg)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	// Setup after the listen succeeded, so a failed start leaves no rules;
@@ -114,8 +120,25 @@ func (f *runFlags) config(log *zap.Logger) (proxy.Config, error) {
 		MaxSessionsPerIP:  f.maxPerIP,
 		Logger:            log,
 	}
-	if f.upstream == "" {
-		return cfg, errors.New("run: --upstream HOST:PORT is required")
+	switch f.mode {
+	case "reverse":
+		if f.upstream == "" {
+			return cfg, errors.New("run: --upstream HOST:PORT is required in reverse mode")
+		}
+	case "transparent":
+		if f.upstream != "" {
+			return cfg, errors.New("run: --upstream makes no sense with --mode transparent: the server is each connection's original destination")
+		}
+		cfg.Transparent = true
+		switch f.upstreamSource {
+		case "router":
+		case "client":
+			cfg.UpstreamSourceClient = true
+		default:
+			return cfg, fmt.Errorf("run: --upstream-source %q: want router or client", f.upstreamSource)
+		}
+	default:
+		return cfg, fmt.Errorf("run: --mode %q: want reverse or transparent", f.mode)
 	}
 	if f.advertise != "" {
 		a, err := netip.ParseAddr(f.advertise)
@@ -157,4 +180,78 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	cfg.ErrorOutputPaths = []string{"stderr"}
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	return cfg.Build(zap.WithCaller(false))
+}
+
+// listener opens the control listener and, in transparent mode, sets the
+// Director that finds each connection's original destination.
+func (f *runFlags) listener(ctx context.Context, cfg *proxy.Config) (net.Listener, error) {
+	if f.mode != "transparent" {
+		return net.Listen("tcp", f.listen)
+	}
+	m, err := nat.ParseMode(f.interception)
+	if err != nil {
+		return nil, fmt.Errorf("run: --interception: %w", err)
+	}
+	var ln *net.TCPListener
+	if m == nat.ModeTProxy {
+		ap, err := netip.ParseAddrPort(f.listenAddrPort())
+		if err != nil {
+			return nil, fmt.Errorf("run: --listen %q: want IP:PORT", f.listen)
+		}
+		if ln, err = nat.ListenTransparent(ctx, ap); err != nil {
+			return nil, err
+		}
+	} else {
+		l, err := net.Listen("tcp", f.listen)
+		if err != nil {
+			return nil, err
+		}
+		ln = l.(*net.TCPListener)
+	}
+	local, err := localAddrs()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	cfg.Director = func(c net.Conn) (netip.AddrPort, error) {
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			return netip.AddrPort{}, errors.New("not a TCP connection")
+		}
+		dst, err := nat.Destination(tc, m)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		// A connection made to the proxy itself would be relayed to the
+		// proxy again.
+		if local[dst.Addr()] {
+			return netip.AddrPort{}, fmt.Errorf("connection to the proxy's own address %s, not intercepted", dst)
+		}
+		return dst, nil
+	}
+	return ln, nil
+}
+
+// listenAddrPort turns ":2121" into "0.0.0.0:2121" for a transparent listener.
+func (f *runFlags) listenAddrPort() string {
+	if strings.HasPrefix(f.listen, ":") {
+		return "0.0.0.0" + f.listen
+	}
+	return f.listen
+}
+
+// localAddrs returns the host's own addresses (unmapped).
+func localAddrs() (map[netip.Addr]bool, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	m := map[netip.Addr]bool{}
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			m[p.Addr().Unmap()] = true
+		}
+	}
+	return m, nil
 }
