@@ -12,6 +12,13 @@
 //	sudo test/deps.sh
 //	sudo go test ./test/e2e/ -v -count=1
 //
+// The firewall pinhole tests (pinhole_test.go, topology in pinhole_topo.go)
+// use a second topology: one host namespace running both the FTP server (on
+// loopback) and ftpalg behind a default-DROP INPUT chain, and a client and
+// an "intruder" namespace on a bridge. They run ftpalg with --firewall
+// ipset, iptables and none and read the sets and chains back with ipset and
+// iptables.
+//
 // Binary locations can be overridden with FTPALG_VSFTPD, FTPALG_PROFTPD,
 // FTPALG_PUREFTPD and FTPALG_PUREPW.
 //

@@ -69,6 +69,9 @@ type ProxyConfig struct {
 	Upstream  string // host:port
 	Advertise string // IP
 	DataPorts string // LO-HI
+	// Extra flags, appended after the standard ones (so they win):
+	// "--firewall", "ipset", "--data-timeout", "3s", ...
+	Extra []string
 }
 
 // StartProxy runs ftpalg in the front namespace and waits until a client
@@ -88,6 +91,7 @@ func StartProxy(t testing.TB, topo *Topology, cfg ProxyConfig) *Proxy {
 		"--log-format", "json",
 		"--log-level", "debug",
 	}
+	args = append(args, cfg.Extra...)
 	p := &Proxy{Proc: startProc(t, topo.Front, "ftpalg", logPath, args...), Listen: cfg.Listen, Advertise: cfg.Advertise}
 	t.Logf("started (pid %d): %s", p.PID(), strings.Join(args, " "))
 	t.Cleanup(func() {

@@ -107,18 +107,30 @@ func setupNaiveDNAT(t *testing.T, topo *Topology) {
 	f.Exec(t, "iptables", "-w", "-A", "FORWARD", "-d", ServerIP4, "-p", "tcp", "--dport", "21",
 		"-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
 
-	rules := f.Exec(t, "iptables-save")
+	rules := requireNoFTPHelper(t, f)
+	t.Logf("front host rules:\n%s", strings.TrimSpace(rules))
+}
+
+// requireNoFTPHelper fails the test if the kernel's FTP conntrack helper
+// could be attached to connections in ns (a CT --helper rule, an nftables
+// ct helper, or automatic helper assignment). It returns iptables-save.
+func requireNoFTPHelper(t testing.TB, ns *Netns) string {
+	t.Helper()
+	rules := ns.Exec(t, "iptables-save")
 	if strings.Contains(rules, "helper") || strings.Contains(rules, "-j CT") {
-		t.Fatalf("front host has an FTP helper / CT rule, the naive setup must not:\n%s", rules)
+		t.Fatalf("netns %s has an FTP helper / CT rule, the test setup must not:\n%s", ns.Name, rules)
 	}
-	if out, err := runQuiet(f, "nft", "list", "ruleset"); err == nil && strings.Contains(out, "helper") {
-		t.Fatalf("front host has an nftables ct helper:\n%s", out)
+	if out, err := runQuiet(ns, "ip6tables-save"); err == nil && (strings.Contains(out, "helper") || strings.Contains(out, "-j CT")) {
+		t.Fatalf("netns %s has an IPv6 FTP helper / CT rule:\n%s", ns.Name, out)
+	}
+	if out, err := runQuiet(ns, "nft", "list", "ruleset"); err == nil && strings.Contains(out, "helper") {
+		t.Fatalf("netns %s has an nftables ct helper:\n%s", ns.Name, out)
 	}
 	// Pre-6.0 kernels could attach helpers automatically.
-	if out, err := runQuiet(f, "sysctl", "-n", "net.netfilter.nf_conntrack_helper"); err == nil && strings.TrimSpace(out) == "1" {
+	if out, err := runQuiet(ns, "sysctl", "-n", "net.netfilter.nf_conntrack_helper"); err == nil && strings.TrimSpace(out) == "1" {
 		t.Fatalf("net.netfilter.nf_conntrack_helper=1: the kernel would attach the FTP helper automatically")
 	}
-	t.Logf("front host rules:\n%s", strings.TrimSpace(rules))
+	return rules
 }
 
 // runQuiet runs a command in ns and returns its output and error.

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +81,11 @@ type Server struct {
 	Files     map[string]DataFile
 	procs     []*Proc
 	extraLogs []string // log files written by the servers themselves
+
+	addr4, addr6     string // listen addresses
+	port             int    // control port
+	pasvMin, pasvMax int    // passive port range
+	maxClients       int    // 0: the configuration's defaults
 }
 
 // ServerOptions configure StartServer.
@@ -87,18 +94,37 @@ type ServerOptions struct {
 	IPv6 bool
 	// Extra files: name -> size; created sparse (all zeros), no checksum.
 	SparseFiles map[string]int64
+	// Addr4, Addr6 and Port are where the server listens; default
+	// ServerIP4, ServerIP6 and 21.
+	Addr4, Addr6 string
+	Port         int
+	// PasvMin-PasvMax is the server's passive port range; default
+	// 40000-40100.
+	PasvMin, PasvMax int
+	// MaxClients > 0 sets the server's limits on concurrent sessions, in
+	// total and per client address (only implemented for vsftpd).
+	MaxClients int
 }
 
 // StartServer writes the data files and configuration and starts the
 // server in the server namespace, listening on ServerIP4:21 (and
-// [ServerIP6]:21). It waits until the server greets.
+// [ServerIP6]:21), or where opt says. It waits until the server greets.
 func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOptions) *Server {
 	t.Helper()
 	base := worldDir(t, "ftpalg-e2e-"+string(kind)+"-")
 	s := &Server{
-		Kind:  kind,
-		Root:  mkdir(t, filepath.Join(base, "root"), 0o755),
-		Files: map[string]DataFile{},
+		Kind:       kind,
+		Root:       mkdir(t, filepath.Join(base, "root"), 0o755),
+		Files:      map[string]DataFile{},
+		addr4:      cmp.Or(opt.Addr4, ServerIP4),
+		addr6:      cmp.Or(opt.Addr6, ServerIP6),
+		port:       cmp.Or(opt.Port, 21),
+		pasvMin:    cmp.Or(opt.PasvMin, serverPasvMin),
+		pasvMax:    cmp.Or(opt.PasvMax, serverPasvMax),
+		maxClients: opt.MaxClients,
+	}
+	if s.maxClients > 0 && kind != Vsftpd {
+		t.Fatalf("ServerOptions.MaxClients is only implemented for vsftpd, not %s", kind)
 	}
 	s.UploadDir = mkdir(t, filepath.Join(s.Root, uploadDirName), 0o777)
 	etc := mkdir(t, filepath.Join(base, "etc"), 0o755)
@@ -141,9 +167,9 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 		t.Fatalf("unknown server kind %q", kind)
 	}
 
-	addrs := []string{net.JoinHostPort(ServerIP4, "21")}
+	addrs := []string{s.Addr4()}
 	if opt.IPv6 {
-		addrs = append(addrs, net.JoinHostPort(ServerIP6, "21"))
+		addrs = append(addrs, s.Addr6())
 	}
 	for _, a := range addrs {
 		if err := topo.Server.waitBanner(a, 15*time.Second, s.Alive); err != nil {
@@ -152,6 +178,10 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 	}
 	return s
 }
+
+// Addr4 and Addr6 are the server's control addresses, HOST:PORT.
+func (s *Server) Addr4() string { return net.JoinHostPort(s.addr4, strconv.Itoa(s.port)) }
+func (s *Server) Addr6() string { return net.JoinHostPort(s.addr6, strconv.Itoa(s.port)) }
 
 // Alive returns an error if one of the server processes exited.
 func (s *Server) Alive() error {
@@ -181,14 +211,17 @@ func (s *Server) Logs() string {
 func (s *Server) startVsftpd(t testing.TB, topo *Topology, etc, empty string, v6 bool) {
 	t.Helper()
 	fam := "4"
-	listen := "listen=YES\nlisten_ipv6=NO\nlisten_address=" + ServerIP4 + "\n"
+	listen := "listen=YES\nlisten_ipv6=NO\nlisten_address=" + s.addr4 + "\n"
 	if v6 {
 		fam = "6"
-		listen = "listen=NO\nlisten_ipv6=YES\nlisten_address6=" + ServerIP6 + "\n"
+		listen = "listen=NO\nlisten_ipv6=YES\nlisten_address6=" + s.addr6 + "\n"
+	}
+	if s.maxClients > 0 {
+		listen += fmt.Sprintf("max_clients=%d\nmax_per_ip=%d\n", s.maxClients, s.maxClients)
 	}
 	logPath := filepath.Join(etc, "vsftpd"+fam+".log")
 	conf := filepath.Join(etc, "vsftpd"+fam+".conf")
-	writeFile(t, conf, listen+fmt.Sprintf(`listen_port=21
+	writeFile(t, conf, listen+fmt.Sprintf(`listen_port=%d
 background=NO
 anonymous_enable=YES
 local_enable=NO
@@ -219,7 +252,7 @@ syslog_enable=NO
 dual_log_enable=NO
 hide_ids=NO
 use_localtime=NO
-`, s.Root, empty, serverPasvMin, serverPasvMax, logPath), 0o600)
+`, s.port, s.Root, empty, s.pasvMin, s.pasvMax, logPath), 0o600)
 	s.procs = append(s.procs, startProc(t, topo.Server, "vsftpd-ipv"+fam,
 		filepath.Join(etc, "vsftpd"+fam+".out"), vsftpdPath(), conf))
 	s.extraLogs = append(s.extraLogs, logPath) // protocol log
@@ -227,15 +260,15 @@ use_localtime=NO
 
 func (s *Server) startProftpd(t testing.TB, topo *Topology, etc string, v6 bool) {
 	t.Helper()
-	addrs := ServerIP4
+	addrs := s.addr4
 	if v6 {
-		addrs += " " + ServerIP6
+		addrs += " " + s.addr6
 	}
 	logPath := filepath.Join(etc, "proftpd.log")
 	conf := filepath.Join(etc, "proftpd.conf")
 	writeFile(t, conf, fmt.Sprintf(`ServerName "ftpalg e2e"
 ServerType standalone
-Port 21
+Port %d
 UseIPv6 on
 DefaultAddress %s
 SocketBindTight on
@@ -265,8 +298,8 @@ TimeoutIdle 120
     AllowAll
   </Limit>
 </Anonymous>
-`, addrs, filepath.Join(etc, "proftpd.scoreboard"), filepath.Join(etc, "proftpd.pid"), logPath,
-		filepath.Join(etc, "proftpd.ctrls"), serverPasvMin, serverPasvMax, s.Root), 0o600)
+`, s.port, addrs, filepath.Join(etc, "proftpd.scoreboard"), filepath.Join(etc, "proftpd.pid"), logPath,
+		filepath.Join(etc, "proftpd.ctrls"), s.pasvMin, s.pasvMax, s.Root), 0o600)
 	s.procs = append(s.procs, startProc(t, topo.Server, "proftpd", filepath.Join(etc, "proftpd.out"),
 		proftpdPath(), "-n", "-q", "-c", conf))
 	s.extraLogs = append(s.extraLogs, logPath)
@@ -289,15 +322,15 @@ func (s *Server) pureDB(t testing.TB, etc string, ftp uidGid) string {
 
 func (s *Server) startPureFTPd(t testing.TB, topo *Topology, etc, pdb string, v6 bool) {
 	t.Helper()
-	fam, bind := "4", ServerIP4+",21"
+	fam, bind := "4", s.addr4+","+strconv.Itoa(s.port)
 	if v6 {
-		fam, bind = "6", ServerIP6+",21"
+		fam, bind = "6", s.addr6+","+strconv.Itoa(s.port)
 	}
 	s.procs = append(s.procs, startProc(t, topo.Server, "pure-ftpd-ipv"+fam,
 		filepath.Join(etc, "pure-ftpd"+fam+".log"),
 		pureFTPdPath(),
 		"--bind", bind,
-		"--passiveportrange", fmt.Sprintf("%d:%d", serverPasvMin, serverPasvMax),
+		"--passiveportrange", fmt.Sprintf("%d:%d", s.pasvMin, s.pasvMax),
 		"--noanonymous",
 		"--login", "puredb:"+pdb,
 		"--chrooteveryone",
