@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -134,4 +135,44 @@ func TestServeSurvivesEMFILE(t *testing.T) {
 	}
 	c.cmd(t, 221, "QUIT")
 	c.expectEOF(t)
+}
+
+// TestUpstreamSilent: a server that accepts but never greets gets the
+// client a 421 after the connect timeout, not a hang until the idle timeout.
+func TestUpstreamSilent(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := up.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	srv, err := NewServer(Config{Upstream: up.Addr().String(), ConnectTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln, time.Second) }()
+	defer func() { cancel(); <-done }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(got), "421 ") {
+		t.Fatalf("got %q, %v; want a 421 and EOF", got, err)
+	}
+	(<-accepted).Close()
 }

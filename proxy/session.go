@@ -414,10 +414,22 @@ func (s *Session) writeClientLocked(b []byte, changed bool) error {
 func (s *Session) replyPump() {
 	defer s.close()
 	rr := ftp.NewReplyReader(ftp.NewReplyScanner(s.server))
+	// A server that accepts but never greets (an overflowing accept queue,
+	// a hung process) must not hold the client for the idle timeout.
+	s.server.SetReadDeadline(time.Now().Add(s.srv.cfg.ConnectTimeout))
+	greeted := false
 	for {
 		r, err := rr.Next()
+		if err == nil && !greeted {
+			greeted = true
+			s.server.SetReadDeadline(time.Time{})
+		}
 		if err != nil {
+			var ne net.Error
 			switch {
+			case !greeted && errors.As(err, &ne) && ne.Timeout():
+				s.log.Warn("server sent no greeting", zap.Duration("timeout", s.srv.cfg.ConnectTimeout))
+				s.writeClientNow("421 Service not available: the FTP server did not answer.\r\n")
 			case errors.Is(err, ftp.ErrLineTooLong):
 				s.log.Warn("reply line too long, closing session", zap.Int("limit", ftp.MaxLine))
 				s.writeClientNow("421 The server sent a reply line over 8192 bytes, closing control connection.\r\n")
