@@ -1,13 +1,17 @@
 // Package xtables is the iptables plumbing the ipset and iptables backends
-// share: finding the binaries and their variant, our two chains and the
-// hooks that jump to them, listing and parsing rules, and classifying the
-// binary's errors. It runs the iptables binaries through go-iptables, so
-// every call costs a process (1.7–24 ms): it is for the few rules set up at
-// start, and for the iptables backend's one rule per pinhole.
+// (and rules/intercept) share: finding the binaries and their variant, our
+// chains and the hooks that jump to them, listing and parsing rules, and
+// classifying the binary's errors. It runs the iptables binaries through
+// go-iptables, so every call costs a process (1.7–24 ms): it is for the few
+// rules set up at start, and for the iptables backend's one rule per
+// pinhole.
 //
 // Invariants:
-//   - It creates, changes and deletes only the chains FTPALG-INPUT and
-//     FTPALG-FORWARD and the rules in INPUT/FORWARD that jump to them.
+//   - It creates, changes and deletes only the chains its callers name and
+//     the rules in built-in chains that jump to them: for the pinhole
+//     backends FTPALG-INPUT and FTPALG-FORWARD in the filter table, hooked
+//     from INPUT/FORWARD; for rules/intercept its FTPALG-… chains in nat
+//     and mangle (through Tables.In), hooked from PREROUTING.
 //   - A hook is exactly HookSpec, once, inserted at the top of its built-in
 //     chain; Ensure removes duplicates and older spellings of it.
 //   - "Already gone" is success for every removal.

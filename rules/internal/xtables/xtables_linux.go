@@ -15,7 +15,9 @@ import (
 	"github.com/ftpalg/ftpalg/rules"
 )
 
-// Table is the one table the backends use: filtering is all a pinhole does.
+// Table is the one table the pinhole backends use: filtering is all a
+// pinhole does. Tables.In gives a view of another table (rules/intercept
+// works in nat and mangle).
 const Table = "filter"
 
 // Our chains (with rules.Options.Suffix appended). FTPALG-INPUT holds
@@ -69,6 +71,7 @@ type Tables struct {
 	Cmd    string // the binary run: "iptables", "ip6tables-legacy", …
 	Mode   string // what `Cmd --version` says it is: "nf_tables" or "legacy"
 	ipt    *iptables.IPTables
+	table  string // the table the chain and rule operations act on; "" is Table
 }
 
 // Command returns the binary for family and variant ("", "nft", "legacy").
@@ -117,6 +120,54 @@ func New(ctx context.Context, f Family, variant string) (*Tables, error) {
 	return &Tables{Family: f, Cmd: cmd, Mode: mode, ipt: ipt}, nil
 }
 
+// In returns a view of t whose chain and rule operations act on table
+// ("nat", "mangle", …) instead of filter. It shares t's binary; t itself is
+// unchanged.
+func (t *Tables) In(table string) *Tables {
+	c := *t
+	c.table = table
+	return &c
+}
+
+// TableName is the table t's chain and rule operations act on.
+func (t *Tables) TableName() string { return t.tbl() }
+
+func (t *Tables) tbl() string {
+	if t.table == "" {
+		return Table
+	}
+	return t.table
+}
+
+// Loaded reports whether t's table can hold anything in this network
+// namespace, so that a caller that only wants to remove its chains can
+// skip one that cannot. The legacy binary registers a table in the
+// namespace merely by listing it (and a legacy table, once there, stays
+// for the namespace's life), so for legacy this reads ip_tables_names
+// (ip6_tables_names) of the calling thread's namespace: a table not named
+// there holds nothing. iptables-nft creates nothing when listing, so for
+// it the answer is always true.
+func (t *Tables) Loaded() bool {
+	if t.Mode == "nf_tables" {
+		return true
+	}
+	name := "ip_tables_names"
+	if t.Family == IPv6 {
+		name = "ip6_tables_names"
+	}
+	// /proc/net is the namespace of the process's main thread; the binary
+	// runs in the calling thread's, which the caller may have moved
+	dir := "/proc/thread-self/net/"
+	if _, err := os.Stat("/proc/thread-self"); err != nil {
+		dir = "/proc/net/" // kernels before 3.17
+	}
+	b, err := os.ReadFile(dir + name)
+	if err != nil {
+		return false // no x_tables in this kernel or namespace: nothing loaded
+	}
+	return slices.Contains(strings.Fields(string(b)), t.tbl())
+}
+
 // OtherVariantWarning returns a warning when this namespace also has tables
 // of the other variant loaded, or "". Packets pass both variants' hooks, so
 // a DROP there still drops what our pinhole accepts. Only the direction
@@ -139,15 +190,15 @@ func (t *Tables) OtherVariantWarning() string {
 }
 
 // EnsureChain creates chain, or flushes it when it exists (a leftover).
-func (t *Tables) EnsureChain(chain string) error { return t.ipt.ClearChain(Table, chain) }
+func (t *Tables) EnsureChain(chain string) error { return t.ipt.ClearChain(t.tbl(), chain) }
 
 // FlushChain removes every rule of chain; a missing chain is fine.
 func (t *Tables) FlushChain(chain string) error {
-	ok, err := t.ipt.ChainExists(Table, chain)
+	ok, err := t.ipt.ChainExists(t.tbl(), chain)
 	if err != nil || !ok {
 		return err
 	}
-	err = t.ipt.ClearChain(Table, chain)
+	err = t.ipt.ClearChain(t.tbl(), chain)
 	if IsNotExist(err) {
 		return nil
 	}
@@ -156,7 +207,7 @@ func (t *Tables) FlushChain(chain string) error {
 
 // RemoveChain flushes and deletes chain; a missing chain is fine.
 func (t *Tables) RemoveChain(chain string) error {
-	err := t.ipt.ClearAndDeleteChain(Table, chain)
+	err := t.ipt.ClearAndDeleteChain(t.tbl(), chain)
 	if IsNotExist(err) {
 		return nil
 	}
@@ -186,7 +237,7 @@ func (t *Tables) EnsureHook(h Hook) error {
 	if kept {
 		return nil
 	}
-	return t.ipt.Insert(Table, h.Builtin, 1, want...)
+	return t.ipt.Insert(t.tbl(), h.Builtin, 1, want...)
 }
 
 // canonical is spec as iptables -S prints it: --syn comes back spelled
@@ -236,12 +287,17 @@ func (t *Tables) jumps(h Hook) ([][]string, error) {
 
 // Append adds a rule at the end of chain.
 func (t *Tables) Append(chain string, spec ...string) error {
-	return t.ipt.Append(Table, chain, spec...)
+	return t.ipt.Append(t.tbl(), chain, spec...)
+}
+
+// Insert adds a rule at position pos of chain; 1 is the top.
+func (t *Tables) Insert(chain string, pos int, spec ...string) error {
+	return t.ipt.Insert(t.tbl(), chain, pos, spec...)
 }
 
 // Exists reports whether chain holds the rule.
 func (t *Tables) Exists(chain string, spec ...string) (bool, error) {
-	ok, err := t.ipt.Exists(Table, chain, spec...)
+	ok, err := t.ipt.Exists(t.tbl(), chain, spec...)
 	if IsNotExist(err) {
 		return false, nil
 	}
@@ -250,7 +306,7 @@ func (t *Tables) Exists(chain string, spec ...string) (bool, error) {
 
 // Delete removes a rule from chain; a missing rule or chain is fine.
 func (t *Tables) Delete(chain string, spec ...string) error {
-	err := t.ipt.Delete(Table, chain, spec...)
+	err := t.ipt.Delete(t.tbl(), chain, spec...)
 	if IsNotExist(err) {
 		return nil
 	}
@@ -259,7 +315,7 @@ func (t *Tables) Delete(chain string, spec ...string) error {
 
 // List returns chain's rules as specs, without the leading "-A CHAIN".
 func (t *Tables) List(chain string) ([][]string, error) {
-	lines, err := t.ipt.List(Table, chain)
+	lines, err := t.ipt.List(t.tbl(), chain)
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +333,7 @@ func (t *Tables) List(chain string) ([][]string, error) {
 }
 
 // ChainExists reports whether chain exists.
-func (t *Tables) ChainExists(chain string) (bool, error) { return t.ipt.ChainExists(Table, chain) }
+func (t *Tables) ChainExists(chain string) (bool, error) { return t.ipt.ChainExists(t.tbl(), chain) }
 
 // Target returns the -j target of a rule spec, or "".
 func Target(spec []string) string {
