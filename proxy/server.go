@@ -323,3 +323,6 @@ func (s *Server) dial(ctx context.Context, from netip.Addr, to string) (*net.TCP
 	}
 	return c.(*net.TCPConn), nil
 }
+
+// Accepted returns the number of sessions started since the server began.
+func (s *Server) Accepted() uint64 { return s.nextID.Load() }

@@ -17,12 +17,17 @@ import (
 
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy"
+	"github.com/ftpalg/ftpalg/rules/intercept"
 )
 
 // runFlags are the flags of `ftpalg run`.
 type runFlags struct {
 	listen, upstream, advertise, dataPorts          string
 	mode, interception, upstreamSource              string
+	intercept                                       string
+	interceptPort, interceptTable                   int
+	interceptMark                                   uint
+	divert                                          bool
 	logFormat, logLevel                             string
 	trustPASV                                       bool
 	fw                                              firewallFlags
@@ -35,6 +40,11 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.upstream, "upstream", "", "the FTP server, HOST:PORT (required in reverse mode)")
 	fs.StringVar(&f.mode, "mode", "reverse", "reverse: relay every client to --upstream; transparent: relay each intercepted connection to its original destination (gateway on a router)")
 	fs.StringVar(&f.interception, "interception", "redirect", "transparent mode: how connections are intercepted: redirect (iptables REDIRECT, original destination from SO_ORIGINAL_DST) or tproxy (TPROXY, IP_TRANSPARENT listener)")
+	fs.StringVar(&f.intercept, "intercept", "", "transparent mode: install the interception rules for these client networks or incoming interfaces (comma-separated, e.g. 198.51.100.0/24,lan0); without it ftpalg expects your own rules")
+	fs.IntVar(&f.interceptPort, "intercept-port", 21, "transparent mode: the FTP control port to intercept")
+	fs.IntVar(&f.interceptTable, "intercept-table", 100, "transparent mode: routing table of the divert/TPROXY policy route")
+	fs.UintVar(&f.interceptMark, "intercept-mark", 1, "transparent mode: fwmark bit of TPROXY and the divert rule")
+	fs.BoolVar(&f.divert, "divert", true, "transparent mode: install the divert rule and policy route that deliver data connections to ftpalg's transparent sockets")
 	fs.StringVar(&f.upstreamSource, "upstream-source", "router", "transparent mode: connect to servers from the router's address (router) or from the client's (client, needs the divert routing in rules/intercept/README.md)")
 	fs.StringVar(&f.advertise, "advertise", "", "address announced to clients in passive replies (default: the local address the client connected to)")
 	fs.StringVar(&f.dataPorts, "data-ports", "50000-50999", "port range for data connections, LO-HI, on both sides (0: any port)")
@@ -99,7 +109,20 @@ func runCmd(args []string) error {
 		ln.Close()
 		return fmt.Errorf("firewall %s: %w", fw.Name(), err)
 	}
+	icpt, err := f.installInterception(ctx, log, ln, srv)
+	if err != nil {
+		ln.Close()
+		fw.Teardown(context.Background())
+		return err
+	}
 	serveErr := srv.Serve(ctx, ln, f.grace)
+	if icpt != nil {
+		rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := icpt.Remove(rctx); err != nil {
+			log.Warn("removing interception rules failed", zap.Error(err))
+		}
+		rcancel()
+	}
 	log.Info("stopped accepting; sessions done")
 	tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -254,4 +277,54 @@ func localAddrs() (map[netip.Addr]bool, error) {
 		}
 	}
 	return m, nil
+}
+
+// installInterception installs ftpalg's own interception and divert rules
+// in transparent mode (rules/intercept), after the listener is open so no
+// intercepted connection is refused. Without --intercept it reports after a
+// while whether intercepted connections arrive at all.
+func (f *runFlags) installInterception(ctx context.Context, log *zap.Logger, ln net.Listener, srv *proxy.Server) (*intercept.Rules, error) {
+	if f.mode != "transparent" {
+		return nil, nil
+	}
+	method, err := intercept.ParseMethod(f.interception)
+	if err != nil {
+		return nil, err
+	}
+	c := intercept.Config{Method: method, Divert: f.divert, Instance: f.fw.instance, Iptables: f.fw.iptables,
+		Logger: log, Table: f.interceptTable, Mark: uint32(f.interceptMark), Port: uint16(f.interceptPort),
+		ListenPort: uint16(nat.AddrPortOf(ln.Addr()).Port())}
+	if a := nat.AddrPortOf(ln.Addr()).Addr(); a.IsUnspecified() {
+		c.OnIP = []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
+	} else {
+		c.OnIP = []netip.Addr{a}
+	}
+	for _, item := range strings.Split(f.intercept, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(item); err == nil {
+			c.Sources = append(c.Sources, p)
+		} else if a, err := netip.ParseAddr(item); err == nil {
+			c.Sources = append(c.Sources, netip.PrefixFrom(a, a.BitLen()))
+		} else {
+			c.Interfaces = append(c.Interfaces, item)
+		}
+	}
+	if len(c.Sources) == 0 && len(c.Interfaces) == 0 {
+		log.Info("no --intercept: expecting your own interception rules (see rules/intercept/README.md)")
+		time.AfterFunc(30*time.Second, func() {
+			if srv.Accepted() == 0 && ctx.Err() == nil {
+				log.Warn("no intercepted connection has arrived in 30s: check the REDIRECT/TPROXY rules", zap.Stringer("listen", ln.Addr()))
+			}
+		})
+	}
+	r, err := intercept.Install(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("interception rules: %w", err)
+	}
+	log.Info("interception rules installed", zap.String("method", method.String()), zap.Int("sources", len(c.Sources)),
+		zap.Strings("interfaces", c.Interfaces), zap.Bool("divert", c.Divert))
+	return r, nil
 }
