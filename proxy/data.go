@@ -124,7 +124,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	s.track(in, true)
 	defer s.track(in, false)
 
-	out, err := s.srv.dial(s.srv.dataCtx, o.from, o.target.String())
+	out, err := s.srv.dial(s.srv.dataCtx, o.from, 0, o.target.String())
 	o.settle()
 	if err != nil {
 		s.log.Warn("data connection failed", zap.Stringer("to", o.target), zap.Error(err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -305,13 +306,31 @@ func (s *Server) Sessions() int {
 
 // dial connects to the server side: from the proxy's own address, or, with
 // UpstreamSourceClient, from the client's (a transparent socket).
-func (s *Server) dial(ctx context.Context, from netip.Addr, to string) (*net.TCPConn, error) {
+//
+// avoid, when not 0, is a source port the dial must not use: the port of
+// the intercepted client connection. Dialing the same server from the
+// client's address and port would repeat that connection's 4-tuple, and
+// conntrack would take the SYN for the intercepted connection and redirect
+// it to the proxy again.
+func (s *Server) dial(ctx context.Context, from netip.Addr, avoid uint16, to string) (*net.TCPConn, error) {
 	if s.cfg.Transparent && from.IsValid() {
 		ap, err := netip.ParseAddrPort(to)
 		if err != nil {
 			return nil, err
 		}
-		return nat.DialTransparent(ctx, netip.AddrPortFrom(from, 0), ap, s.cfg.ConnectTimeout)
+		if avoid == 0 {
+			return nat.DialTransparent(ctx, netip.AddrPortFrom(from, 0), ap, s.cfg.ConnectTimeout)
+		}
+		for try := 0; ; try++ {
+			port := uint16(32768 + rand.IntN(61000-32768))
+			if port == avoid {
+				continue
+			}
+			c, err := nat.DialTransparent(ctx, netip.AddrPortFrom(from, port), ap, s.cfg.ConnectTimeout)
+			if err == nil || try >= 8 || !errors.Is(err, syscall.EADDRINUSE) {
+				return c, err
+			}
+		}
 	}
 	d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
 	if from.IsValid() {

@@ -121,7 +121,7 @@ func (s *Session) dialServer() bool {
 	if s.srv.cfg.UpstreamSourceClient {
 		from = s.clientAddr.Addr()
 	}
-	c, err := s.srv.dial(s.srv.dataCtx, from, upstream)
+	c, err := s.srv.dial(s.srv.dataCtx, from, s.clientAddr.Port(), upstream)
 	if err != nil {
 		s.log.Warn("upstream unreachable", zap.String("upstream", upstream), zap.Error(err))
 		s.writeClientNow("421 Service not available: the FTP server cannot be reached.\r\n")

@@ -11,6 +11,12 @@ ACTIONs (executed in order on one control connection):
   list                 LIST, each line printed as "LIST-LINE: ..."
   get REMOTE LOCAL     RETR REMOTE into LOCAL
   put LOCAL REMOTE     STOR LOCAL as REMOTE
+  get-gated REMOTE LOCAL BYTES GATE
+                       RETR REMOTE into LOCAL, but after the first BYTES
+                       bytes print "GATE-WAIT" and block until one byte can
+                       be read from GATE (a FIFO the test writes to), then
+                       read the rest: the test can hold several transfers
+                       open at the same time.
   noop                 NOOP, prints "NOOP-REPLY: ..."
   abort-get REMOTE     RETR REMOTE, read a little (--abort-after bytes), then
                        abort while the data connection is still open and
@@ -123,6 +129,29 @@ def abort_get(ftp, remote, want, style):
             raise SystemExit("reply after 426 is not 225/226: " + resp)
 
 
+def get_gated(ftp, remote, local, want, gate):
+    ftp.voidcmd("TYPE I")
+    got = 0
+    waited = False
+    with open(local, "wb") as f, ftp.transfercmd("RETR " + remote) as conn:
+        while True:
+            if not waited and got >= want:
+                print("GATE-WAIT %d" % got, flush=True)
+                with open(gate, "rb") as g:
+                    if not g.read(1):
+                        raise SystemExit("gate closed without a byte")
+                waited = True
+                print("GATE-PASSED", flush=True)
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            f.write(chunk)
+            got += len(chunk)
+    if not waited:
+        raise SystemExit("transfer ended after %d bytes, before the gate" % got)
+    ftp.voidresp()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--timeout", type=float, default=20)
@@ -159,6 +188,9 @@ def main():
             local, remote = acts.pop(0), acts.pop(0)
             with open(local, "rb") as f:
                 ftp.storbinary("STOR " + remote, f)
+        elif act == "get-gated":
+            remote, local, want, gate = acts.pop(0), acts.pop(0), int(acts.pop(0)), acts.pop(0)
+            get_gated(ftp, remote, local, want, gate)
         elif act == "noop":
             print("NOOP-REPLY: " + ftp.sendcmd("NOOP"), flush=True)
         elif act == "abort-get":
