@@ -86,6 +86,12 @@ func newEnvGrace(t *testing.T, grace time.Duration, mod ...func(*Config)) *env {
 // startProxy runs a proxy for upstream until the test ends.
 func startProxy(t *testing.T, upstream string, grace time.Duration, mod ...func(*Config)) *env {
 	t.Helper()
+	return startProxyAt(t, "127.0.0.1:0", upstream, grace, mod...)
+}
+
+// startProxyAt is startProxy listening on listen.
+func startProxyAt(t *testing.T, listen, upstream string, grace time.Duration, mod ...func(*Config)) *env {
+	t.Helper()
 	e := &env{fw: rulestest.NewFake(), tr: &tracer{}, serveDone: make(chan struct{})}
 	e.cfg = Config{
 		Upstream:          upstream,
@@ -103,7 +109,7 @@ func startProxy(t *testing.T, upstream string, grace time.Duration, mod ...func(
 		t.Fatalf("NewServer: %v", err)
 	}
 	e.srv = srv
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}

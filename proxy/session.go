@@ -33,6 +33,9 @@ type pending struct {
 	authDone chan bool
 	// closeAfter ends the session once the local reply is written.
 	closeAfter bool
+	// sent is the verb that went to the server when it is not cmd's
+	// (protocol translation); its reply still answers cmd.
+	sent string
 }
 
 // Session relays one client's control connection to the server and brokers
@@ -64,8 +67,10 @@ type Session struct {
 	activeOffer *dataOffer
 	conns       map[*net.TCPConn]struct{}
 	epsvAll     bool
-	opaque      bool // the control channel turned into TLS: relay bytes only
-	commands    int
+	// noEPSV and noEPRT: the server is known not to do EPSV/EPRT.
+	noEPSV, noEPRT bool
+	opaque         bool // the control channel turned into TLS: relay bytes only
+	commands       int
 }
 
 func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *Session {
@@ -260,14 +265,27 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 		s.mu.Lock()
 		s.activeOffer = nil
 		s.mu.Unlock()
+		send, local := s.passiveUpstream(cmd)
+		switch {
+		case local != nil:
+			return s.reply(pending{cmd: cmd, local: local})
+		case send != "":
+			s.log.Info("translated", zap.String("client", cmd.String()), zap.String("server", send))
+			return s.forward(pending{cmd: cmd, sent: send}, append(append([]byte(nil), line.Telnet...), send+"\r\n"...), -1, true)
+		}
 		return s.forward(pending{cmd: cmd}, line.Raw, line.Urgent, false)
 	case cmd.Kind == ftp.KindEPSVAll:
 		// Honoured from the moment the client says it (RFC 2428 4): a
 		// client that asked for EPSV ALL has no business sending PORT.
 		s.mu.Lock()
 		s.epsvAll = true
+		noEPSV := s.noEPSV
 		s.mu.Unlock()
 		s.dropOffer()
+		if noEPSV {
+			// Never sent to a server without EPSV: the proxy honours it.
+			return s.reply(pending{cmd: cmd, local: []byte("200 EPSV ALL command successful.\r\n")})
+		}
 		return s.forward(pending{cmd: cmd}, line.Raw, line.Urgent, false)
 	case cmd.Kind == ftp.KindAUTH:
 		done := make(chan bool, 1)
@@ -307,7 +325,7 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 		s.log.Warn("cannot listen for the server's data connection", zap.Error(err))
 		return s.reply(pending{cmd: cmd, local: []byte("425 Can't open data connection: no data port available.\r\n")})
 	}
-	verb, arg := activeForm(cmd.Kind, o.local)
+	verb, arg := s.activeVerb(cmd.Kind, o.local)
 	out := make([]byte, 0, len(line.Telnet)+len(verb)+len(arg)+3)
 	out = append(out, line.Telnet...)
 	out = append(out, verb...)
@@ -320,7 +338,7 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	s.mu.Lock()
 	s.activeOffer = o
 	s.mu.Unlock()
-	return s.forward(pending{cmd: cmd, offer: o}, out, -1, true)
+	return s.forward(pending{cmd: cmd, offer: o, sent: verb}, out, -1, true)
 }
 
 // activeForm returns the command announcing local to the server in the form
@@ -525,6 +543,16 @@ func (s *Session) handleReply(r *ftp.Reply) error {
 	switch {
 	case p.cmd.Passive() && (ftp.AddressCode(r.Code) || r.Code == 0):
 		err = s.passiveReplyLocked(p.cmd, r)
+	case p.cmd.Passive() && s.passiveFallbackLocked(p, r):
+		return nil // the answer to the proxy's PASV answers the client
+	case p.cmd.Active() && s.activeFallbackLocked(p, r):
+		return nil
+	case p.cmd.Kind == ftp.KindEPSVAll && r.Code/100 != 2:
+		s.log.Info("server refused EPSV ALL; the proxy honours it", zap.Int("code", r.Code))
+		err = s.writeClientLocked([]byte("200 EPSV ALL command successful.\r\n"), true)
+	case p.cmd.Verb == "FEAT":
+		out := s.featReplyLocked(r)
+		err = s.writeClientLocked(out, !bytes.Equal(out, r.Raw()))
 	case p.cmd.Active():
 		if r.Code/100 != 2 && p.offer != nil {
 			s.log.Info("server refused active mode", zap.Int("code", r.Code))
@@ -587,17 +615,7 @@ func (s *Session) passiveReplyLocked(cmd ftp.Command, r *ftp.Reply) error {
 		return s.writeClientLocked(append(r.Telnet(), "425 Can't open data connection: the server's passive-mode reply could not be parsed.\r\n"...), true)
 	}
 	target := s.passiveTarget(ap)
-	adv := nat.Advertised(s.srv.cfg.Advertise, s.clientSide.Addr())
-	listenIP := s.clientSide.Addr()
-	if s.srv.cfg.Transparent {
-		// Listen on the server's own address: the client is told that
-		// address, and clients that use the control connection's address
-		// instead (curl, ftplib, FileZilla) land there too.
-		listenIP = s.serverAddr.Addr()
-		if !s.srv.cfg.Advertise.IsValid() {
-			adv = listenIP
-		}
-	}
+	adv, listenIP := s.advertised()
 	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
 		s.log.Warn("PASV from a client that can only be given an IPv6 address", zap.Stringer("advertise", adv))
 		return s.writeClientLocked([]byte("425 You cannot use PASV on IPv6 connections. Use EPSV instead.\r\n"), true)

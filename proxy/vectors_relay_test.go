@@ -183,6 +183,11 @@ func requestFor(v ftptest.Vector) string {
 }
 
 func relayReplyVector(t *testing.T, v ftptest.Vector) {
+	// Replies are played over IPv4 on both sides, also those captured over
+	// IPv6: the relay forwards a same-family request unchanged, so the
+	// server's reply bytes meet the same decision either way (over IPv6 a
+	// PASV would be answered by the proxy itself and never reach the
+	// server; TestTranslation covers that).
 	r := newRelayRig(t, false)
 	client, br, srv := r.dial("127.0.0.1")
 	req := requestFor(v)

@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ftpalg/ftpalg/proxy/ftp"
+)
+
+// Protocol translation (RFC 2428, RFC 1639): the client's form of a
+// data-channel command is what the client gets answered in; what goes to
+// the server is whatever the server can do over its own address family.
+//
+//   - A server reached over IPv6 gets EPSV for PASV/LPSV and EPRT for PORT.
+//   - A server that refuses EPSV/EPRT/LPSV/LPRT (500, 502, …, or a FEAT
+//     reply without them) gets PASV/PORT instead, and the client still gets
+//     the 229/200 it asked for.
+//   - "EPSV n" names the family of the client's data connection, which is
+//     the proxy's business, not the server's.
+//   - EPSV ALL is honoured by the proxy itself, whatever the server says.
+//   - FEAT lists EPSV and EPRT, which the proxy always provides.
+
+// refusedCodes are replies that mean "this server does not do that
+// command": fall back to the RFC 959 form.
+func refused(code int) bool {
+	switch code {
+	case 500, 501, 502, 504, 522:
+		return true
+	}
+	return false
+}
+
+func famNumber(a netip.Addr) int {
+	if a.Unmap().Is4() {
+		return ftp.NetPrtIPv4
+	}
+	return ftp.NetPrtIPv6
+}
+
+// passiveUpstream decides what a PASV/EPSV/LPSV from the client becomes
+// upstream: raw (forward unchanged), another command line, or a reply of
+// the proxy's own. Callers hold no lock.
+func (s *Session) passiveUpstream(cmd ftp.Command) (send string, local []byte) {
+	adv, _ := s.advertised()
+	clientFam, serverFam := famNumber(adv), famNumber(s.serverAddr.Addr())
+	s.mu.Lock()
+	noEPSV := s.noEPSV
+	s.mu.Unlock()
+	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
+		// RFC 2428 gives PASV no way to carry an IPv6 address.
+		return "", []byte("425 You cannot use PASV over IPv6. Use EPSV instead.\r\n")
+	}
+	if cmd.Kind == ftp.KindEPSV {
+		n := strings.TrimSpace(cmd.Arg)
+		matches := n == "" || n == fmt.Sprint(clientFam)
+		switch {
+		case clientFam == serverFam && !noEPSV:
+			return "", nil // same family: the server judges "EPSV n" itself
+		case !matches && (n == "1" || n == "2"):
+			return "", fmt.Appendf(nil, "522 Network protocol not supported, use (%d).\r\n", clientFam)
+		case !matches:
+			return "", []byte("501 EPSV: unknown network protocol.\r\n")
+		case serverFam == ftp.NetPrtIPv4 && noEPSV:
+			return "PASV", nil
+		case n != "":
+			return "EPSV", nil // n names the client's family, not the server's
+		}
+		return "", nil
+	}
+	if serverFam == ftp.NetPrtIPv6 {
+		return "EPSV", nil // PASV cannot carry an IPv6 address
+	}
+	return "", nil
+}
+
+// passiveFallbackLocked answers a refused EPSV/LPSV by asking the server
+// for PASV instead, if nothing else is in flight. It reports whether it
+// took over the reply.
+func (s *Session) passiveFallbackLocked(p pending, r *ftp.Reply) bool {
+	sent := p.sent
+	if sent == "" {
+		sent = p.cmd.Verb
+	}
+	if !refused(r.Code) || sent == "PASV" || s.serverAddr.Addr().Is6() || len(s.queue) > 0 {
+		return false
+	}
+	if n := strings.TrimSpace(p.cmd.Arg); p.cmd.Kind == ftp.KindEPSV && n != "" && n != "1" {
+		return false // the client asked for another family: the refusal stands
+	}
+	if sent == "EPSV" {
+		s.noEPSV = true
+	}
+	s.log.Info("server refused "+sent+", translating to PASV", zap.String("client", p.cmd.Verb), zap.Int("code", r.Code))
+	return s.sendInternalLocked(pending{cmd: p.cmd, sent: "PASV"}, []byte("PASV\r\n"))
+}
+
+// activeFallbackLocked answers a refused EPRT/LPRT by sending the same
+// address as PORT, when it is IPv4.
+func (s *Session) activeFallbackLocked(p pending, r *ftp.Reply) bool {
+	if !refused(r.Code) || p.offer == nil || p.sent == "PORT" || !p.offer.local.Addr().Unmap().Is4() || len(s.queue) > 0 {
+		return false
+	}
+	if p.sent == "EPRT" {
+		s.noEPRT = true
+	}
+	arg := ftp.FormatPORT(p.offer.local)
+	s.log.Info("server refused "+p.sent+", translating to PORT", zap.String("client", p.cmd.Verb), zap.Int("code", r.Code),
+		zap.String("sent", "PORT "+arg))
+	return s.sendInternalLocked(pending{cmd: p.cmd, offer: p.offer, sent: "PORT"}, []byte("PORT "+arg+"\r\n"))
+}
+
+// sendInternalLocked sends a command of the proxy's own whose reply answers
+// the client's command p.cmd. The queue is empty, so it goes first.
+func (s *Session) sendInternalLocked(p pending, line []byte) bool {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		return false
+	}
+	s.queue = append(s.queue, p)
+	s.trace(ProxyToServer, line, true)
+	if _, err := s.server.Write(line); err != nil {
+		return false
+	}
+	return true
+}
+
+// activeVerb picks the form of an active-mode command for the server.
+func (s *Session) activeVerb(k ftp.Kind, local netip.AddrPort) (verb, arg string) {
+	s.mu.Lock()
+	noEPRT := s.noEPRT
+	s.mu.Unlock()
+	if noEPRT && local.Addr().Unmap().Is4() && k == ftp.KindEPRT {
+		k = ftp.KindPORT
+	}
+	return activeForm(k, local)
+}
+
+// featReplyLocked adds EPSV and EPRT to the server's FEAT reply (the proxy
+// provides them by translation) and learns what the server lacks.
+func (s *Session) featReplyLocked(r *ftp.Reply) []byte {
+	raw := r.Raw()
+	if r.Code != 211 || len(r.Lines) < 2 {
+		return raw
+	}
+	has := map[string]bool{}
+	for _, l := range r.Lines[1 : len(r.Lines)-1] {
+		f := strings.ToUpper(strings.TrimSpace(string(l.Text)))
+		if i := strings.IndexByte(f, ' '); i >= 0 {
+			f = f[:i]
+		}
+		has[f] = true
+	}
+	s.noEPSV = s.noEPSV || !has["EPSV"]
+	s.noEPRT = s.noEPRT || !has["EPRT"]
+	var add []byte
+	for _, f := range []string{"EPRT", "EPSV"} {
+		if !has[f] {
+			add = append(add, " "+f+"\r\n"...)
+		}
+	}
+	if add == nil {
+		return raw
+	}
+	s.log.Info("FEAT: adding what the proxy provides", zap.ByteString("added", bytes.TrimSpace(add)))
+	last := r.Lines[len(r.Lines)-1].Raw
+	out := append(raw[:len(raw)-len(last):len(raw)-len(last)], add...)
+	return append(out, last...)
+}
+
+// advertised returns the address the client is told for passive data and
+// the address the proxy listens on for it.
+func (s *Session) advertised() (adv, listen netip.Addr) {
+	adv = s.srv.cfg.Advertise.Unmap()
+	listen = s.clientSide.Addr()
+	if s.srv.cfg.Transparent {
+		// Listen on the server's own address: the client is told that
+		// address, and clients that use the control connection's address
+		// instead (curl, ftplib, FileZilla) land there too.
+		listen = s.serverAddr.Addr()
+	}
+	if !adv.IsValid() {
+		adv = listen
+	}
+	return adv, listen
+}
