@@ -28,7 +28,7 @@ import (
 // command": fall back to the RFC 959 form.
 func refused(code int) bool {
 	switch code {
-	case 500, 501, 502, 504, 522:
+	case 500, 501, 502, 504, 522, 550:
 		return true
 	}
 	return false

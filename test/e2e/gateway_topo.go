@@ -35,7 +35,8 @@ import (
 // default route at its router. The router's own firewall (installed by
 // NewGateway, see setupFirewall) is a typical default-DROP NAT
 // router without any FTP conntrack helper; the interception rules ftpalg
-// needs are added and removed separately (InstallInterception).
+// needs are added and removed separately (InstallInterception), or
+// installed by ftpalg itself (GwProxyOpts.Intercept, --intercept).
 const (
 	GwClientIP4 = "198.51.100.10"
 	GwLANIP4    = "198.51.100.1"
@@ -266,8 +267,16 @@ func interceptionRules(o InterceptOpts) []gwRule {
 // after which the router's state must be exactly what it was.
 func (r *GwRouter) InstallInterception(t testing.TB, o InterceptOpts) (remove func()) {
 	t.Helper()
+	return r.InstallRules(t, "interception rules ("+string(o.Mode)+")", interceptionRules(o))
+}
+
+// InstallRules runs the add command of each of rs in the router, in order;
+// the returned function (also run in t.Cleanup, if not called before) runs
+// their del commands in reverse order and requires the router's rules to
+// be exactly what they were before. what names them in messages.
+func (r *GwRouter) InstallRules(t testing.TB, what string, rs []gwRule) (remove func()) {
+	t.Helper()
 	before := r.State(t)
-	rs := interceptionRules(o)
 	var lines []string
 	done := false
 	remove = func() {
@@ -282,7 +291,7 @@ func (r *GwRouter) InstallInterception(t testing.TB, o InterceptOpts) (remove fu
 		// Only the rules: iptables-nft keeps the (empty) tables and base
 		// chains our rules created; they are harmless and stay.
 		if after := r.State(t); after.Rules != before.Rules {
-			t.Errorf("router %s: rules after removing the interception rules differ from before:\n%s", r.Name, gwDiff(before.Rules, after.Rules))
+			t.Errorf("router %s: rules after removing the %s differ from before:\n%s", r.Name, what, gwDiff(before.Rules, after.Rules))
 		}
 	}
 	for _, rule := range rs {
@@ -291,7 +300,7 @@ func (r *GwRouter) InstallInterception(t testing.TB, o InterceptOpts) (remove fu
 	}
 	t.Cleanup(remove)
 	requireNoFTPHelper(t, r.Router)
-	t.Logf("router %s: interception rules (%s):\n  %s", r.Name, o.Mode, strings.Join(lines, "\n  "))
+	t.Logf("router %s: %s:\n  %s", r.Name, what, strings.Join(lines, "\n  "))
 	return remove
 }
 
@@ -451,7 +460,11 @@ type GwProxyOpts struct {
 	// --divert=false: the router's rules are the test's alone, as an
 	// operator following nat/README.md writes them.
 	FtpalgDivert bool
-	Extra        []string
+	// Intercept, when set, is passed as --intercept: ftpalg installs its
+	// own interception rules for these client networks or interfaces
+	// (rules/intercept), and the test installs none.
+	Intercept string
+	Extra     []string
 }
 
 // GwProxy is ftpalg running in a router.
@@ -466,12 +479,42 @@ type GwProxy struct {
 //
 //	ftpalg run --mode transparent --interception MODE --upstream-source router|client
 //	    --listen 0.0.0.0:2121 --data-ports 50000-50999 --firewall ipset
-//	    --log-format json --log-level debug --divert=false
+//	    --log-format json --log-level debug [--divert=false] [--intercept LIST]
 //
 // after saving the router's state, and waits until the client gets a 220
 // greeting from GwServerIP4:21 through it. The interception rules must be
-// installed. StopClean (or Cleanup) stops it and compares the state.
+// installed, by the test or by ftpalg (o.Intercept). StopClean (or
+// Cleanup) stops it and compares the state.
 func (r *GwRouter) StartGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
+	t.Helper()
+	p := r.LaunchGatewayProxy(t, o)
+	if err := r.Client.waitBanner(GwServerIP4+":21", 15*time.Second, p.Alive); err != nil {
+		t.Fatalf("router %s: no greeting through ftpalg: %v", r.Name, err)
+	}
+	if !strings.Contains(p.Log(), `"session started"`) {
+		t.Fatalf("router %s: the client got a greeting but ftpalg logged no session: interception does not work\n%s", r.Name, tail(p.Log(), 30))
+	}
+	// ftpalg's own objects exist while it runs (so the comparison after
+	// it exits means something).
+	st := r.State(t).Full
+	for _, want := range []string{"FTPALG-INPUT", "FTPALG-FORWARD", "ftpalg-pinholes4"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("router %s: %s missing while ftpalg runs:\n%s", r.Name, want, st)
+		}
+	}
+	return p
+}
+
+// gwReadyLine is what ftpalg logs in transparent mode once its firewall
+// and interception rules are in place (also when it installed none).
+const gwReadyLine = `"interception rules installed"`
+
+// LaunchGatewayProxy is the first half of StartGatewayProxy: it saves the
+// router's state, starts ftpalg and waits until ftpalg has installed its
+// rules (gwReadyLine), without connecting through it. (A client connecting
+// before ftpalg's own interception rules exist would reach the server
+// directly.)
+func (r *GwRouter) LaunchGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 	t.Helper()
 	requireProxy(t)
 	before := r.State(t)
@@ -492,6 +535,9 @@ func (r *GwRouter) StartGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 	if !o.FtpalgDivert {
 		args = append(args, "--divert=false")
 	}
+	if o.Intercept != "" {
+		args = append(args, "--intercept", o.Intercept)
+	}
 	args = append(args, o.Extra...)
 	logPath := filepath.Join(t.TempDir(), "ftpalg-"+r.Name+".log")
 	p := &GwProxy{Proxy: &Proxy{Proc: startProc(t, r.Router, "ftpalg-"+r.Name, logPath, args...)}, r: r, before: before}
@@ -504,18 +550,12 @@ func (r *GwRouter) StartGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 			t.Logf("--- ftpalg log (router %s, %s) ---\n%s", r.Name, logPath, tail(p.Log(), 120))
 		}
 	})
-	if err := r.Client.waitBanner(GwServerIP4+":21", 15*time.Second, p.Alive); err != nil {
-		t.Fatalf("router %s: no greeting through ftpalg: %v", r.Name, err)
-	}
-	if !strings.Contains(p.Log(), `"session started"`) {
-		t.Fatalf("router %s: the client got a greeting but ftpalg logged no session: interception does not work\n%s", r.Name, tail(p.Log(), 30))
-	}
-	// ftpalg's own objects exist while it runs (so the comparison after
-	// it exits means something).
-	st := r.State(t).Full
-	for _, want := range []string{"FTPALG-INPUT", "FTPALG-FORWARD", "ftpalg-pinholes4"} {
-		if !strings.Contains(st, want) {
-			t.Errorf("router %s: %s missing while ftpalg runs:\n%s", r.Name, want, st)
+	for deadline := time.Now().Add(15 * time.Second); !strings.Contains(p.Log(), gwReadyLine); time.Sleep(20 * time.Millisecond) {
+		if err := p.Alive(); err != nil {
+			t.Fatalf("router %s: ftpalg did not start: %v", r.Name, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("router %s: ftpalg did not log %s within 15s:\n%s", r.Name, gwReadyLine, tail(p.Log(), 30))
 		}
 	}
 	return p
