@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -215,21 +216,42 @@ func (f *runFlags) listener(ctx context.Context, cfg *proxy.Config) (net.Listene
 	if err != nil {
 		return nil, fmt.Errorf("run: --interception: %w", err)
 	}
-	var ln *net.TCPListener
+	var ln net.Listener
 	if m == nat.ModeTProxy {
-		ap, err := netip.ParseAddrPort(f.listenAddrPort())
-		if err != nil {
-			return nil, fmt.Errorf("run: --listen %q: want IP:PORT", f.listen)
+		// A transparent socket is of one family: ":PORT" means an IPv4 and
+		// an IPv6 listener, merged.
+		var aps []netip.AddrPort
+		if strings.HasPrefix(f.listen, ":") {
+			p, err := strconv.ParseUint(f.listen[1:], 10, 16)
+			if err != nil {
+				return nil, fmt.Errorf("run: --listen %q: want IP:PORT or :PORT", f.listen)
+			}
+			aps = []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p)), netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(p))}
+		} else {
+			ap, err := netip.ParseAddrPort(f.listen)
+			if err != nil {
+				return nil, fmt.Errorf("run: --listen %q: want IP:PORT or :PORT", f.listen)
+			}
+			aps = []netip.AddrPort{ap}
 		}
-		if ln, err = nat.ListenTransparent(ctx, ap); err != nil {
-			return nil, err
+		var lns []net.Listener
+		for _, ap := range aps {
+			l, err := nat.ListenTransparent(ctx, ap)
+			if err != nil {
+				for _, l := range lns {
+					l.Close()
+				}
+				return nil, err
+			}
+			lns = append(lns, l)
 		}
+		ln = mergeListeners(lns...)
 	} else {
-		l, err := net.Listen("tcp", f.listen)
+		l, err := net.Listen("tcp", f.listen) // dual-stack for ":PORT"
 		if err != nil {
 			return nil, err
 		}
-		ln = l.(*net.TCPListener)
+		ln = l
 	}
 	local, err := localAddrs()
 	if err != nil {
@@ -254,14 +276,6 @@ func (f *runFlags) listener(ctx context.Context, cfg *proxy.Config) (net.Listene
 		return dst, nil
 	}
 	return ln, nil
-}
-
-// listenAddrPort turns ":2121" into "0.0.0.0:2121" for a transparent listener.
-func (f *runFlags) listenAddrPort() string {
-	if strings.HasPrefix(f.listen, ":") {
-		return "0.0.0.0" + f.listen
-	}
-	return f.listen
 }
 
 // localAddrs returns the host's own addresses (unmapped).
