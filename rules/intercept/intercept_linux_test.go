@@ -119,8 +119,6 @@ func hostRuleset(t *testing.T, n *netnstest.NS, variant string) {
 	}
 }
 
-var counters = regexp.MustCompile(`\[\d+:\d+\]`)
-
 // snapshot is everything Remove must restore: both families' complete
 // rulesets (counters zeroed), policy rules and routes of every table.
 func snapshot(t *testing.T, n *netnstest.NS, variant string) string {
