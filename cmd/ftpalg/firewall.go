@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/rules/intercept"
 	// The pinhole backends register themselves with package rules.
 	_ "github.com/ftpalg/ftpalg/rules/ipset"
 	_ "github.com/ftpalg/ftpalg/rules/iptables"
@@ -55,7 +56,8 @@ const rulesUsage = `Usage: ftpalg rules show|flush|cleanup [--firewall NAME] [--
 
   show     list the pinholes open now, with the session that opened each
   flush    remove every pinhole (chains, hooks and sets stay)
-  cleanup  remove everything ftpalg installed (after a crash, or with --keep-firewall-hooks)
+  cleanup  remove everything ftpalg installed: pinhole chains and sets, interception and divert rules
+           (after a crash, or with --keep-firewall-hooks)
 
 Without --firewall, every backend is asked.
 `
@@ -140,5 +142,12 @@ func rulesCmd(args []string) error {
 		}
 	}
 	tw.Flush()
+	if verb == "cleanup" {
+		// Interception and divert rules of transparent mode, too.
+		table := 100
+		if err := intercept.Cleanup(ctx, intercept.Config{Instance: f.instance, Iptables: f.iptables, Table: table, Logger: log}); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }

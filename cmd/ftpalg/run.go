@@ -108,7 +108,10 @@ func runCmd(args []string) error {
 	// it also removes what a crashed run left behind.
 	if err := fw.Setup(ctx); err != nil {
 		ln.Close()
-		return fmt.Errorf("firewall %s: %w", fw.Name(), err)
+		// Remove whatever part of the setup did happen.
+		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return errors.Join(fmt.Errorf("firewall %s: %w", fw.Name(), err), fw.Teardown(tctx))
 	}
 	icpt, err := f.installInterception(ctx, log, ln, srv)
 	if err != nil {
@@ -116,14 +119,32 @@ func runCmd(args []string) error {
 		fw.Teardown(context.Background())
 		return err
 	}
-	serveErr := srv.Serve(ctx, ln, f.grace)
 	if icpt != nil {
-		rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := icpt.Remove(rctx); err != nil {
-			log.Warn("removing interception rules failed", zap.Error(err))
-		}
-		rcancel()
+		// On SIGTERM the interception goes first: during the grace period
+		// new FTP connections then take the router's normal path instead
+		// of being redirected to a listener that no longer accepts.
+		removed := make(chan struct{})
+		stopRemove := context.AfterFunc(ctx, func() {
+			defer close(removed)
+			rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer rcancel()
+			if err := icpt.Remove(rctx); err != nil {
+				log.Warn("removing interception rules failed", zap.Error(err))
+			}
+		})
+		defer func() {
+			if stopRemove() { // Serve ended without a signal
+				rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer rcancel()
+				if err := icpt.Remove(rctx); err != nil {
+					log.Warn("removing interception rules failed", zap.Error(err))
+				}
+				return
+			}
+			<-removed
+		}()
 	}
+	serveErr := srv.Serve(ctx, ln, f.grace)
 	log.Info("stopped accepting; sessions done")
 	tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

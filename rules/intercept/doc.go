@@ -15,7 +15,7 @@
 //	ln, err := nat.ListenTransparent(ctx, aps[0]) // (net.Listen for Redirect), one per family
 //	r, err := intercept.Install(ctx, c) // reconciles a crashed run's leftovers
 //	defer r.Remove(ctx)                 // at shutdown, after the listeners closed
-//	err = intercept.Cleanup(ctx, c)     // `ftpalg --cleanup`, without Install
+//	err = intercept.Cleanup(ctx, c)     // `ftpalg rules cleanup`, without Install
 //
 // # Kernel objects
 //

@@ -133,7 +133,7 @@ func (r *Rules) Remove(ctx context.Context) error {
 // Cleanup removes, without an Install in this process, every object of
 // ours for c.Instance and c.Table: our chains and the hooks to them, in
 // both families and both tables, and the ip rules and routes with
-// RouteProtocol in c.Table. It is the `--cleanup` entry point after a
+// RouteProtocol in c.Table. It is `ftpalg rules cleanup` after a
 // crash. Only c.Instance, c.Iptables, c.Table and c.Logger matter. A
 // family whose iptables binary is missing, or a table never loaded, has
 // nothing to remove.
