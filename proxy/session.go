@@ -348,8 +348,8 @@ func activeForm(k ftp.Kind, local netip.AddrPort) (verb, arg string) {
 	switch {
 	case k == ftp.KindPORT && local.Addr().Is4():
 		return "PORT", ftp.FormatPORT(local)
-	case k == ftp.KindLPRT:
-		return "LPRT", ftp.FormatLPRT(local)
+	case k == ftp.KindLPRT && local.Addr().Is4():
+		return "LPRT", ftp.FormatLPRT(local) // falls back to PORT if refused
 	default:
 		return "EPRT", ftp.FormatEPRT(local)
 	}

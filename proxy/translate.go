@@ -157,6 +157,11 @@ func (s *Session) featReplyLocked(r *ftp.Reply) []byte {
 	}
 	s.noEPSV = s.noEPSV || !has["EPSV"]
 	s.noEPRT = s.noEPRT || !has["EPRT"]
+	if s.serverAddr.Addr().Is6() {
+		// Over IPv6 there is no PASV/PORT to translate to: what the
+		// server lacks, the proxy cannot provide.
+		return raw
+	}
 	var add []byte
 	for _, f := range []string{"EPRT", "EPSV"} {
 		if !has[f] {

@@ -210,9 +210,23 @@ func TestTranslateFamilies(t *testing.T) {
 			}
 			c.cmd(t, 221, "QUIT")
 		}
-		for _, l := range tp.seen() {
+		// LPRT from the client goes to the IPv6 server as EPRT.
+		c := dialCtl(t, e.addr, "")
+		c.login(t, "u")
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		p := ln.Addr().(*net.TCPAddr).Port
+		c.cmd(t, 200, "LPRT 4,4,127,0,0,1,2,%d,%d", p>>8, p&0xff)
+		seen := tp.seen()
+		if last := seen[len(seen)-1].raw; !strings.HasPrefix(last, "EPRT |2|::1|") {
+			t.Fatalf("LPRT went to the IPv6 server as %q, want EPRT |2|", last)
+		}
+		for _, l := range seen {
 			verb := pftp.ParseCommand([]byte(strings.TrimRight(l.raw, "\r\n"))).Verb
-			if verb == "PASV" || verb == "PORT" {
+			if verb == "PASV" || verb == "PORT" || verb == "LPRT" {
 				t.Fatalf("the IPv6 server was sent %q", l.raw)
 			}
 		}

@@ -206,6 +206,10 @@ func (f *ctlConn) retr(dc net.Conn, remote string) (int64, string, error) {
 	if err != nil {
 		return n, "", fmt.Errorf("data: %w", err)
 	}
+	// Close at EOF, as real clients do: proftpd waits for the peer to
+	// close the data connection (up to its TimeoutLinger) before it sends
+	// 226.
+	dc.Close()
 	if code, text, err := f.reply(); err != nil || code != 226 {
 		return n, "", fmt.Errorf("end of RETR: reply %q, err %v, want 226", text, err)
 	}

@@ -81,8 +81,13 @@ type Server struct {
 	Files     map[string]DataFile
 	procs     []*Proc
 	extraLogs []string // log files written by the servers themselves
+	// cmdLogs are the log files in which the server records every command
+	// it receives (vsftpd: log_ftp_protocol; proftpd: ExtendedLog); none
+	// for pure-ftpd.
+	cmdLogs []string
 
 	addr4, addr6     string // listen addresses
+	only6            bool   // no IPv4 listener
 	port             int    // control port
 	pasvMin, pasvMax int    // passive port range
 	maxClients       int    // 0: the configuration's defaults
@@ -92,6 +97,11 @@ type Server struct {
 type ServerOptions struct {
 	// IPv6 also listens on [ServerIP6]:21.
 	IPv6 bool
+	// IPv6Only listens on [ServerIP6]:21 only, not on IPv4 (implies IPv6).
+	IPv6Only bool
+	// Config is appended to the server's configuration file (vsftpd and
+	// proftpd only; for proftpd at server level, after <Anonymous>).
+	Config string
 	// Extra files: name -> size; created sparse (all zeros), no checksum.
 	SparseFiles map[string]int64
 	// Addr4, Addr6 and Port are where the server listens; default
@@ -122,6 +132,13 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 		pasvMin:    cmp.Or(opt.PasvMin, serverPasvMin),
 		pasvMax:    cmp.Or(opt.PasvMax, serverPasvMax),
 		maxClients: opt.MaxClients,
+		only6:      opt.IPv6Only,
+	}
+	if opt.IPv6Only {
+		opt.IPv6 = true
+	}
+	if opt.Config != "" && kind == PureFTPd {
+		t.Fatalf("ServerOptions.Config is not implemented for %s", kind)
 	}
 	if s.maxClients > 0 && kind != Vsftpd {
 		t.Fatalf("ServerOptions.MaxClients is only implemented for vsftpd, not %s", kind)
@@ -149,17 +166,21 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 	case Vsftpd:
 		s.User, s.Pass = "anonymous", "test@example.org"
 		empty := mkdir(t, filepath.Join(base, "empty"), 0o755)
-		s.startVsftpd(t, topo, etc, empty, false)
+		if !s.only6 {
+			s.startVsftpd(t, topo, etc, empty, false, opt.Config)
+		}
 		if opt.IPv6 {
-			s.startVsftpd(t, topo, etc, empty, true)
+			s.startVsftpd(t, topo, etc, empty, true, opt.Config)
 		}
 	case Proftpd:
 		s.User, s.Pass = "anonymous", "test@example.org"
-		s.startProftpd(t, topo, etc, opt.IPv6)
+		s.startProftpd(t, topo, etc, opt.IPv6, opt.Config)
 	case PureFTPd:
 		s.User, s.Pass = "ftptest", "secret"
 		pdb := s.pureDB(t, etc, ftp)
-		s.startPureFTPd(t, topo, etc, pdb, false)
+		if !s.only6 {
+			s.startPureFTPd(t, topo, etc, pdb, false)
+		}
 		if opt.IPv6 {
 			s.startPureFTPd(t, topo, etc, pdb, true)
 		}
@@ -167,7 +188,10 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 		t.Fatalf("unknown server kind %q", kind)
 	}
 
-	addrs := []string{s.Addr4()}
+	var addrs []string
+	if !s.only6 {
+		addrs = append(addrs, s.Addr4())
+	}
 	if opt.IPv6 {
 		addrs = append(addrs, s.Addr6())
 	}
@@ -208,7 +232,7 @@ func (s *Server) Logs() string {
 	return b.String()
 }
 
-func (s *Server) startVsftpd(t testing.TB, topo *Topology, etc, empty string, v6 bool) {
+func (s *Server) startVsftpd(t testing.TB, topo *Topology, etc, empty string, v6 bool, extra string) {
 	t.Helper()
 	fam := "4"
 	listen := "listen=YES\nlisten_ipv6=NO\nlisten_address=" + s.addr4 + "\n"
@@ -252,19 +276,24 @@ syslog_enable=NO
 dual_log_enable=NO
 hide_ids=NO
 use_localtime=NO
-`, s.port, s.Root, empty, s.pasvMin, s.pasvMax, logPath), 0o600)
+`, s.port, s.Root, empty, s.pasvMin, s.pasvMax, logPath)+extra, 0o600)
 	s.procs = append(s.procs, startProc(t, topo.Server, "vsftpd-ipv"+fam,
 		filepath.Join(etc, "vsftpd"+fam+".out"), vsftpdPath(), conf))
 	s.extraLogs = append(s.extraLogs, logPath) // protocol log
+	s.cmdLogs = append(s.cmdLogs, logPath)
 }
 
-func (s *Server) startProftpd(t testing.TB, topo *Topology, etc string, v6 bool) {
+func (s *Server) startProftpd(t testing.TB, topo *Topology, etc string, v6 bool, extra string) {
 	t.Helper()
-	addrs := s.addr4
+	var addrs []string
+	if !s.only6 {
+		addrs = append(addrs, s.addr4)
+	}
 	if v6 {
-		addrs += " " + s.addr6
+		addrs = append(addrs, s.addr6)
 	}
 	logPath := filepath.Join(etc, "proftpd.log")
+	cmdLog := filepath.Join(etc, "proftpd.cmd.log")
 	conf := filepath.Join(etc, "proftpd.conf")
 	writeFile(t, conf, fmt.Sprintf(`ServerName "ftpalg e2e"
 ServerType standalone
@@ -284,6 +313,8 @@ SystemLog %s
 DelayTable none
 DelayEngine off
 TransferLog none
+LogFormat ftpalgcmd "%%a \"%%r\" %%s"
+ExtendedLog %s ALL ftpalgcmd
 <IfModule mod_ctrls.c>
   ControlsEngine off
   ControlsSocket %s
@@ -298,11 +329,12 @@ TimeoutIdle 120
     AllowAll
   </Limit>
 </Anonymous>
-`, s.port, addrs, filepath.Join(etc, "proftpd.scoreboard"), filepath.Join(etc, "proftpd.pid"), logPath,
-		filepath.Join(etc, "proftpd.ctrls"), s.pasvMin, s.pasvMax, s.Root), 0o600)
+`, s.port, strings.Join(addrs, " "), filepath.Join(etc, "proftpd.scoreboard"), filepath.Join(etc, "proftpd.pid"), logPath,
+		cmdLog, filepath.Join(etc, "proftpd.ctrls"), s.pasvMin, s.pasvMax, s.Root)+extra, 0o600)
 	s.procs = append(s.procs, startProc(t, topo.Server, "proftpd", filepath.Join(etc, "proftpd.out"),
 		proftpdPath(), "-n", "-q", "-c", conf))
-	s.extraLogs = append(s.extraLogs, logPath)
+	s.extraLogs = append(s.extraLogs, logPath, cmdLog)
+	s.cmdLogs = append(s.cmdLogs, cmdLog)
 }
 
 // pureDB creates the virtual user database (a cheap SHA-512 crypt hash:
