@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -464,7 +465,9 @@ type GwProxyOpts struct {
 	// own interception rules for these client networks or interfaces
 	// (rules/intercept), and the test installs none.
 	Intercept string
-	Extra     []string
+	// Listen is passed as --listen; default 0.0.0.0:2121.
+	Listen string
+	Extra  []string
 }
 
 // GwProxy is ftpalg running in a router.
@@ -478,7 +481,7 @@ type GwProxy struct {
 // StartGatewayProxy runs, in the router,
 //
 //	ftpalg run --mode transparent --interception MODE --upstream-source router|client
-//	    --listen 0.0.0.0:2121 --data-ports 50000-50999 --firewall ipset
+//	    --listen 0.0.0.0:2121|LISTEN --data-ports 50000-50999 --firewall ipset
 //	    --log-format json --log-level debug [--divert=false] [--intercept LIST]
 //
 // after saving the router's state, and waits until the client gets a 220
@@ -526,7 +529,7 @@ func (r *GwRouter) LaunchGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 		"--mode", "transparent",
 		"--interception", string(o.Mode),
 		"--upstream-source", src,
-		"--listen", gwProxyListen,
+		"--listen", cmp.Or(o.Listen, gwProxyListen),
 		"--data-ports", gwDataPorts,
 		"--firewall", "ipset",
 		"--log-format", "json",
