@@ -217,7 +217,13 @@ type tap struct {
 
 func startTap(t *testing.T, upstream string) *tap {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startTapAt(t, "127.0.0.1:0", upstream)
+}
+
+// startTapAt is startTap listening on listen.
+func startTapAt(t *testing.T, listen, upstream string) *tap {
+	t.Helper()
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -198,7 +198,7 @@ func TestTranslateFamilies(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { fs.Close() })
-		tp := startTap6(t, fs.Addr())
+		tp := startTapAt(t, "[::1]:0", fs.Addr()) // the proxy reaches the server over IPv6
 		e := startProxy(t, tp.addr(), time.Second)
 		for _, mode := range []string{"PASV", "EPSV", "PORT", "EPRT"} {
 			c := dialCtl(t, e.addr, "")
@@ -255,21 +255,6 @@ func mustRead(t *testing.T, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// startTap6 is a tap listening on [::1], so the proxy reaches the server
-// over IPv6.
-func startTap6(t *testing.T, upstream string) *tap {
-	t.Helper()
-	ln, err := net.Listen("tcp", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp := &tap{ln: ln, up: upstream}
-	tp.wg.Add(1)
-	go tp.serve()
-	t.Cleanup(tp.close)
-	return tp
 }
 
 // newEnv6 is a proxy listening on [::1] in front of internal/ftpd on IPv4.
