@@ -1,0 +1,1028 @@
+//go:build linux
+
+// Command gateway measures FTP through a Linux router three ways, in one
+// run (issue #4):
+//
+//	(a) plain: plain routing, FORWARD accepts everything (the physical
+//	    reference; passive mode works without any ALG);
+//	(b) helper: a default-DROP FORWARD chain and the kernel's FTP
+//	    conntrack helper (CT --helper ftp, nf_nat_ftp) opening the data
+//	    connections;
+//	(c) ftpalg: the same default-DROP router with ftpalg in transparent
+//	    mode (REDIRECT or TPROXY interception), no kernel helper.
+//
+// Three network namespaces are created for it — client 198.51.100.10,
+// router 198.51.100.1 | 203.0.113.1 (masquerading the LAN), server
+// 203.0.113.10 running vsftpd — and deleted at the end. For each
+// configuration it verifies the path the transfers take, then measures the
+// throughput of a large RETR (EPSV) and the rate of short sessions, and
+// prints the figures and the ratios helper/plain, ftpalg/plain and
+// ftpalg/helper. It is a measurement, not a test: nothing passes or fails.
+//
+// As root, from the module root:
+//
+//	go run ./test/bench/gateway                          # 1 GiB × 3, 16 clients × 10 s
+//	go run ./test/bench/gateway --size 128MiB --duration 3s
+//
+// The clients run as separate processes of this program in the client
+// namespace (--worker, internal).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	size           int64
+	runs           int
+	bufSize        int
+	xferTimeout    time.Duration
+	clients        int
+	duration       time.Duration
+	sessionTimeout time.Duration
+	verifyTimeout  time.Duration
+	interception   string
+	firewall       string
+	logLevel       string
+	only           map[string]bool
+	vsftpd         string
+	proxyBin       string
+	serverPasv     string
+	proxyData      string
+	keep           bool
+	showRules      bool
+	markdown       string
+}
+
+func main() {
+	if len(os.Args) == 3 && os.Args[1] == "--worker" {
+		workerMain(os.Args[2])
+		return
+	}
+	o, err := parseFlags()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(2)
+	}
+	err = run(o)
+	cleanup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags() (*options, error) {
+	o := &options{}
+	var size, bufSize, only string
+	flag.StringVar(&size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
+	flag.IntVar(&o.runs, "runs", 3, "throughput runs per configuration")
+	flag.StringVar(&bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
+	flag.DurationVar(&o.xferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
+	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the session-rate test")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each session-rate measurement")
+	flag.DurationVar(&o.sessionTimeout, "session-timeout", 10*time.Second, "time limit of one session in the rate test")
+	flag.DurationVar(&o.verifyTimeout, "verify-timeout", 2*time.Second, "how long a verification waits for a data connection (longer: it failed)")
+	flag.StringVar(&o.interception, "interception", "redirect", "ftpalg --interception: redirect or tproxy")
+	flag.StringVar(&o.firewall, "firewall", "ipset", "ftpalg --firewall: ipset (pinholes) or none")
+	flag.StringVar(&o.logLevel, "ftpalg-log-level", "warn", "ftpalg --log-level during the measurements (the verification runs at info)")
+	flag.StringVar(&only, "only", "plain,helper,ftpalg", "configurations to measure, comma-separated (always in the order plain, helper, ftpalg)")
+	flag.StringVar(&o.vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
+	flag.StringVar(&o.proxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
+	flag.StringVar(&o.serverPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
+	flag.StringVar(&o.proxyData, "proxy-data-ports", "28000-30999", "ftpalg --data-ports (keep it out of net.ipv4.ip_local_port_range and apart from the server's)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (files, configs, logs)")
+	flag.BoolVar(&o.showRules, "show-rules", false, "print the router's iptables-save in each configuration")
+	flag.StringVar(&o.markdown, "markdown", "", "also write the results as Markdown to this file")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", flag.Arg(0))
+	}
+	var err error
+	if o.size, err = parseSize(size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	n, err := parseSize(bufSize)
+	if err != nil || n < 1 || n > 1<<30 {
+		return nil, fmt.Errorf("--bufsize %q: want a size up to 1GiB", bufSize)
+	}
+	o.bufSize = int(n)
+	o.only = map[string]bool{}
+	for _, w := range strings.Split(only, ",") {
+		switch w = strings.TrimSpace(w); w {
+		case "plain", "helper", "ftpalg":
+			o.only[w] = true
+		case "":
+		default:
+			return nil, fmt.Errorf("--only: unknown configuration %q (plain, helper, ftpalg)", w)
+		}
+	}
+	if o.interception != "redirect" && o.interception != "tproxy" {
+		return nil, fmt.Errorf("--interception %q: want redirect or tproxy", o.interception)
+	}
+	if o.firewall != "ipset" && o.firewall != "none" {
+		return nil, fmt.Errorf("--firewall %q: want ipset or none", o.firewall)
+	}
+	for _, r := range []string{o.serverPasv, o.proxyData} {
+		if _, _, err := parseRange(r); err != nil {
+			return nil, err
+		}
+	}
+	if o.runs < 1 || o.clients < 1 || o.size < 1 || o.duration <= 0 {
+		return nil, errors.New("--runs, --clients, --size and --duration must be positive")
+	}
+	return o, nil
+}
+
+// parseSize parses "1GiB", "128MiB", "4KiB", "1048576".
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3},
+		{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
+}
+
+func parseRange(s string) (int, int, error) {
+	a, b, ok := strings.Cut(s, "-")
+	lo, err1 := strconv.Atoi(a)
+	hi, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
+		return 0, 0, fmt.Errorf("port range %q: want LO-HI", s)
+	}
+	return lo, hi, nil
+}
+
+func inRange(port int, r string) bool {
+	lo, hi, _ := parseRange(r)
+	return port >= lo && port <= hi
+}
+
+// ---- cleanup, also on a signal ----
+
+var (
+	cleanMu   sync.Mutex
+	cleanTopo *topo
+	cleanDir  string
+	keepDir   bool
+	cleaned   bool
+)
+
+// cleanup stops every process the benchmark started (by PID), deletes the
+// namespaces and the temporary directory. Safe to call more than once.
+func cleanup() {
+	cleanMu.Lock()
+	defer cleanMu.Unlock()
+	if cleaned {
+		return
+	}
+	cleaned = true
+	shutdownWorkers()
+	stopAll()
+	cleanTopo.destroy()
+	if cleanDir != "" && !keepDir {
+		os.RemoveAll(cleanDir)
+	}
+}
+
+// ---- the run ----
+
+type facts struct {
+	date, nproc, cpu, mem, kernel, goVersion, loadavg, vsftpd string
+	background                                                float64
+}
+
+func machineFacts(vsftpdBin string) facts {
+	out := func(name string, args ...string) string {
+		b, err := exec.Command(name, args...).Output()
+		if err != nil {
+			return "?"
+		}
+		return strings.TrimSpace(string(b))
+	}
+	f := facts{
+		date:      time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		nproc:     out("nproc"),
+		kernel:    out("uname", "-r"),
+		goVersion: out("go", "version"),
+		cpu:       "?",
+		mem:       "?",
+		loadavg:   loadavg(),
+		// vsftpd -v writes its version to file descriptor 0.
+		vsftpd: out("sh", "-c", vsftpdBin+" -v 0>&1"),
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				f.cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && k == "MemTotal" {
+				if kb, err := strconv.ParseFloat(strings.Fields(v)[0], 64); err == nil {
+					f.mem = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+				}
+			}
+		}
+	}
+	return f
+}
+
+// loadavg returns the three load averages of /proc/loadavg.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	fs := strings.Fields(string(b))
+	if len(fs) < 3 {
+		return "?"
+	}
+	return strings.Join(fs[:3], " ")
+}
+
+// env is the state of one run.
+type env struct {
+	o     *options
+	t     *topo
+	dir   string
+	bin   string
+	facts facts
+	ours  []uint64 // the namespaces' inodes
+}
+
+func run(o *options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, iptables, vsftpd)")
+	}
+	for _, tool := range []string{"ip", "iptables", "iptables-save", "sysctl", o.vsftpd} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: %w", tool, err)
+		}
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(os.Stderr, "\ngateway: %v: stopping the processes and deleting the namespaces\n", s)
+		cleanup()
+		os.Exit(130)
+	}()
+
+	e := &env{o: o, facts: machineFacts(o.vsftpd)}
+	f := &e.facts
+	fmt.Printf("ftpalg gateway benchmark — %s — %s CPUs (%s), %s RAM, kernel %s, %s\n",
+		f.date, f.nproc, f.cpu, f.mem, f.kernel, f.goVersion)
+	fmt.Printf("load average %s", f.loadavg)
+	if m0, err := machineCPU(); err == nil {
+		time.Sleep(time.Second)
+		if m1, err := machineCPU(); err == nil {
+			f.background = m1.sub(m0).CPUs()
+			fmt.Printf("; background load: %.2f of %d CPUs busy", f.background, runtime.NumCPU())
+			if f.background > 0.2 {
+				fmt.Print(" — other work is running; the figures will be noisy")
+			}
+		}
+	}
+	fmt.Println()
+
+	dir, err := os.MkdirTemp("", "ftpalg-gwbench-")
+	if err != nil {
+		return err
+	}
+	cleanMu.Lock()
+	cleanDir, keepDir = dir, o.keep
+	cleanMu.Unlock()
+	e.dir = dir
+	if o.keep {
+		fmt.Println("temporary directory (kept):", dir)
+	}
+	// vsftpd serves as the unprivileged ftp user: the path must be
+	// readable by it.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	root := filepath.Join(dir, "root")
+	empty := filepath.Join(dir, "empty")
+	for _, d := range []string{root, empty} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	e.bin = o.proxyBin
+	if e.bin == "" && o.only["ftpalg"] {
+		modRoot, err := moduleRoot()
+		if err != nil {
+			return err
+		}
+		fmt.Println("building ./cmd/ftpalg ...")
+		if e.bin, err = buildProxy(modRoot, dir); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	if err := makeFiles(root, o.size); err != nil {
+		return fmt.Errorf("writing test files: %w", err)
+	}
+	fmt.Printf("wrote the %s test file (1 MiB random block repeated) in %.1f s\n", fmtBytes(o.size), time.Since(t0).Seconds())
+
+	t, err := newTopo()
+	cleanMu.Lock()
+	cleanTopo = t
+	cleanMu.Unlock()
+	if err != nil {
+		return err
+	}
+	e.t = t
+	fmt.Printf("\nnamespaces %s (client %s), %s (router %s | %s), %s (server %s)\n",
+		t.client, clientIP, t.router, lanIP, wanIP, t.server, serverIP)
+	if err := t.setup(); err != nil {
+		return err
+	}
+	if e.ours, err = t.inodes(); err != nil {
+		return err
+	}
+	fmt.Println("  router base firewall (all configurations):")
+	if err := t.baseFirewall(); err != nil {
+		return err
+	}
+	pasvLo, pasvHi, _ := strings.Cut(o.serverPasv, "-")
+	confPath := filepath.Join(dir, "vsftpd.conf")
+	if err := os.WriteFile(confPath, []byte(vsftpdConf(serverIP, root, empty, pasvLo, pasvHi)), 0o600); err != nil {
+		return err
+	}
+	vs, err := startInNetns(t.server, "vsftpd", filepath.Join(dir, "vsftpd.log"), o.vsftpd, confPath)
+	if err != nil {
+		return err
+	}
+	vs.group = true
+	// Ready when the router itself can fetch a file.
+	if err := waitReady(t.router, vs, func(r result) bool { return true }, o.verifyTimeout); err != nil {
+		return fmt.Errorf("vsftpd: %w", err)
+	}
+	fmt.Printf("  server: %s (pid %d) on %s:21, passive ports %s\n", f.vsftpd, vs.pid(), serverIP, o.serverPasv)
+
+	var res []*cfgResult
+	for _, c := range []struct {
+		key string
+		fn  func(*env, *cfgResult) error
+	}{{"plain", runPlain}, {"helper", runHelper}, {"ftpalg", runFtpalg}} {
+		if !o.only[c.key] {
+			continue
+		}
+		r := &cfgResult{key: c.key, loadBefore: loadavg()}
+		if err := c.fn(e, r); err != nil {
+			return fmt.Errorf("%s: %w", c.key, err)
+		}
+		r.loadAfter = loadavg()
+		fmt.Printf("  load average before %s, after %s\n", r.loadBefore, r.loadAfter)
+		res = append(res, r)
+		if !vs.alive() {
+			return fmt.Errorf("vsftpd exited: %v\n%s", vs.err, vs.logTail(10))
+		}
+	}
+
+	table := summary(o, res)
+	fmt.Print("\n== Summary ==\n", table)
+	if o.markdown != "" {
+		if err := os.WriteFile(o.markdown, []byte(markdown(e, res, table)), 0o644); err != nil {
+			return err
+		}
+		fmt.Println("wrote", o.markdown)
+	}
+	return nil
+}
+
+// waitReady runs verification sessions from namespace ns until one
+// succeeds and ok accepts it (10 s at most).
+func waitReady(ns string, p *proc, ok func(result) bool, dataTimeout time.Duration) error {
+	end := time.Now().Add(10 * time.Second)
+	var last string
+	for time.Now().Before(end) {
+		if p != nil && !p.alive() {
+			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.logTail(20))
+		}
+		r, err := runWorker(ns, job{Mode: "verify", Addr: serverIP + ":21", Timeout: 5 * time.Second, ConnectTimeout: dataTimeout}, 30*time.Second)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case r.PassiveErr != "":
+			last = r.PassiveErr
+		case ok(r):
+			return nil
+		default:
+			last = fmt.Sprintf("EPSV port %d", r.EPSVPort)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("no working FTP session to %s:21 after 10 s: %s", serverIP, last)
+}
+
+// ---- per configuration ----
+
+type cfgResult struct {
+	key       string
+	checks    []string // what the verification showed
+	downloads []result
+	mbps      float64 // median
+	machGiB   float64 // median machine CPU s per GiB
+	softGiB   float64 // median softirq CPU s per GiB
+	proxyGiB  float64 // ftpalg CPU s per GiB (all runs)
+	rate      result
+	after     ctStats
+	notes     []string
+	otherThr  float64 // other processes' CPU-s during the throughput runs
+	stealThr  float64 // steal CPU-s during the throughput runs
+	// /proc/loadavg before and after (after: raised by the benchmark's own
+	// processes)
+	loadBefore, loadAfter string
+}
+
+var titles = map[string]string{
+	"plain":  "(a) plain routing, FORWARD accepts everything",
+	"helper": "(b) kernel FTP helper (CT --helper ftp, nf_nat_ftp), FORWARD default DROP",
+	"ftpalg": "(c) ftpalg transparent on the router, FORWARD default DROP, no helper",
+}
+
+func (r *cfgResult) check(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	r.checks = append(r.checks, s)
+	fmt.Println("  ✓ " + s)
+}
+
+func (e *env) verify(active bool) (result, error) {
+	return runWorker(e.t.client, job{Mode: "verify", Addr: serverIP + ":21", Timeout: 5*time.Second + 2*e.o.verifyTimeout,
+		ConnectTimeout: e.o.verifyTimeout, Active: active, LocalIP: clientIP}, time.Minute)
+}
+
+func runPlain(e *env, r *cfgResult) error {
+	fmt.Printf("\n== %s ==\n", titles[r.key])
+	t := e.t
+	if err := t.forwardOpen(); err != nil {
+		return err
+	}
+	if err := t.flushConntrack(); err != nil {
+		return fmt.Errorf("flushing conntrack: %w", err)
+	}
+	e.showRules()
+	v, err := e.verify(true)
+	if err != nil {
+		return err
+	}
+	if v.PassiveErr != "" {
+		return fmt.Errorf("passive transfer failed on the open router: %s", v.PassiveErr)
+	}
+	if !inRange(v.EPSVPort, e.o.serverPasv) {
+		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s: something else answered", v.EPSVPort, e.o.serverPasv)
+	}
+	r.check("EPSV: port %d, in vsftpd's passive range %s: the client talks to the server itself", v.EPSVPort, e.o.serverPasv)
+	if v.ActiveErr != "" {
+		r.check("PORT fails without an ALG (%s): vsftpd sees the masqueraded control connection from %s and refuses the client's own address", v.ActiveErr, wanIP)
+	} else {
+		r.check("PORT worked (data connection from %s)", v.ActiveFrom)
+	}
+	if err := e.measure(r, 0); err != nil {
+		return err
+	}
+	ct, err := t.conntrack()
+	if err != nil {
+		return err
+	}
+	r.after = ct
+	if ct.anyHelper > 0 || ct.expect > 0 {
+		return fmt.Errorf("conntrack shows a helper at work (%d entries with a helper, %d expectations): %s", ct.anyHelper, ct.expect, ct.sample)
+	}
+	r.check("after the measurements: %d tracked TCP connections (%d control), none with a helper, no expectations", ct.total, ct.control)
+	return nil
+}
+
+func runHelper(e *env, r *cfgResult) error {
+	fmt.Printf("\n== %s ==\n", titles[r.key])
+	t := e.t
+	if err := t.forwardClosed(); err != nil {
+		return err
+	}
+	if err := t.flushConntrack(); err != nil {
+		return fmt.Errorf("flushing conntrack: %w", err)
+	}
+	// Without the CT rule the data connection must not get through.
+	v, err := e.verify(false)
+	if err != nil {
+		return err
+	}
+	if v.PassiveErr == "" {
+		return errors.New("without the CT rule the passive transfer worked: the router's FORWARD chain, or an automatic helper, lets data connections through")
+	}
+	r.check("without the CT rule: EPSV port %d, data connection fails (%s): FORWARD drops it, nothing assigns the helper automatically", v.EPSVPort, v.PassiveErr)
+	if err := t.ipt(ruleOp("-A", helperRule)...); err != nil {
+		return err
+	}
+	if err := t.flushConntrack(); err != nil {
+		return fmt.Errorf("flushing conntrack: %w", err)
+	}
+	e.showRules()
+	r.check("nf_nat_ftp: %s", natFTP())
+	v, err = e.verify(true)
+	if err != nil {
+		return err
+	}
+	if v.PassiveErr != "" {
+		return fmt.Errorf("passive transfer failed with the helper: %s", v.PassiveErr)
+	}
+	if !inRange(v.EPSVPort, e.o.serverPasv) {
+		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s", v.EPSVPort, e.o.serverPasv)
+	}
+	r.check("EPSV: port %d (vsftpd's range), data connection through the DROP FORWARD chain as RELATED", v.EPSVPort)
+	if v.ActiveErr != "" {
+		return fmt.Errorf("active transfer failed with the helper (nf_nat_ftp did not rewrite PORT?): %s", v.ActiveErr)
+	}
+	r.check("PORT works: vsftpd accepts only the control peer's address (%s), so nf_nat_ftp rewrote %s in PORT; data connection from %s", wanIP, clientIP, v.ActiveFrom)
+	ct, err := t.conntrack()
+	if err != nil {
+		return err
+	}
+	if ct.helperFTP == 0 {
+		return errors.New("no conntrack entry with helper=ftp after a working transfer")
+	}
+	r.check("conntrack table: %d of %d control connections with helper=ftp, e.g. %s", ct.helperFTP, ct.control, ct.sample)
+	if err := e.measure(r, 0); err != nil {
+		return err
+	}
+	if r.after, err = t.conntrack(); err != nil {
+		return err
+	}
+	r.check("after the measurements: %d tracked TCP connections, %d control connections with helper=ftp, %d expectations left",
+		r.after.total, r.after.helperFTP, r.after.expect)
+	fmt.Println("  removing the helper rule:")
+	return t.ipt(ruleOp("-D", helperRule)...)
+}
+
+// natFTP tells whether nf_nat_ftp is a loaded module or built in.
+func natFTP() string {
+	if b, err := os.ReadFile("/proc/modules"); err == nil && strings.Contains(string(b), "nf_nat_ftp ") {
+		return "loaded module (/proc/modules)"
+	}
+	if b, err := os.ReadFile("/proc/kallsyms"); err == nil && strings.Contains(string(b), " nf_nat_ftp\n") {
+		return "built into the kernel (/proc/kallsyms)"
+	}
+	return "not found in /proc/modules or /proc/kallsyms (the PORT check below shows whether it works)"
+}
+
+func (e *env) ftpalgArgs(level string) []string {
+	return []string{e.bin, "run",
+		"--mode", "transparent",
+		"--interception", e.o.interception,
+		"--intercept", lanNet,
+		"--listen", "0.0.0.0:" + proxyPort,
+		"--data-ports", e.o.proxyData,
+		"--firewall", e.o.firewall,
+		"--log-level", level,
+		"--max-sessions", "100000",
+		"--max-sessions-per-ip", "100000",
+		"--shutdown-grace", "1s",
+	}
+}
+
+// startFtpalg starts ftpalg in the router and waits until its interception
+// rules exist and a session gets an EPSV port from ftpalg's range.
+func (e *env) startFtpalg(name, level string) (*proc, error) {
+	args := e.ftpalgArgs(level)
+	fmt.Printf("    router# %s\n", strings.Join(append([]string{"ftpalg"}, args[1:]...), " "))
+	p, err := startInNetns(e.t.router, name, filepath.Join(e.dir, name+".log"), args...)
+	if err != nil {
+		return nil, err
+	}
+	hook := "FTPALG-REDIRECT"
+	if e.o.interception == "tproxy" {
+		hook = "FTPALG-TPROXY"
+	}
+	end := time.Now().Add(15 * time.Second)
+	for !strings.Contains(e.t.ruleset(), "-j "+hook) {
+		if !p.alive() {
+			return nil, fmt.Errorf("ftpalg exited: %v\n%s", p.err, p.logTail(20))
+		}
+		if time.Now().After(end) {
+			p.stop()
+			return nil, fmt.Errorf("ftpalg installed no %s hook in 15 s\n%s", hook, p.logTail(20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := waitReady(e.t.client, p, func(r result) bool { return inRange(r.EPSVPort, e.o.proxyData) }, e.o.verifyTimeout); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("through ftpalg: %w", err)
+	}
+	return p, nil
+}
+
+func runFtpalg(e *env, r *cfgResult) error {
+	fmt.Printf("\n== %s ==\n", titles[r.key])
+	t := e.t
+	if strings.Contains(t.ruleset(), "--helper") {
+		return errors.New("a CT helper rule is still installed")
+	}
+	if err := t.forwardClosed(); err != nil {
+		return err
+	}
+	in := proxyInputRules
+	if e.o.firewall == "none" {
+		in = append(in, proxyDataInputRule(e.o.proxyData))
+	}
+	for _, rule := range in {
+		if err := t.ipt(ruleOp("-A", rule)...); err != nil {
+			return err
+		}
+	}
+	if err := t.flushConntrack(); err != nil {
+		return fmt.Errorf("flushing conntrack: %w", err)
+	}
+
+	// 1. Verification, ftpalg at log level info (it logs each rewrite).
+	fmt.Println("  verification run (log level info):")
+	p, err := e.startFtpalg("ftpalg-verify", "info")
+	if err != nil {
+		return err
+	}
+	e.showRules()
+	v, err := e.verify(true)
+	if err != nil {
+		p.stop()
+		return err
+	}
+	if v.PassiveErr != "" || v.ActiveErr != "" {
+		p.stop()
+		return fmt.Errorf("through ftpalg: passive %q, active %q\n%s", v.PassiveErr, v.ActiveErr, p.logTail(20))
+	}
+	if !inRange(v.EPSVPort, e.o.proxyData) {
+		p.stop()
+		return fmt.Errorf("EPSV port %d is not in ftpalg's range %s", v.EPSVPort, e.o.proxyData)
+	}
+	r.check("EPSV: port %d, in ftpalg's --data-ports %s (vsftpd's are %s): the client's data connection ends at ftpalg", v.EPSVPort, e.o.proxyData, e.o.serverPasv)
+	// With REDIRECT ftpalg dials the client from the router's LAN address;
+	// with TPROXY from the server's address (transparent socket).
+	want := lanIP
+	if e.o.interception == "tproxy" {
+		want = serverIP
+	}
+	if h, _, _ := net.SplitHostPort(v.ActiveFrom); h != want {
+		p.stop()
+		return fmt.Errorf("active data connection came from %s, want ftpalg's %s", v.ActiveFrom, want)
+	}
+	if want == lanIP {
+		r.check("PORT works; the data connection comes from %s (ftpalg on the router), not from the server", v.ActiveFrom)
+	} else {
+		r.check("PORT works; the data connection comes from %s (ftpalg's transparent dial with the server's address)", v.ActiveFrom)
+	}
+	log := p.logText()
+	for _, msg := range []string{"passive mode rewritten", "active mode rewritten"} {
+		line := ""
+		for l := range strings.SplitSeq(log, "\n") {
+			if strings.Contains(l, msg) {
+				line = l
+				break
+			}
+		}
+		if line == "" {
+			p.stop()
+			return fmt.Errorf("ftpalg logged no %q:\n%s", msg, p.logTail(30))
+		}
+		r.check("ftpalg log: %s", strings.Join(strings.Fields(line), " "))
+	}
+	ct, err := t.conntrack()
+	if err != nil {
+		p.stop()
+		return err
+	}
+	if ct.anyHelper > 0 || ct.expect > 0 {
+		p.stop()
+		return fmt.Errorf("conntrack shows a helper at work: %s", ct.sample)
+	}
+	r.check("conntrack table: %s", e.ctLine(ct))
+	if err := p.stop(); err != nil {
+		return fmt.Errorf("ftpalg exited with %v after SIGTERM\n%s", err, p.logTail(20))
+	}
+	if rs := t.ruleset(); strings.Contains(rs, "FTPALG") {
+		return fmt.Errorf("ftpalg left rules behind:\n%s", rs)
+	}
+	r.check("ftpalg exited 0 on SIGTERM and removed its rules")
+
+	// 2. The measurements, with a fresh ftpalg at the measurement log level.
+	if err := t.flushConntrack(); err != nil {
+		return fmt.Errorf("flushing conntrack: %w", err)
+	}
+	fmt.Printf("  measurement run (log level %s):\n", e.o.logLevel)
+	p, err = e.startFtpalg("ftpalg", e.o.logLevel)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  ftpalg pid %d\n", p.pid())
+	merr := e.measure(r, p.pid())
+	if merr == nil {
+		if r.after, merr = t.conntrack(); merr == nil {
+			if r.after.anyHelper > 0 || r.after.expect > 0 {
+				merr = fmt.Errorf("conntrack shows a helper at work: %s", r.after.sample)
+			} else {
+				r.check("after the measurements: %s", e.ctLine(r.after))
+			}
+		}
+	}
+	if log := strings.TrimSpace(p.logText()); log != "" {
+		n := strings.Count(log, "\n") + 1
+		r.notes = append(r.notes, fmt.Sprintf("ftpalg wrote %d log lines at level %s; the last ones:\n%s", n, e.o.logLevel, indent(p.logTail(5))))
+		fmt.Printf("  ftpalg wrote %d log lines at level %s; last ones:\n%s\n", n, e.o.logLevel, indent(p.logTail(5)))
+	}
+	if err := p.stop(); err != nil && merr == nil {
+		merr = fmt.Errorf("ftpalg exited with %v after SIGTERM\n%s", err, p.logTail(20))
+	}
+	if merr != nil {
+		return merr
+	}
+	fmt.Println("  removing the INPUT rules:")
+	for _, rule := range in {
+		if err := t.ipt(ruleOp("-D", rule)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ctLine describes the conntrack table in configuration (c).
+func (e *env) ctLine(ct ctStats) string {
+	s := fmt.Sprintf("%d control connections", ct.control)
+	if e.o.interception == "redirect" {
+		s += fmt.Sprintf(", %d of them answered by port %s (REDIRECT to ftpalg)", ct.redirected, proxyPort)
+	}
+	return s + ", none with a helper, no expectations"
+}
+
+func (e *env) showRules() {
+	if e.o.showRules {
+		fmt.Printf("  router iptables-save:\n%s", indent(e.t.ruleset()))
+	}
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
+}
+
+// measure runs the throughput runs and the session-rate run from the
+// client namespace; watchPID (ftpalg) has its CPU time measured.
+func (e *env) measure(r *cfgResult, watchPID int) error {
+	o := e.o
+	fmt.Printf("  throughput: RETR of %s (EPSV, TYPE I), %d runs\n", fmtBytes(o.size), o.runs)
+	var mb, mach, soft []float64
+	var watch float64
+	for i := range o.runs {
+		d, err := runWorker(e.t.client, job{Mode: "download", Addr: serverIP + ":21", Size: o.size, BufSize: o.bufSize,
+			Timeout: o.xferTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.xferTimeout+time.Minute)
+		if err != nil {
+			return fmt.Errorf("throughput run %d: %w", i+1, err)
+		}
+		r.downloads = append(r.downloads, d)
+		gib := float64(d.Bytes) / (1 << 30)
+		mbps := float64(d.Bytes) / d.Secs / 1e6
+		mb, mach, soft = append(mb, mbps), append(mach, d.CPU.Busy/gib), append(soft, d.CPU.Softirq/gib)
+		watch += d.WatchCPU
+		r.otherThr += d.OtherCPU
+		extra := ""
+		if watchPID != 0 {
+			extra = fmt.Sprintf(", ftpalg CPU %.2f s", d.WatchCPU)
+		}
+		if d.OtherCPU > 0 {
+			extra += fmt.Sprintf(", other processes %.2f CPU-s", d.OtherCPU)
+		}
+		if d.CPU.Steal > 0 {
+			extra += fmt.Sprintf(", steal %.2f CPU-s", d.CPU.Steal)
+		}
+		r.stealThr += d.CPU.Steal
+		fmt.Printf("    run %d %9.1f MB/s  (%.2f s; machine %.2f of %d CPUs busy, %.2f CPU-s/GiB, softirq %.2f%s)\n",
+			i+1, mbps, d.Secs, d.CPU.CPUs(), runtime.NumCPU(), d.CPU.Busy/gib, d.CPU.Softirq/gib, extra)
+		time.Sleep(500 * time.Millisecond)
+	}
+	r.mbps, r.machGiB, r.softGiB = median(mb), median(mach), median(soft)
+	if watchPID != 0 {
+		r.proxyGiB = watch / (float64(o.size) * float64(o.runs) / (1 << 30))
+	}
+	fmt.Printf("    median %.1f MB/s, machine %.2f CPU-s per GiB\n", r.mbps, r.machGiB)
+
+	fmt.Printf("  session rate: %d clients × %s (connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT)\n", o.clients, o.duration)
+	time.Sleep(time.Second)
+	rr, err := runWorker(e.t.client, job{Mode: "rate", Addr: serverIP + ":21", Clients: o.clients, Duration: o.duration,
+		Timeout: o.sessionTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.duration+o.sessionTimeout+time.Minute)
+	if err != nil {
+		return fmt.Errorf("session rate: %w", err)
+	}
+	r.rate = rr
+	rate := r.sessionsPerSec()
+	extra := ""
+	if watchPID != 0 && rr.Sessions > 0 {
+		extra = fmt.Sprintf(", ftpalg %.2f ms CPU/session", rr.WatchCPU*1000/float64(rr.Sessions))
+	}
+	fmt.Printf("    %d sessions in %.1f s = %.1f sessions/s  p50 %.2f ms  p99 %.2f ms  errors %d\n",
+		rr.Sessions, rr.CPU.Wall, rate, ms(rr.P50), ms(rr.P99), rr.Errors)
+	if rr.OtherCPU > 0 {
+		extra += fmt.Sprintf("; other processes %.2f CPU-s", rr.OtherCPU)
+	}
+	if rr.CPU.Steal > 0 {
+		extra += fmt.Sprintf("; steal %.2f CPU-s", rr.CPU.Steal)
+	}
+	fmt.Printf("    machine %.2f of %d CPUs busy, %.2f ms CPU/session (softirq %.2f)%s\n",
+		rr.CPU.CPUs(), runtime.NumCPU(), r.machPerSession(), r.softPerSession(), extra)
+	for _, k := range topKinds(rr.ErrKinds, 5) {
+		fmt.Printf("    %6d × %s\n", rr.ErrKinds[k], k)
+	}
+	return nil
+}
+
+func (r *cfgResult) sessionsPerSec() float64 {
+	if r.rate.CPU.Wall <= 0 {
+		return 0
+	}
+	return float64(r.rate.Sessions) / r.rate.CPU.Wall
+}
+
+func (r *cfgResult) machPerSession() float64 {
+	if r.rate.Sessions == 0 {
+		return 0
+	}
+	return r.rate.CPU.Busy * 1000 / float64(r.rate.Sessions)
+}
+
+func (r *cfgResult) softPerSession() float64 {
+	if r.rate.Sessions == 0 {
+		return 0
+	}
+	return r.rate.CPU.Softirq * 1000 / float64(r.rate.Sessions)
+}
+
+func (r *cfgResult) proxyPerSession() float64 {
+	if r.rate.Sessions == 0 {
+		return 0
+	}
+	return r.rate.WatchCPU * 1000 / float64(r.rate.Sessions)
+}
+
+// ---- output ----
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// ratio formats a/b, or "-" when b is zero.
+func ratio(a, b float64, prec int) string {
+	if b == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(a/b, 'f', prec, 64)
+}
+
+func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+
+// summary is the table printed at the end: one column per configuration,
+// then the ratios.
+func summary(o *options, res []*cfgResult) string {
+	by := map[string]*cfgResult{}
+	for _, r := range res {
+		by[r.key] = r
+	}
+	var b strings.Builder
+	row := func(name string, val func(*cfgResult) float64, format func(float64) string, prec int) {
+		cells := []string{}
+		for _, k := range []string{"plain", "helper", "ftpalg"} {
+			if r := by[k]; r != nil && val != nil {
+				cells = append(cells, format(val(r)))
+			} else {
+				cells = append(cells, "")
+			}
+		}
+		for _, p := range [][2]string{{"helper", "plain"}, {"ftpalg", "plain"}, {"ftpalg", "helper"}} {
+			a, c := by[p[0]], by[p[1]]
+			if a == nil || c == nil || prec < 0 {
+				cells = append(cells, "")
+				continue
+			}
+			cells = append(cells, ratio(val(a), val(c), prec))
+		}
+		line := fmt.Sprintf("%-38s %9s %9s %9s %13s %13s %13s", append([]any{name}, toAny(cells)...)...)
+		b.WriteString(strings.TrimRight(line, " ") + "\n")
+	}
+	b.WriteString(strings.TrimRight(fmt.Sprintf("%-38s %9s %9s %9s %13s %13s %13s", "measurement", "plain", "helper", "ftpalg",
+		"helper/plain", "ftpalg/plain", "ftpalg/helper"), " ") + "\n")
+	row(fmt.Sprintf("throughput, %s RETR, median MB/s", fmtBytes(o.size)), func(r *cfgResult) float64 { return r.mbps }, f1, 3)
+	row("machine CPU s per GiB", func(r *cfgResult) float64 { return r.machGiB }, f3, 3)
+	row("  of which irq+softirq", func(r *cfgResult) float64 { return r.softGiB }, f3, -1)
+	if by["ftpalg"] != nil {
+		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU s per GiB relayed", "", "", f3(by["ftpalg"].proxyGiB)))
+	}
+	row(fmt.Sprintf("sessions/s (%d clients)", o.clients), (*cfgResult).sessionsPerSec, f1, 3)
+	row("session latency p50, ms", func(r *cfgResult) float64 { return ms(r.rate.P50) }, f2, 2)
+	row("session latency p99, ms", func(r *cfgResult) float64 { return ms(r.rate.P99) }, f2, 2)
+	row("session errors", func(r *cfgResult) float64 { return float64(r.rate.Errors) }, func(v float64) string { return strconv.Itoa(int(v)) }, -1)
+	row("machine CPU ms per session", (*cfgResult).machPerSession, f2, 3)
+	row("  of which irq+softirq", (*cfgResult).softPerSession, f2, -1)
+	row("machine CPUs busy (session rate)", func(r *cfgResult) float64 { return r.rate.CPU.CPUs() }, f2, -1)
+	if by["ftpalg"] != nil {
+		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU ms per session", "", "", f2(by["ftpalg"].proxyPerSession())))
+	}
+	row("other processes' CPU-s (throughput)", func(r *cfgResult) float64 { return r.otherThr }, f2, -1)
+	row("other processes' CPU-s (session rate)", func(r *cfgResult) float64 { return r.rate.OtherCPU }, f2, -1)
+	row("steal CPU-s (throughput)", func(r *cfgResult) float64 { return r.stealThr }, f2, -1)
+	row("steal CPU-s (session rate)", func(r *cfgResult) float64 { return r.rate.CPU.Steal }, f2, -1)
+	fmt.Fprintf(&b, "ftpalg: --interception %s --firewall %s --log-level %s; for reference, the aims are ftpalg/helper ≥ 0.9 (throughput) and ≥ 0.8 (session rate)\n",
+		o.interception, o.firewall, o.logLevel)
+	return b.String()
+}
+
+func toAny(s []string) []any {
+	a := make([]any, len(s))
+	for i, v := range s {
+		a[i] = v
+	}
+	return a
+}
+
+// markdown renders the run for docs/benchmarks-gateway.md.
+func markdown(e *env, res []*cfgResult, table string) string {
+	var b strings.Builder
+	f := e.facts
+	fmt.Fprintf(&b, "### Run of %s\n\n", f.date)
+	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.nproc, f.cpu, f.mem)
+	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n- server: %s\n", f.kernel, f.goVersion, f.vsftpd)
+	fmt.Fprintf(&b, "- command: `go run ./test/bench/gateway %s`\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(&b, "- load average before the run: %s; background load: %.2f CPUs busy\n", f.loadavg, f.background)
+	fmt.Fprintf(&b, "\n```\n%s```\n", table)
+	fmt.Fprintf(&b, "\nThroughput runs (MB/s = 10^6 bytes/s; busy = CPUs of the whole machine busy during the run, of %s):\n\n", f.nproc)
+	b.WriteString("| configuration | run | MB/s | s | busy | CPU-s/GiB | ftpalg CPU s |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range res {
+		for i, d := range r.downloads {
+			pc := ""
+			if r.key == "ftpalg" {
+				pc = f2(d.WatchCPU)
+			}
+			fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %.2f | %.2f | %s |\n", r.key, i+1, float64(d.Bytes)/d.Secs/1e6, d.Secs,
+				d.CPU.CPUs(), d.CPU.Busy/(float64(d.Bytes)/(1<<30)), pc)
+		}
+	}
+	b.WriteString("\nLoad average (1, 5, 15 min) before and after each configuration (the figures after include the benchmark's own processes: clients, vsftpd's session processes, ftpalg):\n\n")
+	for _, r := range res {
+		fmt.Fprintf(&b, "- %s: %s → %s\n", r.key, r.loadBefore, r.loadAfter)
+	}
+	b.WriteString("\nSession rate:\n\n")
+	for _, r := range res {
+		fmt.Fprintf(&b, "- %s: %d sessions in %.1f s, %.2f CPUs busy, errors %d", r.key, r.rate.Sessions, r.rate.CPU.Wall, r.rate.CPU.CPUs(), r.rate.Errors)
+		for _, k := range topKinds(r.rate.ErrKinds, 3) {
+			fmt.Fprintf(&b, "; %d × `%s`", r.rate.ErrKinds[k], k)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\nVerification:\n")
+	for _, r := range res {
+		fmt.Fprintf(&b, "\n%s:\n\n", titles[r.key])
+		for _, c := range r.checks {
+			fmt.Fprintf(&b, "- %s\n", c)
+		}
+		for _, n := range r.notes {
+			fmt.Fprintf(&b, "\n%s\n", n)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,309 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The topology (documentation addresses only):
+//
+//	[client ns] eth0 198.51.100.10/24 ── lan0 198.51.100.1/24 [router ns] wan0 203.0.113.1/24 ── eth0 203.0.113.10/24 [server ns]
+//
+// The client's default route is the router, the server's too; the router
+// forwards and masquerades the LAN onto wan0. The veths are created inside
+// the namespaces: nothing appears in the root namespace.
+const (
+	clientIP = "198.51.100.10"
+	lanIP    = "198.51.100.1"
+	lanNet   = "198.51.100.0/24"
+	wanIP    = "203.0.113.1"
+	serverIP = "203.0.113.10"
+	lanDev   = "lan0"
+	wanDev   = "wan0"
+
+	proxyPort = "2121"    // ftpalg's control listener on the router
+	divMark   = "0x1/0x1" // ftpalg's default --intercept-mark
+)
+
+// topo is the three namespaces.
+type topo struct {
+	id                     string
+	client, router, server string
+
+	mu      sync.Mutex
+	created []string // namespaces to delete
+}
+
+func newTopo() (*topo, error) {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	id := hex.EncodeToString(b[:])
+	t := &topo{id: id, client: "ftpalg-gwb-" + id + "-c", router: "ftpalg-gwb-" + id + "-r", server: "ftpalg-gwb-" + id + "-s"}
+	for _, ns := range []string{t.client, t.router, t.server} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			return t, fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
+		}
+		t.mu.Lock()
+		t.created = append(t.created, ns)
+		t.mu.Unlock()
+	}
+	return t, nil
+}
+
+// inodes returns the namespaces' inode numbers (as in /proc/PID/ns/net).
+func (t *topo) inodes() ([]uint64, error) {
+	var ns []uint64
+	for _, n := range []string{t.client, t.router, t.server} {
+		var st unix.Stat_t
+		if err := unix.Stat("/run/netns/"+n, &st); err != nil {
+			return nil, err
+		}
+		ns = append(ns, st.Ino)
+	}
+	return ns, nil
+}
+
+// destroy deletes the namespaces (and with them the veths, addresses,
+// routes and netfilter rules in them). The processes in them must be
+// stopped first, or a namespace lives on, nameless, until they exit.
+func (t *topo) destroy() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	ns := t.created
+	t.created = nil
+	t.mu.Unlock()
+	for _, n := range ns {
+		if out, err := exec.Command("ip", "netns", "del", n).CombinedOutput(); err != nil {
+			fmt.Printf("warning: ip netns del %s: %v: %s\n", n, err, strings.TrimSpace(string(out)))
+		}
+	}
+}
+
+// exec runs argv in namespace ns and returns its combined output.
+func (t *topo) exec(ns string, argv ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %s: %v: %s", ns, strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// run runs several commands in ns, stopping at the first error.
+func (t *topo) run(ns string, cmds ...[]string) error {
+	for _, c := range cmds {
+		if _, err := t.exec(ns, c...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ipt runs iptables -w in the router and prints the command.
+func (t *topo) ipt(args ...string) error {
+	fmt.Printf("    router# iptables %s\n", strings.Join(args, " "))
+	_, err := t.exec(t.router, append([]string{"iptables", "-w"}, args...)...)
+	return err
+}
+
+// setup builds links, addresses, routes and sysctls.
+func (t *topo) setup() error {
+	for _, ns := range []string{t.client, t.router, t.server} {
+		fwd := "0"
+		if ns == t.router {
+			fwd = "1"
+		}
+		// IPv4 only; no reverse-path filter on the router (the divert
+		// delivers packets for foreign addresses to local sockets).
+		if err := t.run(ns,
+			[]string{"ip", "link", "set", "lo", "up"},
+			[]string{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"},
+			[]string{"sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"},
+			[]string{"sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"},
+			[]string{"sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"},
+			[]string{"sysctl", "-qw", "net.ipv4.ip_forward=" + fwd},
+		); err != nil {
+			return err
+		}
+	}
+	if err := t.run(t.client, []string{"ip", "link", "add", "eth0", "type", "veth", "peer", "name", lanDev, "netns", t.router}); err != nil {
+		return err
+	}
+	if err := t.run(t.router, []string{"ip", "link", "add", wanDev, "type", "veth", "peer", "name", "eth0", "netns", t.server}); err != nil {
+		return err
+	}
+	if err := t.run(t.client,
+		[]string{"ip", "addr", "add", clientIP + "/24", "dev", "eth0"},
+		[]string{"ip", "link", "set", "eth0", "up"},
+		[]string{"ip", "route", "add", "default", "via", lanIP},
+	); err != nil {
+		return err
+	}
+	if err := t.run(t.router,
+		[]string{"ip", "addr", "add", lanIP + "/24", "dev", lanDev},
+		[]string{"ip", "link", "set", lanDev, "up"},
+		[]string{"ip", "addr", "add", wanIP + "/24", "dev", wanDev},
+		[]string{"ip", "link", "set", wanDev, "up"},
+	); err != nil {
+		return err
+	}
+	return t.run(t.server,
+		[]string{"ip", "addr", "add", serverIP + "/24", "dev", "eth0"},
+		[]string{"ip", "link", "set", "eth0", "up"},
+		[]string{"ip", "route", "add", "default", "via", wanIP},
+	)
+}
+
+// baseFirewall is what every configuration shares: masquerading onto the
+// WAN and a default-DROP INPUT (the router itself accepts nothing new).
+func (t *topo) baseFirewall() error {
+	for _, r := range [][]string{
+		{"-t", "nat", "-A", "POSTROUTING", "-o", wanDev, "-j", "MASQUERADE"},
+		{"-P", "INPUT", "DROP"},
+		{"-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
+		{"-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+	} {
+		if err := t.ipt(r...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forwardOpen: plain routing, FORWARD accepts everything.
+func (t *topo) forwardOpen() error {
+	if err := t.ipt("-F", "FORWARD"); err != nil {
+		return err
+	}
+	return t.ipt("-P", "FORWARD", "ACCEPT")
+}
+
+// forwardClosed: FORWARD drops everything but established/related
+// packets and new control connections from the LAN.
+func (t *topo) forwardClosed() error {
+	for _, r := range [][]string{
+		{"-F", "FORWARD"},
+		{"-P", "FORWARD", "DROP"},
+		{"-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+		{"-A", "FORWARD", "-i", lanDev, "-o", wanDev, "-p", "tcp", "--dport", "21", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"},
+	} {
+		if err := t.ipt(r...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// helperRule assigns the kernel's FTP helper to control connections
+// (since kernel 6.0 nothing assigns it automatically).
+var helperRule = []string{"-t", "raw", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp"}
+
+func ruleOp(op string, spec []string) []string {
+	if spec[0] == "-t" {
+		return append([]string{spec[0], spec[1], op}, spec[2:]...)
+	}
+	return append([]string{op}, spec...)
+}
+
+// proxyInputRules accept what ftpalg receives on the router
+// (rules/intercept/README.md, "Your INPUT chain"): the redirected control
+// connections on port 2121 and the divert-marked packets of its
+// transparent sockets (the clients' data connections to the server's
+// address).
+var proxyInputRules = [][]string{
+	{"INPUT", "-p", "tcp", "--dport", proxyPort, "-j", "ACCEPT"},
+	{"INPUT", "-p", "tcp", "-m", "mark", "--mark", divMark, "-j", "ACCEPT"},
+}
+
+// proxyDataInputRule is needed with ftpalg --firewall none for active mode
+// (the server's data connection to the router's WAN address); with
+// --firewall ipset ftpalg opens a pinhole per connection instead.
+func proxyDataInputRule(ports string) []string {
+	return []string{"INPUT", "-i", wanDev, "-p", "tcp", "--dport", strings.Replace(ports, "-", ":", 1), "-j", "ACCEPT"}
+}
+
+// flushConntrack empties the router's connection tracking table (and with
+// it the expectations), so that each configuration starts clean and its
+// verification sees only its own connections.
+func (t *topo) flushConntrack() error {
+	h, err := netns.GetFromName(t.router)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	return nl.ConntrackTableFlush(netlink.ConntrackTable)
+}
+
+// ctStats summarizes the router's conntrack table (a ctnetlink dump, as
+// `conntrack -L`) and /proc/net/nf_conntrack_expect.
+type ctStats struct {
+	total      int
+	control    int // original direction to port 21
+	helperFTP  int // entries with helper=ftp
+	redirected int // control connections answered by port 2121 (REDIRECT to ftpalg)
+	anyHelper  int
+	expect     int // entries in nf_conntrack_expect
+	sample     string
+}
+
+func (t *topo) conntrack() (ctStats, error) {
+	var s ctStats
+	r, err := runWorker(t.router, job{Mode: "ctdump"}, time.Minute)
+	if err != nil {
+		return s, err
+	}
+	d := r.CT
+	s.total, s.control, s.redirected, s.sample = d.Total, d.Control, d.Redirected, d.Sample
+	s.helperFTP = d.Helpers["ftp"]
+	for _, n := range d.Helpers {
+		s.anyHelper += n
+	}
+	exp, err := t.exec(t.router, "cat", "/proc/net/nf_conntrack_expect")
+	if err != nil {
+		return s, err
+	}
+	for l := range strings.SplitSeq(exp, "\n") {
+		if strings.TrimSpace(l) != "" {
+			s.expect++
+		}
+	}
+	return s, nil
+}
+
+// ruleset is the router's iptables-save without counters and comments.
+func (t *topo) ruleset() string {
+	out, err := t.exec(t.router, "iptables-save")
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for l := range strings.SplitSeq(out, "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		b.WriteString(l + "\n")
+	}
+	return b.String()
+}
