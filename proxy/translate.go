@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy/ftp"
 )
 
@@ -180,7 +181,6 @@ func (s *Session) featReplyLocked(r *ftp.Reply) []byte {
 // advertised returns the address the client is told for passive data and
 // the address the proxy listens on for it.
 func (s *Session) advertised() (adv, listen netip.Addr) {
-	adv = s.srv.cfg.Advertise.Unmap()
 	listen = s.clientSide.Addr()
 	if s.srv.cfg.Transparent {
 		// Listen on the server's own address: the client is told that
@@ -188,8 +188,5 @@ func (s *Session) advertised() (adv, listen netip.Addr) {
 		// instead (curl, ftplib, FileZilla) land there too.
 		listen = s.serverAddr.Addr()
 	}
-	if !adv.IsValid() {
-		adv = listen
-	}
-	return adv, listen
+	return nat.Advertised(s.srv.cfg.Advertise, listen), listen
 }
