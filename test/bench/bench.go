@@ -4,9 +4,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftpalg/ftpalg/test/internal/benchftp"
 )
 
 const (
@@ -66,20 +65,20 @@ func (r xferRun) mbps() float64 { return float64(r.bytes) / r.secs / 1e6 }
 // download fetches bigFile from addr once and times it from RETR to 226.
 func download(addr string, size int64, bufSize int, timeout time.Duration) (int64, float64, error) {
 	deadline := time.Now().Add(timeout)
-	c, err := dialFTP(addr, deadline)
+	c, err := benchftp.Dial(addr, deadline)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer c.close()
-	if err := c.login(); err != nil {
+	defer c.Close()
+	if err := c.Login(); err != nil {
 		return 0, 0, err
 	}
-	if _, _, err := c.cmd(2, "TYPE I"); err != nil {
-		return 0, 0, stepErr("TYPE", err)
+	if _, _, err := c.Cmd(2, "TYPE I"); err != nil {
+		return 0, 0, benchftp.StepErr("TYPE", err)
 	}
 	buf := make([]byte, bufSize)
 	start := time.Now()
-	n, err := c.transfer("RETR "+bigFile, deadline, buf)
+	n, _, err := c.Transfer("RETR "+bigFile, deadline, 0, buf)
 	secs := time.Since(start).Seconds()
 	if err != nil {
 		return n, secs, err
@@ -87,7 +86,7 @@ func download(addr string, size int64, bufSize int, timeout time.Duration) (int6
 	if n != size {
 		return n, secs, fmt.Errorf("RETR: got %d bytes, want %d", n, size)
 	}
-	c.quit()
+	c.Quit()
 	return n, secs, nil
 }
 
@@ -168,31 +167,31 @@ type rateResult struct {
 // QUIT.
 func oneSession(addr string, timeout time.Duration, buf []byte) error {
 	deadline := time.Now().Add(timeout)
-	c, err := dialFTP(addr, deadline)
+	c, err := benchftp.Dial(addr, deadline)
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	if err := c.login(); err != nil {
+	defer c.Close()
+	if err := c.Login(); err != nil {
 		return err
 	}
-	n, err := c.transfer("LIST", deadline, buf)
+	n, _, err := c.Transfer("LIST", deadline, 0, buf)
 	if err != nil {
 		return err
 	}
 	if n == 0 {
-		return stepErr("LIST", errors.New("empty listing"))
+		return benchftp.StepErr("LIST", errors.New("empty listing"))
 	}
-	n, err = c.transfer("RETR "+smallFile, deadline, buf)
+	n, _, err = c.Transfer("RETR "+smallFile, deadline, 0, buf)
 	if err != nil {
 		return err
 	}
 	// ASCII mode (no TYPE I in this session) lets a server turn LF into
 	// CRLF: ftpserverlib does, vsftpd does not.
 	if n < smallSize || n > 2*smallSize {
-		return stepErr("RETR", fmt.Errorf("got %d bytes, want %d", n, smallSize))
+		return benchftp.StepErr("RETR", fmt.Errorf("got %d bytes, want %d", n, smallSize))
 	}
-	return c.quit()
+	return c.Quit()
 }
 
 // runRate runs the session loop against addr; proxyPID, when not zero, is
@@ -222,7 +221,7 @@ func runRate(o *options, label, addr string, proxyPID int) *rateResult {
 				if err != nil {
 					nerr.Add(1)
 					mu.Lock()
-					kinds[errKind(err)]++
+					kinds[benchftp.ErrKind(err)]++
 					mu.Unlock()
 					// Back off a little so that a failing path does not
 					// spin.
@@ -255,40 +254,6 @@ func runRate(o *options, label, addr string, proxyPID int) *rateResult {
 		fmt.Printf("         %6d × %s\n", kinds[k], k)
 	}
 	return r
-}
-
-// errKind shortens an error to its step and a message without addresses,
-// so that like errors count together.
-func errKind(err error) string {
-	step := "?"
-	var se *stepError
-	if errors.As(err, &se) {
-		step = se.step
-	}
-	var (
-		ne  net.Error
-		te  *textproto.Error
-		oe  *net.OpError
-		msg string
-	)
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		msg = "timeout"
-	case errors.As(err, &te):
-		msg = fmt.Sprintf("reply %03d %s", te.Code, te.Msg)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		msg = "unexpected EOF"
-	case errors.As(err, &oe):
-		msg = oe.Op + ": " + oe.Err.Error()
-	case se != nil:
-		msg = se.err.Error()
-	default:
-		msg = err.Error()
-	}
-	if len(msg) > 100 {
-		msg = msg[:100] + "..."
-	}
-	return step + ": " + msg
 }
 
 func topKinds(m map[string]int, n int) []string {
@@ -333,7 +298,7 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 	res.fdBefore, _ = fdCount(proxyPID)
 	fmt.Printf("  before: VmRSS %d KiB (RssAnon %d KiB), %d fds\n", res.rssBefore, res.anonBefore, res.fdBefore)
 
-	conns := make([]*client, o.idle)
+	conns := make([]*benchftp.Client, o.idle)
 	var failed atomic.Int64
 	kinds := map[string]int{}
 	var mu sync.Mutex
@@ -348,21 +313,21 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 					return
 				}
 				deadline := time.Now().Add(o.sessionTimeout)
-				c, err := dialFTP(proxyAddr, deadline)
+				c, err := benchftp.Dial(proxyAddr, deadline)
 				if err == nil {
-					err = c.login()
+					err = c.Login()
 					if err != nil {
-						c.close()
+						c.Close()
 					}
 				}
 				if err != nil {
 					failed.Add(1)
 					mu.Lock()
-					kinds[errKind(err)]++
+					kinds[benchftp.ErrKind(err)]++
 					mu.Unlock()
 					continue
 				}
-				c.conn.SetDeadline(time.Time{}) // idle from now on, no timeout
+				c.NoDeadline() // idle from now on, no timeout
 				conns[i] = c
 			}
 		})
@@ -395,7 +360,7 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 	t0 = time.Now()
 	for _, c := range conns {
 		if c != nil {
-			c.close()
+			c.Close()
 		}
 	}
 	end := time.Now().Add(30 * time.Second)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ftpalg/ftpalg/test/internal/benchftp"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat. It
@@ -155,13 +157,13 @@ func waitFTP(p *proc, addr string, timeout time.Duration) error {
 		if p != nil && !p.alive() {
 			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.logTail(20))
 		}
-		c, err := dialFTP(addr, time.Now().Add(2*time.Second))
+		c, err := benchftp.Dial(addr, time.Now().Add(2*time.Second))
 		if err == nil {
-			err = c.login()
+			err = c.Login()
 			if err == nil {
-				err = c.quit()
+				err = c.Quit()
 			}
-			c.close()
+			c.Close()
 			if err == nil {
 				return nil
 			}

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftpalg/ftpalg/test/internal/benchftp"
 )
 
 const (
@@ -112,42 +114,42 @@ func workerMain(arg string) {
 func verifyJob(j job) result {
 	var r result
 	deadline := time.Now().Add(j.Timeout)
-	c, err := dialFTP(j.Addr, deadline)
+	c, err := benchftp.Dial(j.Addr, deadline)
 	if err != nil {
 		r.Err = err.Error()
 		return r
 	}
-	defer c.close()
-	if err := c.login(); err != nil {
+	defer c.Close()
+	if err := c.Login(); err != nil {
 		r.Err = err.Error()
 		return r
 	}
-	if _, _, err := c.cmd(2, "TYPE I"); err != nil {
-		r.Err = stepErr("TYPE", err).Error()
+	if _, _, err := c.Cmd(2, "TYPE I"); err != nil {
+		r.Err = benchftp.StepErr("TYPE", err).Error()
 		return r
 	}
 	buf := make([]byte, 64<<10)
-	n, port, err := c.transfer("RETR "+smallFile, deadline, j.ConnectTimeout, buf)
+	n, port, err := c.Transfer("RETR "+smallFile, deadline, j.ConnectTimeout, buf)
 	r.EPSVPort = port
 	if err == nil && n != smallSize {
 		err = fmt.Errorf("RETR: got %d bytes, want %d", n, smallSize)
 	}
 	if err != nil {
-		r.PassiveErr = errKind(err)
+		r.PassiveErr = benchftp.ErrKind(err)
 		return r // the session may be out of step now
 	}
 	if j.Active {
-		n, from, err := c.activeTransfer("RETR "+smallFile, j.LocalIP, deadline, j.ConnectTimeout, buf)
+		n, from, err := c.ActiveTransfer("RETR "+smallFile, j.LocalIP, deadline, j.ConnectTimeout, buf)
 		r.ActiveFrom = from
 		if err == nil && n != smallSize {
 			err = fmt.Errorf("RETR: got %d bytes, want %d", n, smallSize)
 		}
 		if err != nil {
-			r.ActiveErr = errKind(err)
+			r.ActiveErr = benchftp.ErrKind(err)
 			return r
 		}
 	}
-	c.quit()
+	c.Quit()
 	return r
 }
 
@@ -155,18 +157,18 @@ func verifyJob(j job) result {
 func downloadJob(j job) result {
 	var r result
 	deadline := time.Now().Add(j.Timeout)
-	c, err := dialFTP(j.Addr, deadline)
+	c, err := benchftp.Dial(j.Addr, deadline)
 	if err != nil {
 		r.Err = err.Error()
 		return r
 	}
-	defer c.close()
-	if err := c.login(); err != nil {
+	defer c.Close()
+	if err := c.Login(); err != nil {
 		r.Err = err.Error()
 		return r
 	}
-	if _, _, err := c.cmd(2, "TYPE I"); err != nil {
-		r.Err = stepErr("TYPE", err).Error()
+	if _, _, err := c.Cmd(2, "TYPE I"); err != nil {
+		r.Err = benchftp.StepErr("TYPE", err).Error()
 		return r
 	}
 	buf := make([]byte, j.BufSize)
@@ -174,7 +176,7 @@ func downloadJob(j job) result {
 	w0, _ := cpuSeconds(j.WatchPID)
 	m0, _ := machineCPU()
 	start := time.Now()
-	n, _, err := c.transfer("RETR "+bigFile, deadline, 0, buf)
+	n, _, err := c.Transfer("RETR "+bigFile, deadline, 0, buf)
 	r.Secs = time.Since(start).Seconds()
 	m1, _ := machineCPU()
 	w1, _ := cpuSeconds(j.WatchPID)
@@ -187,7 +189,7 @@ func downloadJob(j job) result {
 		r.Err = err.Error()
 		return r
 	}
-	c.quit()
+	c.Quit()
 	return r
 }
 
@@ -195,29 +197,29 @@ func downloadJob(j job) result {
 // QUIT (as in test/bench).
 func oneSession(addr string, timeout time.Duration, buf []byte) error {
 	deadline := time.Now().Add(timeout)
-	c, err := dialFTP(addr, deadline)
+	c, err := benchftp.Dial(addr, deadline)
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	if err := c.login(); err != nil {
+	defer c.Close()
+	if err := c.Login(); err != nil {
 		return err
 	}
-	n, _, err := c.transfer("LIST", deadline, 0, buf)
+	n, _, err := c.Transfer("LIST", deadline, 0, buf)
 	if err != nil {
 		return err
 	}
 	if n == 0 {
-		return stepErr("LIST", errors.New("empty listing"))
+		return benchftp.StepErr("LIST", errors.New("empty listing"))
 	}
-	n, _, err = c.transfer("RETR "+smallFile, deadline, 0, buf)
+	n, _, err = c.Transfer("RETR "+smallFile, deadline, 0, buf)
 	if err != nil {
 		return err
 	}
 	if n < smallSize || n > 2*smallSize {
-		return stepErr("RETR", fmt.Errorf("got %d bytes, want %d", n, smallSize))
+		return benchftp.StepErr("RETR", fmt.Errorf("got %d bytes, want %d", n, smallSize))
 	}
-	return c.quit()
+	return c.Quit()
 }
 
 // rateJob runs Clients session loops for Duration.
@@ -242,7 +244,7 @@ func rateJob(j job) result {
 				if err := oneSession(j.Addr, j.Timeout, buf); err != nil {
 					nerr.Add(1)
 					mu.Lock()
-					kinds[errKind(err)]++
+					kinds[benchftp.ErrKind(err)]++
 					mu.Unlock()
 					// Back off a little so that a failing path does not spin.
 					time.Sleep(10 * time.Millisecond)

@@ -1,10 +1,7 @@
-//go:build linux
-
-package main
-
-// The FTP client, copied from test/bench/ftpclient.go (same code path for
-// every router configuration) with active mode (PORT) added for the
-// verification step.
+// Package benchftp is the small FTP client both benchmarks (test/bench and
+// test/bench/gateway) drive every path with, so direct, proxied and routed
+// runs use exactly the same client code.
+package benchftp
 
 import (
 	"errors"
@@ -17,9 +14,9 @@ import (
 	"time"
 )
 
-// client is a minimal FTP client: net/textproto on the control channel,
+// Client is a minimal FTP client: net/textproto on the control channel,
 // EPSV for the measured transfers.
-type client struct {
+type Client struct {
 	conn net.Conn
 	tp   *textproto.Conn
 	host string // host of the control connection; data connections go there
@@ -34,76 +31,80 @@ type stepError struct {
 func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
 func (e *stepError) Unwrap() error { return e.err }
 
-func stepErr(step string, err error) error {
+func StepErr(step string, err error) error {
 	if err == nil {
 		return nil
 	}
 	return &stepError{step: step, err: err}
 }
 
-// dialFTP connects, sets deadline on the control connection and reads the
+// Dial connects, sets deadline on the control connection and reads the
 // greeting.
-func dialFTP(addr string, deadline time.Time) (*client, error) {
+func Dial(addr string, deadline time.Time) (*Client, error) {
 	d := net.Dialer{Deadline: deadline}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
-		return nil, stepErr("connect", err)
+		return nil, StepErr("connect", err)
 	}
 	conn.SetDeadline(deadline)
 	host, _, _ := net.SplitHostPort(addr)
-	c := &client{conn: conn, tp: textproto.NewConn(conn), host: host}
+	c := &Client{conn: conn, tp: textproto.NewConn(conn), host: host}
 	if _, _, err := c.tp.ReadResponse(2); err != nil {
 		conn.Close()
-		return nil, stepErr("greeting", err)
+		return nil, StepErr("greeting", err)
 	}
 	return c, nil
 }
 
-func (c *client) close() error { return c.tp.Close() }
+func (c *Client) Close() error { return c.tp.Close() }
+
+// NoDeadline lifts the control connection's deadline, for a session that
+// is to stay idle.
+func (c *Client) NoDeadline() { c.conn.SetDeadline(time.Time{}) }
 
 // cmd sends one command and reads its reply, which must start with the
 // digit want (1..5; 0 accepts anything).
-func (c *client) cmd(want int, format string, args ...any) (int, string, error) {
+func (c *Client) Cmd(want int, format string, args ...any) (int, string, error) {
 	if err := c.tp.PrintfLine(format, args...); err != nil {
 		return 0, "", err
 	}
 	return c.tp.ReadResponse(want)
 }
 
-// login logs in anonymously.
-func (c *client) login() error {
-	code, _, err := c.cmd(0, "USER anonymous")
+// Login logs in anonymously.
+func (c *Client) Login() error {
+	code, _, err := c.Cmd(0, "USER anonymous")
 	if err != nil {
-		return stepErr("USER", err)
+		return StepErr("USER", err)
 	}
 	switch code {
 	case 230:
 		return nil
 	case 331:
-		if _, _, err := c.cmd(2, "PASS bench@example.org"); err != nil {
-			return stepErr("PASS", err)
+		if _, _, err := c.Cmd(2, "PASS bench@example.org"); err != nil {
+			return StepErr("PASS", err)
 		}
 		return nil
 	default:
-		return stepErr("USER", fmt.Errorf("unexpected reply %d", code))
+		return StepErr("USER", fmt.Errorf("unexpected reply %d", code))
 	}
 }
 
-// epsv asks for a passive data port and returns the address to dial.
-func (c *client) epsv() (string, error) {
-	_, msg, err := c.cmd(2, "EPSV")
+// EPSV asks for a passive data port and returns the address to dial.
+func (c *Client) EPSV() (string, error) {
+	_, msg, err := c.Cmd(2, "EPSV")
 	if err != nil {
-		return "", stepErr("EPSV", err)
+		return "", StepErr("EPSV", err)
 	}
-	port, err := parseEPSV(msg)
+	port, err := ParseEPSV(msg)
 	if err != nil {
-		return "", stepErr("EPSV", err)
+		return "", StepErr("EPSV", err)
 	}
 	return net.JoinHostPort(c.host, strconv.Itoa(port)), nil
 }
 
-// parseEPSV extracts the port of "229 Entering Extended Passive Mode (|||port|)".
-func parseEPSV(msg string) (int, error) {
+// ParseEPSV extracts the port of "229 Entering Extended Passive Mode (|||port|)".
+func ParseEPSV(msg string) (int, error) {
 	i := strings.IndexByte(msg, '(')
 	j := strings.LastIndexByte(msg, ')')
 	if i < 0 || j < i+5 {
@@ -122,11 +123,11 @@ func parseEPSV(msg string) (int, error) {
 	return port, nil
 }
 
-// transfer runs one passive-mode download: EPSV, connect (within
+// Transfer runs one passive-mode download: EPSV, connect (within
 // connectTimeout if not zero), the command (LIST, RETR ...), the data until
 // EOF, the final reply. It returns the bytes received and the EPSV port.
-func (c *client) transfer(command string, deadline time.Time, connectTimeout time.Duration, buf []byte) (int64, int, error) {
-	addr, err := c.epsv()
+func (c *Client) Transfer(command string, deadline time.Time, connectTimeout time.Duration, buf []byte) (int64, int, error) {
+	addr, err := c.EPSV()
 	if err != nil {
 		return 0, 0, err
 	}
@@ -136,67 +137,67 @@ func (c *client) transfer(command string, deadline time.Time, connectTimeout tim
 	d := net.Dialer{Deadline: deadline, Timeout: connectTimeout}
 	dc, err := d.Dial("tcp", addr)
 	if err != nil {
-		return 0, port, stepErr(verb+" data connect", err)
+		return 0, port, StepErr(verb+" data connect", err)
 	}
 	defer dc.Close()
 	dc.SetDeadline(deadline)
-	if _, _, err := c.cmd(1, "%s", command); err != nil {
-		return 0, port, stepErr(verb, err)
+	if _, _, err := c.Cmd(1, "%s", command); err != nil {
+		return 0, port, StepErr(verb, err)
 	}
-	n, err := drain(dc, buf)
+	n, err := Drain(dc, buf)
 	if err != nil {
-		return n, port, stepErr(verb+" data", err)
+		return n, port, StepErr(verb+" data", err)
 	}
 	dc.Close()
 	if _, _, err := c.tp.ReadResponse(2); err != nil {
-		return n, port, stepErr(verb+" end", err)
+		return n, port, StepErr(verb+" end", err)
 	}
 	return n, port, nil
 }
 
-// activeTransfer runs one active-mode download: listen on localIP, PORT,
+// ActiveTransfer runs one active-mode download: listen on localIP, PORT,
 // the command, accept the server's connection (within acceptTimeout), the
 // data, the final reply. It returns the bytes and the address the data
 // connection came from.
-func (c *client) activeTransfer(command, localIP string, deadline time.Time, acceptTimeout time.Duration, buf []byte) (int64, string, error) {
+func (c *Client) ActiveTransfer(command, localIP string, deadline time.Time, acceptTimeout time.Duration, buf []byte) (int64, string, error) {
 	ln, err := net.Listen("tcp4", net.JoinHostPort(localIP, "0"))
 	if err != nil {
-		return 0, "", stepErr("listen", err)
+		return 0, "", StepErr("listen", err)
 	}
 	defer ln.Close()
 	a := ln.Addr().(*net.TCPAddr)
 	ip := a.IP.To4()
-	if _, _, err := c.cmd(2, "PORT %d,%d,%d,%d,%d,%d", ip[0], ip[1], ip[2], ip[3], a.Port>>8, a.Port&0xff); err != nil {
-		return 0, "", stepErr("PORT", err)
+	if _, _, err := c.Cmd(2, "PORT %d,%d,%d,%d,%d,%d", ip[0], ip[1], ip[2], ip[3], a.Port>>8, a.Port&0xff); err != nil {
+		return 0, "", StepErr("PORT", err)
 	}
 	verb, _, _ := strings.Cut(command, " ")
-	if _, _, err := c.cmd(1, "%s", command); err != nil {
-		return 0, "", stepErr(verb, err)
+	if _, _, err := c.Cmd(1, "%s", command); err != nil {
+		return 0, "", StepErr(verb, err)
 	}
 	ln.(*net.TCPListener).SetDeadline(time.Now().Add(acceptTimeout))
 	dc, err := ln.Accept()
 	if err != nil {
-		return 0, "", stepErr(verb+" data accept", err)
+		return 0, "", StepErr(verb+" data accept", err)
 	}
 	defer dc.Close()
 	from := dc.RemoteAddr().String()
 	dc.SetDeadline(deadline)
-	n, err := drain(dc, buf)
+	n, err := Drain(dc, buf)
 	if err != nil {
-		return n, from, stepErr(verb+" data", err)
+		return n, from, StepErr(verb+" data", err)
 	}
 	dc.Close()
 	if _, _, err := c.tp.ReadResponse(2); err != nil {
-		return n, from, stepErr(verb+" end", err)
+		return n, from, StepErr(verb+" end", err)
 	}
 	return n, from, nil
 }
 
-// drain reads r to EOF into buf and throws the bytes away. It is
+// Drain reads r to EOF into buf and throws the bytes away. It is
 // io.Copy(io.Discard, r) with a caller-chosen buffer: io.Copy would hand a
 // TCP connection to io.Discard's ReadFrom, which reads 8 KiB at a time and
 // would make the client, not the path under test, the bottleneck.
-func drain(r io.Reader, buf []byte) (int64, error) {
+func Drain(r io.Reader, buf []byte) (int64, error) {
 	var n int64
 	for {
 		m, err := r.Read(buf)
@@ -210,17 +211,17 @@ func drain(r io.Reader, buf []byte) (int64, error) {
 	}
 }
 
-// quit ends the session politely.
-func (c *client) quit() error {
-	if _, _, err := c.cmd(2, "QUIT"); err != nil {
-		return stepErr("QUIT", err)
+// Quit ends the session politely.
+func (c *Client) Quit() error {
+	if _, _, err := c.Cmd(2, "QUIT"); err != nil {
+		return StepErr("QUIT", err)
 	}
 	return nil
 }
 
-// errKind shortens an error to its step and a message without addresses,
+// ErrKind shortens an error to its step and a message without addresses,
 // so that like errors count together.
-func errKind(err error) string {
+func ErrKind(err error) string {
 	step := "?"
 	var se *stepError
 	if errors.As(err, &se) {
