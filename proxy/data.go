@@ -44,7 +44,7 @@ type dataOffer struct {
 func (o *dataOffer) settle() { o.settleOnce.Do(func() { close(o.settled) }) }
 
 // openOffer listens on listenIP, opens the pinhole for peer and starts
-// waiting for the connection. It does not touch s.mu, so callers may hold it.
+// waiting for the connection. It takes no lock.
 func (s *Session) openOffer(passive bool, listenIP, peer netip.Addr, target netip.AddrPort, from netip.Addr) (*dataOffer, error) {
 	ln, local, err := s.srv.ports.Listen(listenIP)
 	if err != nil {
@@ -157,7 +157,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	s.log.Info("transfer finished", fields...)
 }
 
-// track records a data connection so a server shutdown can close it.
+// track records a data connection so a server shutdown can cut it.
 func (s *Session) track(c *net.TCPConn, add bool) {
 	s.mu.Lock()
 	if add {
@@ -168,13 +168,30 @@ func (s *Session) track(c *net.TCPConn, add bool) {
 	s.mu.Unlock()
 }
 
-// setOffer makes o the session's pending data offer.
-func (s *Session) setOffer(o *dataOffer) {
+// abortTransfers cuts the session's running transfers with a reset, so
+// neither peer takes the cut for the end of the file.
+func (s *Session) abortTransfers() {
 	s.mu.Lock()
-	if s.closing() { // the session is closing and will not see o
+	conns := make([]*net.TCPConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.SetLinger(0)
+		c.Close()
+	}
+}
+
+// setOffer makes o the session's pending data offer and closes the one it
+// replaces. It returns false, having closed o, when the session is ending:
+// close has taken the offer already and would never see o.
+func (s *Session) setOffer(o *dataOffer) bool {
+	s.mu.Lock()
+	if s.closing() {
 		s.mu.Unlock()
 		o.close()
-		return
+		return false
 	}
 	old := s.offer
 	s.offer = o
@@ -182,25 +199,25 @@ func (s *Session) setOffer(o *dataOffer) {
 	if old != nil && old != o {
 		old.close()
 	}
+	return true
 }
 
-// dropOffer cancels the pending data offer: a new PASV/PORT replaces it.
-func (s *Session) dropOffer() {
+// dropOffer cancels the pending data offer when it is o, or whatever it is
+// when o is nil (a new PASV/PORT replaces it; the session ends). o itself
+// is closed in any case.
+func (s *Session) dropOffer(o *dataOffer) {
 	s.mu.Lock()
-	o := s.offer
-	s.offer = nil
+	cur := s.offer
+	if o == nil || cur == o {
+		s.offer = nil
+	}
 	s.mu.Unlock()
+	if o == nil {
+		o = cur
+	}
 	if o != nil {
 		o.close()
 	}
-}
-
-// dropOfferLocked cancels o, for callers holding s.mu.
-func (s *Session) dropOfferLocked(o *dataOffer) {
-	if s.offer == o {
-		s.offer = nil
-	}
-	o.close()
 }
 
 // clearOffer forgets o once it is used or expired.
@@ -210,4 +227,18 @@ func (s *Session) clearOffer(o *dataOffer) {
 		s.offer = nil
 	}
 	s.mu.Unlock()
+}
+
+// setActiveOffer records the active-mode offer whose transfer's reply must
+// wait for the client's data connection (nil: none).
+func (s *Session) setActiveOffer(o *dataOffer) {
+	s.mu.Lock()
+	s.activeOffer = o
+	s.mu.Unlock()
+}
+
+func (s *Session) currentActiveOffer() *dataOffer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.activeOffer
 }

@@ -63,8 +63,9 @@ type Config struct {
 	Firewall rules.Backend
 	// Logger receives structured logs; every session line has "session".
 	Logger *zap.Logger
-	// Trace, when set, sees every control line the proxy reads or writes.
-	// It must be fast; it is called with session locks held.
+	// Trace, when set, sees every control line the proxy reads or writes,
+	// from the session's goroutines and with no lock of the session held.
+	// It should be fast: it delays the line it is given.
 	Trace func(TraceEvent)
 }
 

@@ -1,13 +1,18 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // TestGracefulShutdown cancels Serve's context with one session
@@ -106,5 +111,164 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if n := e.srv.Sessions(); n != 0 {
 		t.Errorf("Sessions() = %d after Serve returned", n)
+	}
+}
+
+// TestShutdownClientNotReading: a client that stops reading while its
+// server keeps talking must not hold up the shutdown. The proxy's write to
+// that client blocks; the shutdown after the grace period must still end
+// the session promptly, not after the idle timeout (an hour here).
+func TestShutdownClientNotReading(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	stalled := make(chan struct{})
+	serverDone := make(chan struct{})
+	go func() {
+		defer close(serverDone)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "220 chatty server\r\n")
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			return
+		}
+		// A reply without end: its lines keep coming until the proxy
+		// stops reading them.
+		line := []byte("211-" + strings.Repeat("x", 1000) + "\r\n")
+		for {
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(line); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					close(stalled)
+					c.SetWriteDeadline(time.Time{})
+					io.Copy(io.Discard, c) // until the proxy closes
+				}
+				return
+			}
+		}
+	}()
+	e := startProxy(t, ln.Addr().String(), 200*time.Millisecond, func(c *Config) { c.IdleTimeout = time.Hour })
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	if _, err := c.Write([]byte("STAT\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	select { // the client reads nothing: everything between fills up
+	case <-stalled:
+	case <-time.After(ioTimeout):
+		t.Fatal("the server's replies never stalled: is the proxy buffering without bound?")
+	}
+	e.cancel()
+	select {
+	case <-e.serveDone:
+	case <-time.After(ioTimeout):
+		t.Fatalf("Serve did not return within %s of the shutdown (grace 200ms, goodbye bound %s)", ioTimeout, goodbyeTimeout)
+	}
+	<-serverDone
+}
+
+// TestShutdownWhileDialing shuts the server down while a session is still
+// connecting to its upstream, then lets the connect finish. The session
+// must end cleanly, and (under -race) nothing the dialing goroutine sets
+// may be read by the shutdown.
+func TestShutdownWhileDialing(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "220 ready\r\n")
+			defer c.Close()
+		}
+	}()
+	entered, release := make(chan struct{}), make(chan struct{})
+	core, logs := observer.New(zap.InfoLevel)
+	e := startProxy(t, "", 0, func(c *Config) {
+		c.Logger = zap.New(core)
+		c.Director = func(net.Conn) (netip.AddrPort, error) {
+			close(entered)
+			<-release
+			return up.Addr().(*net.TCPAddr).AddrPort(), nil
+		}
+	})
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-entered
+	e.cancel()
+	eventually(t, ioTimeout, "the grace period never ended", func() bool {
+		return logs.FilterMessage("grace period over, closing sessions").Len() > 0
+	})
+	close(release)
+	select {
+	case <-e.serveDone:
+	case <-time.After(ioTimeout):
+		t.Fatal("Serve did not return after the dial finished")
+	}
+	c.SetReadDeadline(time.Now().Add(ioTimeout))
+	b, _ := io.ReadAll(c)
+	if len(b) > 0 && !strings.HasPrefix(string(b), "421 ") {
+		t.Errorf("client got %q, want nothing or a 421", b)
+	}
+}
+
+// TestShutdownAfterDial shuts the server down right after a session has
+// connected to a server that has not greeted yet, so the session's
+// goroutines have synchronised with nothing since they set up the
+// server's side. Under -race this catches a shutdown that reads what the
+// dialing goroutine wrote (the session's logger, its addresses).
+func TestShutdownAfterDial(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := up.Accept()
+		if err == nil {
+			accepted <- c // silent: no greeting
+		}
+	}()
+	e := startProxy(t, up.Addr().String(), 0, func(c *Config) { c.ConnectTimeout = time.Minute })
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var sc net.Conn
+	select {
+	case sc = <-accepted:
+		defer sc.Close()
+	case <-time.After(ioTimeout):
+		t.Fatal("the proxy never connected to the server")
+	}
+	e.cancel()
+	select {
+	case <-e.serveDone:
+	case <-time.After(ioTimeout):
+		t.Fatal("Serve did not return")
+	}
+	c.SetReadDeadline(time.Now().Add(ioTimeout))
+	if b, _ := io.ReadAll(c); !strings.HasPrefix(string(b), "421 Service shutting down") {
+		t.Errorf("client got %q, want the shutdown's 421", b)
 	}
 }

@@ -8,7 +8,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy/ftp"
 )
 
@@ -43,107 +42,90 @@ func famNumber(a netip.Addr) int {
 }
 
 // passiveUpstream decides what a PASV/EPSV/LPSV from the client becomes
-// upstream: raw (forward unchanged), another command line, or a reply of
-// the proxy's own. Callers hold no lock.
-func (s *Session) passiveUpstream(cmd ftp.Command) (send string, local []byte) {
+// upstream: forwarded unchanged (both results empty), another command
+// (send), or a reply of the proxy's own (local).
+func (s *Session) passiveUpstream(cmd ftp.Command) (send, local string) {
 	adv, _ := s.advertised()
 	clientFam, serverFam := famNumber(adv), famNumber(s.serverAddr.Addr())
-	s.mu.Lock()
-	noEPSV := s.noEPSV
-	s.mu.Unlock()
+	noEPSV := s.noEPSV.Load()
 	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
 		// RFC 2428 gives PASV no way to carry an IPv6 address.
-		return "", []byte("425 You cannot use PASV over IPv6. Use EPSV instead.\r\n")
+		return "", "425 You cannot use PASV over IPv6. Use EPSV instead.\r\n"
 	}
 	if cmd.Kind == ftp.KindEPSV {
 		n := strings.TrimSpace(cmd.Arg)
 		matches := n == "" || n == fmt.Sprint(clientFam)
 		switch {
 		case clientFam == serverFam && !noEPSV:
-			return "", nil // same family: the server judges "EPSV n" itself
+			return "", "" // same family: the server judges "EPSV n" itself
 		case !matches && (n == "1" || n == "2"):
-			return "", fmt.Appendf(nil, "522 Network protocol not supported, use (%d).\r\n", clientFam)
+			return "", fmt.Sprintf("522 Network protocol not supported, use (%d).\r\n", clientFam)
 		case !matches:
-			return "", []byte("501 EPSV: unknown network protocol.\r\n")
+			return "", "501 EPSV: unknown network protocol.\r\n"
 		case serverFam == ftp.NetPrtIPv4 && noEPSV:
-			return "PASV", nil
+			return "PASV", ""
 		case n != "":
-			return "EPSV", nil // n names the client's family, not the server's
+			return "EPSV", "" // n names the client's family, not the server's
 		}
-		return "", nil
+		return "", ""
 	}
 	if serverFam == ftp.NetPrtIPv6 {
-		return "EPSV", nil // PASV cannot carry an IPv6 address
+		return "EPSV", "" // PASV cannot carry an IPv6 address
 	}
-	return "", nil
+	return "", ""
 }
 
-// passiveFallbackLocked answers a refused EPSV/LPSV by asking the server
-// for PASV instead, if nothing else is in flight. It reports whether it
-// took over the reply.
-func (s *Session) passiveFallbackLocked(p pending, r *ftp.Reply) bool {
-	sent := p.sent
-	if sent == "" {
-		sent = p.cmd.Verb
-	}
-	if !refused(r.Code) || sent == "PASV" || s.serverAddr.Addr().Is6() || len(s.queue) > 0 {
+// passiveFallback answers a refused EPSV/LPSV by asking the server for
+// PASV instead, if nothing else is in flight. It reports whether it took
+// over the reply.
+func (s *Session) passiveFallback(x *exchange, r *ftp.Reply) bool {
+	sent := x.verbSent()
+	if !refused(r.Code) || sent == "PASV" || s.serverAddr.Addr().Is6() {
 		return false
 	}
-	if n := strings.TrimSpace(p.cmd.Arg); p.cmd.Kind == ftp.KindEPSV && n != "" && n != "1" {
+	if n := strings.TrimSpace(x.cmd.Arg); x.cmd.Kind == ftp.KindEPSV && n != "" && n != "1" {
 		return false // the client asked for another family: the refusal stands
 	}
+	if !s.sendInternal(x, "PASV", []byte("PASV\r\n")) {
+		return false
+	}
 	if sent == "EPSV" {
-		s.noEPSV = true
+		s.noEPSV.Store(true)
 	}
-	s.log.Info("server refused "+sent+", translating to PASV", zap.String("client", p.cmd.Verb), zap.Int("code", r.Code))
-	return s.sendInternalLocked(pending{cmd: p.cmd, sent: "PASV"}, []byte("PASV\r\n"))
+	s.log.Info("server refused "+sent+", translating to PASV", zap.String("client", x.cmd.Verb), zap.Int("code", r.Code))
+	return true
 }
 
-// activeFallbackLocked answers a refused EPRT/LPRT by sending the same
-// address as PORT, when it is IPv4.
-func (s *Session) activeFallbackLocked(p pending, r *ftp.Reply) bool {
-	if !refused(r.Code) || p.offer == nil || p.sent == "PORT" || !p.offer.local.Addr().Unmap().Is4() || len(s.queue) > 0 {
+// activeFallback answers a refused EPRT/LPRT by sending the same address as
+// PORT, when it is IPv4.
+func (s *Session) activeFallback(x *exchange, r *ftp.Reply) bool {
+	sent := x.verbSent()
+	if !refused(r.Code) || x.offer == nil || sent == "PORT" || !x.offer.local.Addr().Unmap().Is4() {
 		return false
 	}
-	if p.sent == "EPRT" {
-		s.noEPRT = true
+	arg := ftp.FormatPORT(x.offer.local)
+	if !s.sendInternal(x, "PORT", []byte("PORT "+arg+"\r\n")) {
+		return false
 	}
-	arg := ftp.FormatPORT(p.offer.local)
-	s.log.Info("server refused "+p.sent+", translating to PORT", zap.String("client", p.cmd.Verb), zap.Int("code", r.Code),
+	if sent == "EPRT" {
+		s.noEPRT.Store(true)
+	}
+	s.log.Info("server refused "+sent+", translating to PORT", zap.String("client", x.cmd.Verb), zap.Int("code", r.Code),
 		zap.String("sent", "PORT "+arg))
-	return s.sendInternalLocked(pending{cmd: p.cmd, offer: p.offer, sent: "PORT"}, []byte("PORT "+arg+"\r\n"))
-}
-
-// sendInternalLocked sends a command of the proxy's own whose reply answers
-// the client's command p.cmd. The queue is empty, so it goes first.
-func (s *Session) sendInternalLocked(p pending, line []byte) bool {
-	select {
-	case s.slots <- struct{}{}:
-	default:
-		return false
-	}
-	s.queue = append(s.queue, p)
-	s.trace(ProxyToServer, line, true)
-	if _, err := s.server.Write(line); err != nil {
-		return false
-	}
 	return true
 }
 
 // activeVerb picks the form of an active-mode command for the server.
 func (s *Session) activeVerb(k ftp.Kind, local netip.AddrPort) (verb, arg string) {
-	s.mu.Lock()
-	noEPRT := s.noEPRT
-	s.mu.Unlock()
-	if noEPRT && local.Addr().Unmap().Is4() && k == ftp.KindEPRT {
+	if s.noEPRT.Load() && local.Addr().Unmap().Is4() && k == ftp.KindEPRT {
 		k = ftp.KindPORT
 	}
 	return activeForm(k, local)
 }
 
-// featReplyLocked adds EPSV and EPRT to the server's FEAT reply (the proxy
+// featReply adds EPSV and EPRT to the server's FEAT reply (the proxy
 // provides them by translation) and learns what the server lacks.
-func (s *Session) featReplyLocked(r *ftp.Reply) []byte {
+func (s *Session) featReply(r *ftp.Reply) []byte {
 	raw := r.Raw()
 	if r.Code != 211 || len(r.Lines) < 2 {
 		return raw
@@ -156,8 +138,12 @@ func (s *Session) featReplyLocked(r *ftp.Reply) []byte {
 		}
 		has[f] = true
 	}
-	s.noEPSV = s.noEPSV || !has["EPSV"]
-	s.noEPRT = s.noEPRT || !has["EPRT"]
+	if !has["EPSV"] {
+		s.noEPSV.Store(true)
+	}
+	if !has["EPRT"] {
+		s.noEPRT.Store(true)
+	}
 	if s.serverAddr.Addr().Is6() {
 		// Over IPv6 there is no PASV/PORT to translate to: what the
 		// server lacks, the proxy cannot provide.
@@ -176,17 +162,4 @@ func (s *Session) featReplyLocked(r *ftp.Reply) []byte {
 	last := r.Lines[len(r.Lines)-1].Raw
 	out := append(raw[:len(raw)-len(last):len(raw)-len(last)], add...)
 	return append(out, last...)
-}
-
-// advertised returns the address the client is told for passive data and
-// the address the proxy listens on for it.
-func (s *Session) advertised() (adv, listen netip.Addr) {
-	listen = s.clientSide.Addr()
-	if s.srv.cfg.Transparent {
-		// Listen on the server's own address: the client is told that
-		// address, and clients that use the control connection's address
-		// instead (curl, ftplib, FileZilla) land there too.
-		listen = s.serverAddr.Addr()
-	}
-	return nat.Advertised(s.srv.cfg.Advertise, listen), listen
 }
