@@ -13,6 +13,8 @@
 //	client ◀─ client writer ◀─ correlation ◀─ reply pump (rewrite, data offer) ◀─ server
 //	data offer ─▶ accept ─▶ transfer ─▶ splice
 //
+// Its parts:
+//
 //   - The command pump (commands.go) reads the client's lines, refuses
 //     malformed ones, and for each command adds an exchange to the
 //     correlator and forwards it, rewrites it (PORT/EPRT/LPRT, rewrite.go;
