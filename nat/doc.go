@@ -70,6 +70,10 @@
 //     "tcp": Go would make 0.0.0.0 a dual-stack AF_INET6 socket, and the
 //     IPv4 option and rules are meant for AF_INET ones. One listener per
 //     family.
+//   - DialTransparentAvoiding dials from an address with a random source
+//     port in 32768–60999 other than a given one (the intercepted client
+//     connection's, whose 4-tuple conntrack would otherwise claim), and
+//     tries another port, up to 8 more times, while the port is in use.
 //   - Sending from a non-local source is half the job: the replies come
 //     back to an address the host does not own and must be marked by
 //     `-m socket --transparent` and routed to `local 0/0 dev lo` in a
