@@ -322,11 +322,11 @@ func (f *runFlags) installInterception(ctx context.Context, log *zap.Logger, ln 
 	if f.mode != "transparent" {
 		return nil, nil
 	}
-	method, err := intercept.ParseMethod(f.interception)
+	method, err := nat.ParseMode(f.interception)
 	if err != nil {
 		return nil, err
 	}
-	c := intercept.Config{Method: method, Divert: f.divert, Instance: f.fw.instance, Iptables: f.fw.iptables,
+	c := intercept.Config{Mode: method, Divert: f.divert, Instance: f.fw.instance, Iptables: f.fw.iptables,
 		Logger: log, Table: f.interceptTable, Mark: uint32(f.interceptMark), Port: uint16(f.interceptPort),
 		ListenPort: uint16(nat.AddrPortOf(ln.Addr()).Port())}
 	if a := nat.AddrPortOf(ln.Addr()).Addr(); a.IsUnspecified() {
