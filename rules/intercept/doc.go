@@ -9,7 +9,8 @@
 //
 // Usage sketch:
 //
-//	c := intercept.Config{Mode: nat.ModeTProxy, Sources: lans, ListenPort: 2121,
+//	lans, ifs, err := intercept.ParseSelectors("198.51.100.0/24,lan0") // --intercept
+//	c := intercept.Config{Mode: nat.ModeTProxy, Sources: lans, Interfaces: ifs, ListenPort: 2121,
 //		Divert: true, Logger: log}
 //	aps, err := c.Listen()              // listen first: rules without a listener break FTP
 //	ln, err := nat.ListenTransparent(ctx, aps[0]) // (net.Listen for ModeRedirect), one per family
