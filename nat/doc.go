@@ -29,6 +29,27 @@
 //   - Destination(c, mode) reads whichever applies, and refuses in
 //     ModeRedirect a connection addressed to the proxy itself (it would
 //     loop).
+//   - Director(mode) wraps Destination for proxy.Config.Director: it
+//     unmaps the answer and also refuses any of the host's own addresses
+//     (read once, when Director is called), which covers TPROXY, where a
+//     direct client cannot be told from an intercepted one otherwise.
+//
+// # Intercepting listeners
+//
+// ListenIntercepted(ctx, mode, listen) opens what intercepted control
+// connections arrive on: an ordinary listener for ModeRedirect, and for
+// ModeTProxy one transparent listener per family (":PORT" is an IPv4 and
+// an IPv6 one, on one port, merged into one net.Listener). The merged
+// listener's invariants:
+//
+//   - Nothing is accepted ahead of the caller: each listener's goroutine
+//     hands over one connection at a time through an unbuffered channel.
+//   - Accept errors are passed on to the caller, and the failing listener
+//     is asked again only after a pause (5 ms doubling up to 1 s, reset by
+//     a success), on one reused timer that Close interrupts: no busy loop
+//     even for a caller that retries at once.
+//   - Close closes every listener, closes a connection accepted but not
+//     handed over, and returns only when its goroutines have ended.
 //
 // # Transparent and freebind sockets
 //
@@ -49,6 +70,10 @@
 //     "tcp": Go would make 0.0.0.0 a dual-stack AF_INET6 socket, and the
 //     IPv4 option and rules are meant for AF_INET ones. One listener per
 //     family.
+//   - DialTransparentAvoiding dials from an address with a random source
+//     port in 32768–60999 other than a given one (the intercepted client
+//     connection's, whose 4-tuple conntrack would otherwise claim), and
+//     tries another port, up to 8 more times, while the port is in use.
 //   - Sending from a non-local source is half the job: the replies come
 //     back to an address the host does not own and must be marked by
 //     `-m socket --transparent` and routed to `local 0/0 dev lo` in a

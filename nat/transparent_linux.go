@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"syscall"
@@ -169,4 +170,49 @@ func DialTransparent(ctx context.Context, from, to netip.AddrPort, timeout time.
 		return nil, fmt.Errorf("nat: dial transparent: %w", err)
 	}
 	return c, nil
+}
+
+// The source ports DialTransparentAvoiding picks from: Linux's default
+// ephemeral range (net.ipv4.ip_local_port_range 32768 60999), where the
+// kernel itself would pick.
+const (
+	avoidPortLo = 32768
+	avoidPortHi = 61000 // exclusive
+	// avoidRetries is how many more random ports are tried after one is
+	// in use (EADDRINUSE) before giving up.
+	avoidRetries = 8
+)
+
+// DialTransparentAvoiding is DialTransparent from `from` with a source
+// port other than avoid: a random one in 32768–60999, and another one, up
+// to 8 more times, when the chosen one is in use (EADDRINUSE). avoid 0
+// lets the kernel pick any port.
+//
+// It is how the proxy dials a server with an intercepted client's address
+// as source: the client's own port must be avoided, or the dial would
+// repeat the intercepted connection's 4-tuple, and conntrack would take
+// the SYN for that connection and hand it to the proxy again.
+func DialTransparentAvoiding(ctx context.Context, from netip.Addr, avoid uint16, to netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
+	return dialAvoiding(ctx, from, avoid, to, timeout, randomSourcePort)
+}
+
+func randomSourcePort() uint16 {
+	return uint16(avoidPortLo + rand.IntN(avoidPortHi-avoidPortLo))
+}
+
+// dialAvoiding is DialTransparentAvoiding with the port picker given.
+func dialAvoiding(ctx context.Context, from netip.Addr, avoid uint16, to netip.AddrPort, timeout time.Duration, pick func() uint16) (*net.TCPConn, error) {
+	if avoid == 0 {
+		return DialTransparent(ctx, netip.AddrPortFrom(from, 0), to, timeout)
+	}
+	for try := 0; ; try++ {
+		port := pick()
+		for port == avoid {
+			port = pick()
+		}
+		c, err := DialTransparent(ctx, netip.AddrPortFrom(from, port), to, timeout)
+		if err == nil || try == avoidRetries || !errors.Is(err, syscall.EADDRINUSE) {
+			return c, err
+		}
+	}
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/intercept"
@@ -52,37 +54,71 @@ func (f *firewallFlags) backend(ctx context.Context, log *zap.Logger, detect boo
 	return rules.New(name, f.options(log))
 }
 
-const rulesUsage = `Usage: ftpalg rules show|flush|cleanup [--firewall NAME] [--firewall-instance NAME]
+const rulesUsage = `Usage: ftpalg rules show|flush|cleanup [--firewall NAME] [--firewall-instance NAME] [--intercept-table N]
 
   show     list the pinholes open now, with the session that opened each
   flush    remove every pinhole (chains, hooks and sets stay)
   cleanup  remove everything ftpalg installed: pinhole chains and sets, interception and divert rules
-           (after a crash, or with --keep-firewall-hooks)
+           and the policy route (after a crash, or with --keep-firewall-hooks); give it the
+           --firewall-instance and --intercept-table the run used
 
 Without --firewall, every backend is asked.
 `
 
-// rulesCmd is `ftpalg rules show|flush|cleanup`.
-func rulesCmd(args []string) error {
+// rulesConfig is what `ftpalg rules` acts on.
+type rulesConfig struct {
+	verb string
+	fw   firewallFlags
+	// cleanup names the interception objects `cleanup` removes.
+	cleanup intercept.Config
+}
+
+// parseRules parses the arguments of `ftpalg rules`. Usage and flag errors
+// are written to out; -h returns flag.ErrHelp.
+func parseRules(args []string, out io.Writer) (rulesConfig, error) {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprint(os.Stderr, rulesUsage)
-		return errors.New("rules: show, flush or cleanup?")
+		fmt.Fprint(out, rulesUsage)
+		return rulesConfig{}, errors.New("rules: show, flush or cleanup?")
 	}
-	verb := args[0]
-	fs := flag.NewFlagSet("ftpalg rules "+verb, flag.ContinueOnError)
-	var f firewallFlags
-	f.register(fs)
+	rc := rulesConfig{verb: args[0]}
+	switch rc.verb {
+	case "show", "flush", "cleanup":
+	default:
+		return rc, fmt.Errorf("rules: unknown command %q (show, flush or cleanup)", rc.verb)
+	}
+	fs := flag.NewFlagSet("ftpalg rules "+rc.verb, flag.ContinueOnError)
+	fs.SetOutput(out)
+	rc.fw.register(fs)
+	var route routeFlags
+	route.register(fs)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), rulesUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return rc, err
 	}
-	log, err := newLogger("console", "warn")
+	if fs.NArg() > 0 {
+		return rc, fmt.Errorf("rules: unexpected argument %q", fs.Arg(0))
+	}
+	rc.cleanup = intercept.Config{Instance: rc.fw.instance, Iptables: rc.fw.iptables}
+	if err := route.apply(&rc.cleanup); err != nil {
+		return rc, fmt.Errorf("rules: %w", err)
+	}
+	return rc, nil
+}
+
+// rulesCmd is `ftpalg rules show|flush|cleanup`.
+func rulesCmd(args []string) error {
+	rc, err := parseRules(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
+	log, err := newLogger("console", zapcore.WarnLevel)
+	if err != nil {
+		return err
+	}
+	f, verb := rc.fw, rc.verb
 	names := []string{f.name}
 	if f.name == "auto" {
 		names = nil
@@ -105,8 +141,7 @@ func rulesCmd(args []string) error {
 			errs = append(errs, err)
 			continue
 		}
-		switch verb {
-		case "cleanup":
+		if verb == "cleanup" {
 			if err := b.Teardown(ctx); err != nil {
 				errs = append(errs, err)
 			}
@@ -137,15 +172,15 @@ func rulesCmd(args []string) error {
 			if err := l.Flush(ctx); err != nil && !(f.name == "auto" && errors.Is(err, rules.ErrNotReady)) {
 				errs = append(errs, err)
 			}
-		default:
-			return fmt.Errorf("rules: unknown command %q (show, flush or cleanup)", verb)
 		}
 	}
 	tw.Flush()
 	if verb == "cleanup" {
-		// Interception and divert rules of transparent mode, too.
-		table := 100
-		if err := intercept.Cleanup(ctx, intercept.Config{Instance: f.instance, Iptables: f.iptables, Table: table, Logger: log}); err != nil {
+		// Interception and divert rules of transparent mode, and the
+		// policy route in the run's table.
+		c := rc.cleanup
+		c.Logger = log
+		if err := intercept.Cleanup(ctx, c); err != nil {
 			errs = append(errs, err)
 		}
 	}

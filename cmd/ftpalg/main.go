@@ -3,6 +3,13 @@
 //	ftpalg demo                         see the problem and the fix on loopback
 //	ftpalg run --upstream HOST:PORT ... relay FTP to a server, rewriting data-channel addresses
 //	ftpalg version
+//
+// It is a composition root and holds no socket or kernel code: config.go
+// turns the flags into a proxy.Config and an intercept.Config without side
+// effects; run.go opens the listener (package nat), sets up the firewall
+// backend and the interception (package rules), serves (package proxy)
+// and shuts down in order; firewall.go holds the backend flags and
+// `ftpalg rules`.
 package main
 
 import (

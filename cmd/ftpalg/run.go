@@ -6,10 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/netip"
+	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -18,84 +16,48 @@ import (
 
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy"
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/intercept"
 )
 
-// runFlags are the flags of `ftpalg run`.
-type runFlags struct {
-	listen, upstream, advertise, dataPorts          string
-	mode, interception, upstreamSource              string
-	intercept                                       string
-	interceptPort, interceptTable                   int
-	interceptMark                                   uint
-	divert                                          bool
-	logFormat, logLevel                             string
-	trustPASV                                       bool
-	fw                                              firewallFlags
-	connectTimeout, dataTimeout, idleTimeout, grace time.Duration
-	maxSessions, maxPerIP                           int
-}
+// teardownTimeout bounds each removal of kernel objects at exit or after
+// a failed start (firewall teardown, interception removal).
+const teardownTimeout = 30 * time.Second
 
-func (f *runFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.listen, "listen", ":21", "address to accept FTP control connections on")
-	fs.StringVar(&f.upstream, "upstream", "", "the FTP server, HOST:PORT (required in reverse mode)")
-	fs.StringVar(&f.mode, "mode", "reverse", "reverse: relay every client to --upstream; transparent: relay each intercepted connection to its original destination (gateway on a router)")
-	fs.StringVar(&f.interception, "interception", "redirect", "transparent mode: how connections are intercepted: redirect (iptables REDIRECT, original destination from SO_ORIGINAL_DST) or tproxy (TPROXY, IP_TRANSPARENT listener)")
-	fs.StringVar(&f.intercept, "intercept", "", "transparent mode: install the interception rules for these client networks or incoming interfaces (comma-separated, e.g. 198.51.100.0/24,lan0); without it ftpalg expects your own rules")
-	fs.IntVar(&f.interceptPort, "intercept-port", 21, "transparent mode: the FTP control port to intercept")
-	fs.IntVar(&f.interceptTable, "intercept-table", 100, "transparent mode: routing table of the divert/TPROXY policy route")
-	fs.UintVar(&f.interceptMark, "intercept-mark", 1, "transparent mode: fwmark bit of TPROXY and the divert rule")
-	fs.BoolVar(&f.divert, "divert", true, "transparent mode: install the divert rule and policy route that deliver data connections to ftpalg's transparent sockets")
-	fs.StringVar(&f.upstreamSource, "upstream-source", "router", "transparent mode: connect to servers from the router's address (router) or from the client's (client, needs the divert routing in rules/intercept/README.md)")
-	fs.StringVar(&f.advertise, "advertise", "", "address announced to clients in passive replies (default: the local address the client connected to)")
-	fs.StringVar(&f.dataPorts, "data-ports", "50000-50999", "port range for data connections, LO-HI, on both sides (0: any port)")
-	fs.BoolVar(&f.trustPASV, "trust-pasv-address", false, "dial the address a server announces in 227 even when it is not the server's control address (default: dial the control address, as curl and lftp do)")
-	fs.DurationVar(&f.connectTimeout, "connect-timeout", proxy.DefaultConnectTimeout, "timeout for connecting to the server and to data peers")
-	fs.DurationVar(&f.dataTimeout, "data-timeout", proxy.DefaultDataAcceptTimeout, "how long an announced data port waits for its connection")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close a control connection silent this long (never during a transfer); 0 uses the default, negative disables")
-	fs.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "on SIGINT/SIGTERM, how long running sessions may finish before they are closed")
-	fs.IntVar(&f.maxSessions, "max-sessions", proxy.DefaultMaxSessions, "most concurrent sessions; more are refused with 421 (negative: no limit)")
-	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (negative: no limit)")
-	f.fw.register(fs)
-	fs.StringVar(&f.logFormat, "log-format", "console", "log format: json or console")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-}
+// noInterceptionWarnAfter is how long transparent mode without
+// --intercept waits for a first intercepted connection before it warns.
+const noInterceptionWarnAfter = 30 * time.Second
 
 func runCmd(args []string) error {
-	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
-	var f runFlags
-	f.register(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: ftpalg run --upstream HOST:PORT [flags]\n\nFlags:\n")
-		fs.PrintDefaults()
+	rc, err := parseRun(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("run: unexpected argument %q", fs.Arg(0))
-	}
-	log, err := newLogger(f.logFormat, f.logLevel)
+	log, err := newLogger(rc.logFormat, rc.logLevel)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
-
-	cfg, err := f.config(log)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	fw, err := f.fw.backend(ctx, log, true)
+	return run(ctx, log, rc)
+}
+
+// run starts what rc describes and, when ctx ends, shuts it down in order:
+// interception rules first (new connections take the router's normal path
+// again), then the listener, then the sessions after rc.grace, then the
+// firewall backend's objects. A failed start removes what it had set up.
+func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
+	fw, err := rc.fw.backend(ctx, log, true)
 	if err != nil {
 		return err
 	}
-	cfg.Firewall = fw
-	ln, err := f.listener(ctx, &cfg)
+	cfg := rc.proxy
+	cfg.Logger, cfg.Firewall = log, fw
+	ln, err := listen(ctx, rc, &cfg)
 	if err != nil {
 		return err
 	}
@@ -109,105 +71,105 @@ func runCmd(args []string) error {
 	if err := fw.Setup(ctx); err != nil {
 		ln.Close()
 		// Remove whatever part of the setup did happen.
-		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return errors.Join(fmt.Errorf("firewall %s: %w", fw.Name(), err), fw.Teardown(tctx))
+		return errors.Join(fmt.Errorf("firewall %s: %w", fw.Name(), err), teardown(fw))
 	}
-	icpt, err := f.installInterception(ctx, log, ln, srv)
+	if rc.intercept != nil && len(rc.intercept.Sources) == 0 && len(rc.intercept.Interfaces) == 0 {
+		log.Info("no --intercept: expecting your own interception rules (see rules/intercept/README.md)")
+		t := time.AfterFunc(noInterceptionWarnAfter, func() {
+			if srv.Accepted() == 0 && ctx.Err() == nil {
+				log.Warn("no intercepted connection has arrived in 30s: check the REDIRECT/TPROXY rules", zap.Stringer("listen", ln.Addr()))
+			}
+		})
+		defer t.Stop()
+	}
+	icpt, err := installInterception(ctx, log, rc, ln)
 	if err != nil {
 		ln.Close()
-		fw.Teardown(context.Background())
-		return err
+		return errors.Join(err, teardown(fw))
 	}
 	if icpt != nil {
+		remove := func() {
+			rctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+			defer cancel()
+			if err := icpt.Remove(rctx); err != nil {
+				log.Warn("removing interception rules failed", zap.Error(err))
+			}
+		}
 		// On SIGTERM the interception goes first: during the grace period
 		// new FTP connections then take the router's normal path instead
 		// of being redirected to a listener that no longer accepts.
 		removed := make(chan struct{})
 		stopRemove := context.AfterFunc(ctx, func() {
 			defer close(removed)
-			rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer rcancel()
-			if err := icpt.Remove(rctx); err != nil {
-				log.Warn("removing interception rules failed", zap.Error(err))
-			}
+			remove()
 		})
 		defer func() {
 			if stopRemove() { // Serve ended without a signal
-				rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer rcancel()
-				if err := icpt.Remove(rctx); err != nil {
-					log.Warn("removing interception rules failed", zap.Error(err))
-				}
+				remove()
 				return
 			}
 			<-removed
 		}()
 	}
-	serveErr := srv.Serve(ctx, ln, f.grace)
+	serveErr := srv.Serve(ctx, ln, rc.grace)
 	log.Info("stopped accepting; sessions done")
-	tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := fw.Teardown(tctx); err != nil {
+	if err := teardown(fw); err != nil {
 		log.Warn("firewall teardown failed", zap.String("firewall", fw.Name()), zap.Error(err))
 	}
 	return serveErr
 }
 
-func (f *runFlags) config(log *zap.Logger) (proxy.Config, error) {
-	cfg := proxy.Config{
-		Upstream:          f.upstream,
-		TrustPASVAddress:  f.trustPASV,
-		ConnectTimeout:    f.connectTimeout,
-		DataAcceptTimeout: f.dataTimeout,
-		IdleTimeout:       f.idleTimeout,
-		MaxSessions:       f.maxSessions,
-		MaxSessionsPerIP:  f.maxPerIP,
-		Logger:            log,
+// teardown removes the firewall backend's kernel objects, within
+// teardownTimeout.
+func teardown(fw rules.Backend) error {
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	return fw.Teardown(ctx)
+}
+
+// listen opens the control listener: an ordinary one in reverse mode, the
+// intercepting one (nat.ListenIntercepted) in transparent mode, where it
+// also sets cfg.Director to find each connection's original destination.
+func listen(ctx context.Context, rc runConfig, cfg *proxy.Config) (net.Listener, error) {
+	if rc.mode == 0 {
+		var lc net.ListenConfig
+		return lc.Listen(ctx, "tcp", rc.listen)
 	}
-	switch f.mode {
-	case "reverse":
-		if f.upstream == "" {
-			return cfg, errors.New("run: --upstream HOST:PORT is required in reverse mode")
-		}
-	case "transparent":
-		if f.upstream != "" {
-			return cfg, errors.New("run: --upstream makes no sense with --mode transparent: the server is each connection's original destination")
-		}
-		cfg.Transparent = true
-		switch f.upstreamSource {
-		case "router":
-		case "client":
-			cfg.UpstreamSourceClient = true
-		default:
-			return cfg, fmt.Errorf("run: --upstream-source %q: want router or client", f.upstreamSource)
-		}
-	default:
-		return cfg, fmt.Errorf("run: --mode %q: want reverse or transparent", f.mode)
-	}
-	if f.advertise != "" {
-		a, err := netip.ParseAddr(f.advertise)
-		if err != nil {
-			return cfg, fmt.Errorf("run: --advertise %q: want an IP address", f.advertise)
-		}
-		cfg.Advertise = a
-	}
-	r, err := nat.ParsePortRange(f.dataPorts)
+	ln, err := nat.ListenIntercepted(ctx, rc.mode, rc.listen)
 	if err != nil {
-		return cfg, fmt.Errorf("run: --data-ports: %w", err)
+		return nil, fmt.Errorf("run: %w", err)
 	}
-	cfg.DataPorts = r
-	return cfg, nil
+	dir, err := nat.Director(rc.mode)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	cfg.Director = dir
+	return ln, nil
+}
+
+// installInterception installs ftpalg's own interception and divert rules
+// in transparent mode (rules/intercept), after the listener is open so no
+// intercepted connection is refused. It returns nil in reverse mode.
+func installInterception(ctx context.Context, log *zap.Logger, rc runConfig, ln net.Listener) (*intercept.Rules, error) {
+	if rc.intercept == nil {
+		return nil, nil
+	}
+	c := listeningOn(*rc.intercept, nat.AddrPortOf(ln.Addr()))
+	c.Logger = log
+	r, err := intercept.Install(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("interception rules: %w", err)
+	}
+	log.Info("interception rules installed", zap.String("method", c.Mode.String()), zap.Int("sources", len(c.Sources)),
+		zap.Strings("interfaces", c.Interfaces), zap.Bool("divert", c.Divert))
+	return r, nil
 }
 
 // newLogger builds the zap logger. Sampling is off: zap's production
 // sampling drops repeated messages, and per-session lifecycle lines are
 // exactly the repeated messages an operator needs.
-func newLogger(format, level string) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
-	}
+func newLogger(format string, level zapcore.Level) (*zap.Logger, error) {
 	var cfg zap.Config
 	switch format {
 	case "json":
@@ -220,146 +182,9 @@ func newLogger(format, level string) (*zap.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want json or console", format)
 	}
 	cfg.Sampling = nil
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Level = zap.NewAtomicLevelAt(level)
 	cfg.OutputPaths = []string{"stderr"}
 	cfg.ErrorOutputPaths = []string{"stderr"}
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	return cfg.Build(zap.WithCaller(false))
-}
-
-// listener opens the control listener and, in transparent mode, sets the
-// Director that finds each connection's original destination.
-func (f *runFlags) listener(ctx context.Context, cfg *proxy.Config) (net.Listener, error) {
-	if f.mode != "transparent" {
-		return net.Listen("tcp", f.listen)
-	}
-	m, err := nat.ParseMode(f.interception)
-	if err != nil {
-		return nil, fmt.Errorf("run: --interception: %w", err)
-	}
-	var ln net.Listener
-	if m == nat.ModeTProxy {
-		// A transparent socket is of one family: ":PORT" means an IPv4 and
-		// an IPv6 listener, merged.
-		var aps []netip.AddrPort
-		if strings.HasPrefix(f.listen, ":") {
-			p, err := strconv.ParseUint(f.listen[1:], 10, 16)
-			if err != nil {
-				return nil, fmt.Errorf("run: --listen %q: want IP:PORT or :PORT", f.listen)
-			}
-			aps = []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p)), netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(p))}
-		} else {
-			ap, err := netip.ParseAddrPort(f.listen)
-			if err != nil {
-				return nil, fmt.Errorf("run: --listen %q: want IP:PORT or :PORT", f.listen)
-			}
-			aps = []netip.AddrPort{ap}
-		}
-		var lns []net.Listener
-		for _, ap := range aps {
-			l, err := nat.ListenTransparent(ctx, ap)
-			if err != nil {
-				for _, l := range lns {
-					l.Close()
-				}
-				return nil, err
-			}
-			lns = append(lns, l)
-		}
-		ln = mergeListeners(lns...)
-	} else {
-		l, err := net.Listen("tcp", f.listen) // dual-stack for ":PORT"
-		if err != nil {
-			return nil, err
-		}
-		ln = l
-	}
-	local, err := localAddrs()
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	cfg.Director = func(c net.Conn) (netip.AddrPort, error) {
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			return netip.AddrPort{}, errors.New("not a TCP connection")
-		}
-		dst, err := nat.Destination(tc, m)
-		if err != nil {
-			return netip.AddrPort{}, err
-		}
-		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-		// A connection made to the proxy itself would be relayed to the
-		// proxy again.
-		if local[dst.Addr()] {
-			return netip.AddrPort{}, fmt.Errorf("connection to the proxy's own address %s, not intercepted", dst)
-		}
-		return dst, nil
-	}
-	return ln, nil
-}
-
-// localAddrs returns the host's own addresses (unmapped).
-func localAddrs() (map[netip.Addr]bool, error) {
-	as, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil, err
-	}
-	m := map[netip.Addr]bool{}
-	for _, a := range as {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			m[p.Addr().Unmap()] = true
-		}
-	}
-	return m, nil
-}
-
-// installInterception installs ftpalg's own interception and divert rules
-// in transparent mode (rules/intercept), after the listener is open so no
-// intercepted connection is refused. Without --intercept it reports after a
-// while whether intercepted connections arrive at all.
-func (f *runFlags) installInterception(ctx context.Context, log *zap.Logger, ln net.Listener, srv *proxy.Server) (*intercept.Rules, error) {
-	if f.mode != "transparent" {
-		return nil, nil
-	}
-	method, err := intercept.ParseMethod(f.interception)
-	if err != nil {
-		return nil, err
-	}
-	c := intercept.Config{Method: method, Divert: f.divert, Instance: f.fw.instance, Iptables: f.fw.iptables,
-		Logger: log, Table: f.interceptTable, Mark: uint32(f.interceptMark), Port: uint16(f.interceptPort),
-		ListenPort: uint16(nat.AddrPortOf(ln.Addr()).Port())}
-	if a := nat.AddrPortOf(ln.Addr()).Addr(); a.IsUnspecified() {
-		c.OnIP = []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
-	} else {
-		c.OnIP = []netip.Addr{a}
-	}
-	for _, item := range strings.Split(f.intercept, ",") {
-		item = strings.TrimSpace(item)
-		if item == "" {
-			continue
-		}
-		if p, err := netip.ParsePrefix(item); err == nil {
-			c.Sources = append(c.Sources, p)
-		} else if a, err := netip.ParseAddr(item); err == nil {
-			c.Sources = append(c.Sources, netip.PrefixFrom(a, a.BitLen()))
-		} else {
-			c.Interfaces = append(c.Interfaces, item)
-		}
-	}
-	if len(c.Sources) == 0 && len(c.Interfaces) == 0 {
-		log.Info("no --intercept: expecting your own interception rules (see rules/intercept/README.md)")
-		time.AfterFunc(30*time.Second, func() {
-			if srv.Accepted() == 0 && ctx.Err() == nil {
-				log.Warn("no intercepted connection has arrived in 30s: check the REDIRECT/TPROXY rules", zap.Stringer("listen", ln.Addr()))
-			}
-		})
-	}
-	r, err := intercept.Install(ctx, c)
-	if err != nil {
-		return nil, fmt.Errorf("interception rules: %w", err)
-	}
-	log.Info("interception rules installed", zap.String("method", method.String()), zap.Int("sources", len(c.Sources)),
-		zap.Strings("interfaces", c.Interfaces), zap.Bool("divert", c.Divert))
-	return r, nil
 }

@@ -10,44 +10,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
 )
-
-// Method is how the kernel hands an intercepted control connection to
-// ftpalg.
-type Method uint8
-
-const (
-	// Redirect: nat PREROUTING REDIRECT to ListenPort on the incoming
-	// interface's address; ftpalg reads the original destination from
-	// conntrack (SO_ORIGINAL_DST, nat.ModeRedirect).
-	Redirect Method = iota + 1
-	// TProxy: mangle PREROUTING TPROXY to a transparent listener on
-	// OnIP:ListenPort; the accepted socket's local address is the original
-	// destination (nat.ModeTProxy).
-	TProxy
-)
-
-func (m Method) String() string {
-	switch m {
-	case Redirect:
-		return "redirect"
-	case TProxy:
-		return "tproxy"
-	}
-	return "Method(" + strconv.Itoa(int(m)) + ")"
-}
-
-// ParseMethod parses "redirect" or "tproxy".
-func ParseMethod(s string) (Method, error) {
-	switch s {
-	case "redirect":
-		return Redirect, nil
-	case "tproxy":
-		return TProxy, nil
-	}
-	return 0, fmt.Errorf("%w: interception method %q: want redirect or tproxy", rules.ErrInvalid, s)
-}
 
 // Our chains, with "-" + Config.Instance appended when set. The longest
 // with the longest instance name (12 characters) is 28 characters, the
@@ -78,9 +43,14 @@ const RouteProtocol = 70
 
 // Config says what to intercept and where to.
 type Config struct {
-	// Method is how control connections are intercepted. It may be zero
-	// only when Sources and Interfaces are both empty.
-	Method Method
+	// Mode is how control connections are intercepted:
+	// nat.ModeRedirect (nat PREROUTING REDIRECT to ListenPort on the
+	// incoming interface's address; ftpalg reads the original destination
+	// from conntrack) or nat.ModeTProxy (mangle PREROUTING TPROXY to a
+	// transparent listener on OnIP:ListenPort, whose accepted sockets'
+	// local address is the original destination). It may be zero only
+	// when Sources and Interfaces are both empty.
+	Mode nat.Mode
 	// Sources are the client networks whose connections to Port are
 	// intercepted, IPv4 and/or IPv6. The families present decide which
 	// families get rules (and policy routing); when Sources is empty, both
@@ -103,7 +73,7 @@ type Config struct {
 	// gets loopback (127.0.0.1, ::1), which keeps the listener unreachable
 	// from outside; an unspecified address (0.0.0.0, ::) makes TPROXY look
 	// on the incoming interface's primary address, which a wildcard
-	// listener covers. Ignored with Redirect. See Listen.
+	// listener covers. Ignored with nat.ModeRedirect. See Listen.
 	OnIP []netip.Addr
 	// Mark and Mask are the fwmark bits TPROXY and the divert set and the
 	// ip rule matches (--tproxy-mark Mark/Mask, --set-xmark Mark/Mask,
@@ -121,8 +91,8 @@ type Config struct {
 	// delivered locally. It is what lets a transparent listener bound to a
 	// server's address catch the data connection a client opens to that
 	// server, and the replies reach a socket that dialed with the client's
-	// address as source (nat.DialTransparent). TProxy does not need it for
-	// control connections.
+	// address as source (nat.DialTransparent). nat.ModeTProxy does not
+	// need it for control connections.
 	Divert bool
 	// Instance is appended, after a "-", to every chain name, like
 	// rules.Options.Instance: up to 12 characters of a-z, 0-9 and _.
@@ -203,14 +173,14 @@ func (c Config) normalized() (Config, error) {
 	}
 	c.OnIP = []netip.Addr{on4, on6}
 	if c.hasRules() {
-		if c.Method != Redirect && c.Method != TProxy {
-			return c, fmt.Errorf("%w: interception method %s: want redirect or tproxy", rules.ErrInvalid, c.Method)
+		if c.Mode != nat.ModeRedirect && c.Mode != nat.ModeTProxy {
+			return c, fmt.Errorf("%w: interception mode %s: want redirect or tproxy", rules.ErrInvalid, c.Mode)
 		}
 		if c.ListenPort == 0 {
 			return c, fmt.Errorf("%w: no listen port (REDIRECT --to-ports / TPROXY --on-port)", rules.ErrInvalid)
 		}
-	} else if c.Method != 0 && c.Method != Redirect && c.Method != TProxy {
-		return c, fmt.Errorf("%w: interception method %s: want redirect or tproxy", rules.ErrInvalid, c.Method)
+	} else if c.Mode != 0 && c.Mode != nat.ModeRedirect && c.Mode != nat.ModeTProxy {
+		return c, fmt.Errorf("%w: interception mode %s: want redirect or tproxy", rules.ErrInvalid, c.Mode)
 	}
 	return c, nil
 }
@@ -253,7 +223,7 @@ func (c Config) hasRules() bool { return len(c.Sources) > 0 || len(c.Interfaces)
 
 // routing reports whether c needs the policy route: TPROXY's marked
 // packets and the divert's both reach the local stack only through it.
-func (c Config) routing() bool { return c.Divert || c.Method == TProxy && c.hasRules() }
+func (c Config) routing() bool { return c.Divert || c.Mode == nat.ModeTProxy && c.hasRules() }
 
 // families returns the address families c installs anything in, IPv4
 // first: those of Sources, or both when Sources is empty; and whether the
@@ -279,10 +249,10 @@ func (c Config) families() (fams []family, explicit6 bool) {
 
 // Listen returns where ftpalg must listen for the rules of c to reach it,
 // one address per family the rules cover (none without rules): with
-// Redirect the wildcard address (REDIRECT rewrites to the incoming
+// nat.ModeRedirect the wildcard address (REDIRECT rewrites to the incoming
 // interface's address, so a wildcard listener catches every interface;
 // nat.Destination refuses clients that connected to it directly), with
-// TProxy the OnIP address, loopback by default, with a transparent
+// nat.ModeTProxy the OnIP address, loopback by default, with a transparent
 // listener (nat.ListenTransparent).
 func (c Config) Listen() ([]netip.AddrPort, error) {
 	n, err := c.normalized()
@@ -293,7 +263,7 @@ func (c Config) Listen() ([]netip.AddrPort, error) {
 	var out []netip.AddrPort
 	for _, f := range fams {
 		a := f.unspecified()
-		if n.Method == TProxy {
+		if n.Mode == nat.ModeTProxy {
 			a = n.onIP(f)
 		}
 		out = append(out, netip.AddrPortFrom(a, n.ListenPort))
@@ -369,7 +339,7 @@ type chainWant struct {
 func (c Config) want(f family) []tableWant {
 	sfx := c.suffix()
 	redirect, tproxy, divert := ChainRedirect+sfx, ChainTProxy+sfx, ChainDivert+sfx
-	nat := tableWant{table: tableNat, ours: []string{redirect}}
+	natT := tableWant{table: tableNat, ours: []string{redirect}}
 	mangle := tableWant{table: tableMangle, ours: []string{tproxy, divert}}
 	mark := fmt.Sprintf("0x%x/0x%x", c.Mark, c.Mask)
 	lp := strconv.Itoa(int(c.ListenPort))
@@ -389,22 +359,22 @@ func (c Config) want(f family) []tableWant {
 		var body [][]string
 		for _, s := range sel {
 			r := append(slices.Clone(s), "-p", "tcp")
-			if c.Method == Redirect {
+			if c.Mode == nat.ModeRedirect {
 				r = append(r, "-j", "REDIRECT", "--to-ports", lp)
 			} else {
 				r = append(r, "-j", "TPROXY", "--on-port", lp, "--on-ip", c.onIP(f).String(), "--tproxy-mark", mark)
 			}
 			body = append(body, r)
 		}
-		if c.Method == Redirect {
-			nat.chains = append(nat.chains, chainWant{redirect, body})
-			nat.hooks = append(nat.hooks, hook(redirect))
+		if c.Mode == nat.ModeRedirect {
+			natT.chains = append(natT.chains, chainWant{redirect, body})
+			natT.hooks = append(natT.hooks, hook(redirect))
 		} else {
 			mangle.chains = append(mangle.chains, chainWant{tproxy, body})
 			mangle.hooks = append(mangle.hooks, hook(tproxy))
 		}
 	}
-	return []tableWant{nat, mangle}
+	return []tableWant{natT, mangle}
 }
 
 // selectors returns the match of each rule in our REDIRECT/TPROXY chain

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -15,23 +16,8 @@ var (
 	lan6 = netip.MustParsePrefix("2001:db8:1::/120")
 )
 
-func TestMethod(t *testing.T) {
-	for _, m := range []Method{Redirect, TProxy} {
-		got, err := ParseMethod(m.String())
-		if err != nil || got != m {
-			t.Errorf("ParseMethod(%q) = %v, %v", m.String(), got, err)
-		}
-	}
-	if _, err := ParseMethod("dnat"); !errors.Is(err, rules.ErrInvalid) {
-		t.Errorf("ParseMethod(dnat) = %v, want ErrInvalid", err)
-	}
-	if s := Method(9).String(); s != "Method(9)" {
-		t.Errorf("Method(9).String() = %q", s)
-	}
-}
-
 func TestNormalizedDefaults(t *testing.T) {
-	n, err := Config{Method: Redirect, Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.77/25"), lan4}, ListenPort: 2121}.normalized()
+	n, err := Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.77/25"), lan4}, ListenPort: 2121}.normalized()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,13 +33,13 @@ func TestNormalizedDefaults(t *testing.T) {
 }
 
 func TestCheckRefuses(t *testing.T) {
-	ok := Config{Method: TProxy, Sources: []netip.Prefix{lan4}, ListenPort: 2121}
+	ok := Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan4}, ListenPort: 2121}
 	for _, tc := range []struct {
 		name string
 		mod  func(*Config)
 	}{
-		{"no-method", func(c *Config) { c.Method = 0 }},
-		{"bad-method", func(c *Config) { c.Method = 7 }},
+		{"no-method", func(c *Config) { c.Mode = 0 }},
+		{"bad-method", func(c *Config) { c.Mode = 7 }},
 		{"no-listen-port", func(c *Config) { c.ListenPort = 0 }},
 		{"mark-outside-mask", func(c *Config) { c.Mark, c.Mask = 0x3, 0x1 }},
 		{"main-table", func(c *Config) { c.Table = 254 }},
@@ -83,7 +69,7 @@ func TestCheckRefuses(t *testing.T) {
 	if err := (Config{Divert: true}).Check(); err != nil {
 		t.Errorf("Divert alone: %v", err)
 	}
-	if err := (Config{Interfaces: []string{"lan+"}, Method: Redirect, ListenPort: 1}).Check(); err != nil {
+	if err := (Config{Interfaces: []string{"lan+"}, Mode: nat.ModeRedirect, ListenPort: 1}).Check(); err != nil {
 		t.Errorf("interface wildcard: %v", err)
 	}
 }
@@ -113,9 +99,9 @@ func TestListen(t *testing.T) {
 		c    Config
 		want string
 	}{
-		{Config{Method: Redirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121}, "0.0.0.0:2121 [::]:2121"},
-		{Config{Method: TProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121}, "[::1]:2121"},
-		{Config{Method: TProxy, Interfaces: []string{"lan0"}, ListenPort: 2121,
+		{Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121}, "0.0.0.0:2121 [::]:2121"},
+		{Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121}, "[::1]:2121"},
+		{Config{Mode: nat.ModeTProxy, Interfaces: []string{"lan0"}, ListenPort: 2121,
 			OnIP: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}, "192.0.2.1:2121 [::1]:2121"},
 		{Config{Divert: true}, ""},
 	} {
@@ -137,7 +123,7 @@ func TestListen(t *testing.T) {
 // prints them (the kernel tests check that they come back so).
 func TestWant(t *testing.T) {
 	c, err := Config{
-		Method: TProxy, Sources: []netip.Prefix{lan4, netip.MustParsePrefix("0.0.0.0/0"), lan6},
+		Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan4, netip.MustParsePrefix("0.0.0.0/0"), lan6},
 		Interfaces: []string{"lan+"}, ListenPort: 2121, Mark: 0x40000, Divert: true, Instance: "web",
 	}.normalized()
 	if err != nil {

@@ -9,10 +9,11 @@
 //
 // Usage sketch:
 //
-//	c := intercept.Config{Method: intercept.TProxy, Sources: lans, ListenPort: 2121,
+//	lans, ifs, err := intercept.ParseSelectors("198.51.100.0/24,lan0") // --intercept
+//	c := intercept.Config{Mode: nat.ModeTProxy, Sources: lans, Interfaces: ifs, ListenPort: 2121,
 //		Divert: true, Logger: log}
 //	aps, err := c.Listen()              // listen first: rules without a listener break FTP
-//	ln, err := nat.ListenTransparent(ctx, aps[0]) // (net.Listen for Redirect), one per family
+//	ln, err := nat.ListenTransparent(ctx, aps[0]) // (net.Listen for ModeRedirect), one per family
 //	r, err := intercept.Install(ctx, c) // reconciles a crashed run's leftovers
 //	defer r.Remove(ctx)                 // at shutdown, after the listeners closed
 //	err = intercept.Cleanup(ctx, c)     // `ftpalg rules cleanup`, without Install
@@ -29,7 +30,7 @@
 //	        -A PREROUTING -p tcp -m tcp --dport 21 -j FTPALG-TPROXY
 //	        -A FTPALG-DIVERT -p tcp -m socket --transparent -j MARK --set-xmark 0x1/0x1
 //	        -A FTPALG-TPROXY -s 198.51.100.0/24 -p tcp -j TPROXY --on-port 2121 --on-ip 127.0.0.1 --tproxy-mark 0x1/0x1
-//	routing ip rule add fwmark 0x1/0x1 lookup 100 proto 70            (TProxy or Divert)
+//	routing ip rule add fwmark 0x1/0x1 lookup 100 proto 70            (ModeTProxy or Divert)
 //	        ip route add local 0.0.0.0/0 dev lo table 100 proto 70
 //
 // and the same with ip6tables, `ip -6` and ::/0 (--on-ip ::1).
@@ -55,7 +56,7 @@
 //     whose only route says every address is local, so it goes up to the
 //     transparent socket instead of being forwarded (kernel
 //     Documentation/networking/tproxy.rst). TPROXY's marked packets need
-//     it, so TProxy installs it with or without Divert.
+//     it, so ModeTProxy installs it with or without Divert.
 //   - The divert (`-m socket --transparent`) marks packets of a socket
 //     with IP_TRANSPARENT this host already has: an established one, or a
 //     listener bound to a specific address (the socket match ignores

@@ -88,7 +88,7 @@ func Install(ctx context.Context, c Config) (*Rules, error) {
 		return nil, err
 	}
 	r.log.Info("interception installed",
-		zap.Stringer("method", n.Method), zap.Stringers("families", r.fams),
+		zap.Stringer("method", n.Mode), zap.Stringers("families", r.fams),
 		zap.Stringers("sources", n.Sources), zap.Strings("interfaces", n.Interfaces),
 		zap.Uint16("port", n.Port), zap.Uint16("listen_port", n.ListenPort),
 		zap.Bool("divert", n.Divert), zap.Bool("policy_routing", n.routing()),

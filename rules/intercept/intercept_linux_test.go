@@ -227,7 +227,7 @@ var scenarios = []struct {
 	c    Config
 	want func(a fam) expect
 }{
-	{"redirect", Config{Method: Redirect, ListenPort: 2121}, func(a fam) expect {
+	{"redirect", Config{Mode: nat.ModeRedirect, ListenPort: 2121}, func(a fam) expect {
 		return expect{
 			natHooks: []string{"-A PREROUTING -p tcp -m tcp --dport 21 -j FTPALG-REDIRECT"},
 			natChains: []string{"-N FTPALG-REDIRECT",
@@ -236,7 +236,7 @@ var scenarios = []struct {
 			rules: []string{hostRule},
 		}
 	}},
-	{"redirect-divert", Config{Method: Redirect, ListenPort: 2121, Divert: true}, func(a fam) expect {
+	{"redirect-divert", Config{Mode: nat.ModeRedirect, ListenPort: 2121, Divert: true}, func(a fam) expect {
 		return expect{
 			natHooks: []string{"-A PREROUTING -p tcp -m tcp --dport 21 -j FTPALG-REDIRECT"},
 			natChains: []string{"-N FTPALG-REDIRECT",
@@ -248,7 +248,7 @@ var scenarios = []struct {
 			routes:       []string{localRoute(a)},
 		}
 	}},
-	{"tproxy", Config{Method: TProxy, ListenPort: 2121, Port: 2100}, func(a fam) expect {
+	{"tproxy", Config{Mode: nat.ModeTProxy, ListenPort: 2121, Port: 2100}, func(a fam) expect {
 		lo := "127.0.0.1"
 		if a.f == ipv6 {
 			lo = "::1"
@@ -262,7 +262,7 @@ var scenarios = []struct {
 			routes: []string{localRoute(a)},
 		}
 	}},
-	{"tproxy-divert-mark", Config{Method: TProxy, ListenPort: 2121, Divert: true, Mark: 0x40000, Instance: "gw"}, func(a fam) expect {
+	{"tproxy-divert-mark", Config{Mode: nat.ModeTProxy, ListenPort: 2121, Divert: true, Mark: 0x40000, Instance: "gw"}, func(a fam) expect {
 		lo := "127.0.0.1"
 		if a.f == ipv6 {
 			lo = "::1"
@@ -297,7 +297,7 @@ func lanOf(a fam) netip.Prefix {
 // withSelectors adds the scenarios' sources and interface to c when it
 // has a method.
 func withSelectors(c Config, variant string) Config {
-	if c.Method != 0 {
+	if c.Mode != 0 {
 		c.Sources = []netip.Prefix{lan4, lan6}
 		c.Interfaces = []string{"lan+"}
 	}
@@ -383,7 +383,7 @@ func TestLeftovers(t *testing.T) {
 			n.Run(t, "ip", a.ip, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100", "proto", "70", "priority", "900")
 			n.Run(t, "ip", a.ip, "route", "add", "unreachable", a.blackhole, "table", "100", "proto", "70")
 		}
-		c := withSelectors(Config{Method: Redirect, ListenPort: 2121, Divert: true}, variant)
+		c := withSelectors(Config{Mode: nat.ModeRedirect, ListenPort: 2121, Divert: true}, variant)
 		install(t, n, c)
 		for _, a := range fams {
 			got := state(t, n, variant, a, 100)
@@ -440,7 +440,7 @@ func TestHostRouting(t *testing.T) {
 			n.Run(t, "ip", a.ip, "route", "add", "local", all, "dev", "lo", "table", "100")
 		}
 		before := withoutEmptyTables(snapshot(t, n, variant))
-		r := install(t, n, withSelectors(Config{Method: TProxy, ListenPort: 2121, Divert: true}, variant))
+		r := install(t, n, withSelectors(Config{Mode: nat.ModeTProxy, ListenPort: 2121, Divert: true}, variant))
 		if got := n.Run(t, "ip", "rule") + n.Run(t, "ip", "-6", "rule") + n.Run(t, "ip", "route", "show", "table", "100") +
 			n.Run(t, "ip", "-6", "route", "show", "table", "100"); strings.Contains(got, "proto 70") {
 			t.Errorf("Install added policy routing next to the host's:\n%s", got)
@@ -476,14 +476,14 @@ func TestFamiliesFollowSources(t *testing.T) {
 		n := netnstest.New(t)
 		hostRuleset(t, n, variant)
 		before4 := n.Save(t, "4", variant) + n.Run(t, "ip", "-4", "rule")
-		install(t, n, Config{Method: TProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121, Iptables: variant})
+		install(t, n, Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121, Iptables: variant})
 		if after := n.Save(t, "4", variant) + n.Run(t, "ip", "-4", "rule"); after != before4 {
 			t.Errorf("IPv6-only Install changed IPv4:\n%s", after)
 		}
 		if s := n.Run(t, netnstest.Cmd("6", variant), "-w", "-t", "mangle", "-S"); !strings.Contains(s, "-N FTPALG-TPROXY") {
 			t.Fatalf("IPv6-only Install: no FTPALG-TPROXY in ip6tables:\n%s", s)
 		}
-		install(t, n, Config{Method: Redirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121, Iptables: variant})
+		install(t, n, Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121, Iptables: variant})
 		if s := n.Run(t, netnstest.Cmd("6", variant), "-w", "-t", "mangle", "-S") + n.Run(t, "ip", "-6", "rule"); strings.Contains(s, "FTPALG") || strings.Contains(s, "proto 70") {
 			t.Errorf("IPv4-only Install left the IPv6 leftovers:\n%s", s)
 		}
@@ -497,12 +497,12 @@ func TestInstances(t *testing.T) {
 		n := netnstest.New(t)
 		hostRuleset(t, n, variant)
 		before := snapshot(t, n, variant)
-		a := install(t, n, Config{Method: Redirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121,
+		a := install(t, n, Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121,
 			Divert: true, Instance: "a", Iptables: variant})
 		withA := snapshot(t, n, variant)
-		b := install(t, n, Config{Method: TProxy, Interfaces: []string{"lan1"}, ListenPort: 2122, Divert: true,
+		b := install(t, n, Config{Mode: nat.ModeTProxy, Interfaces: []string{"lan1"}, ListenPort: 2122, Divert: true,
 			Mark: 0x2, Table: 101, Instance: "b", Iptables: variant})
-		again := install(t, n, Config{Method: Redirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121,
+		again := install(t, n, Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121,
 			Divert: true, Instance: "a", Iptables: variant})
 		if again.changes != 0 {
 			t.Errorf("instance a's second Install with b present made %d changes", again.changes)
@@ -547,24 +547,24 @@ func gateway(t *testing.T) (client, router *netnstest.NS) {
 
 // TestPacket sends real connections from a client through a router with
 // the rules: a connection to DEST:21 from the intercepted network reaches
-// the listener Config.Listen names (plain for Redirect, transparent for
-// TProxy), which recovers DEST:21 with nat.Destination; one from outside
+// the listener Config.Listen names (plain for redirect, transparent for
+// tproxy), which recovers DEST:21 with nat.Destination; one from outside
 // the network is not intercepted; with Divert, a transparent listener
 // bound to DEST:50000 accepts the client's connection to it (how data
 // connections to a server are caught); after Remove nothing is.
 func TestPacket(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
 		for _, tc := range []struct {
-			m      Method
+			m      nat.Mode
 			divert bool
-		}{{Redirect, false}, {Redirect, true}, {TProxy, false}, {TProxy, true}} {
+		}{{nat.ModeRedirect, false}, {nat.ModeRedirect, true}, {nat.ModeTProxy, false}, {nat.ModeTProxy, true}} {
 			t.Run(fmt.Sprintf("%s-divert=%v", tc.m, tc.divert), func(t *testing.T) {
-				packet(t, variant, Config{Method: tc.m, Divert: tc.divert, Sources: []netip.Prefix{lan4, lan6},
+				packet(t, variant, Config{Mode: tc.m, Divert: tc.divert, Sources: []netip.Prefix{lan4, lan6},
 					ListenPort: 2121, Iptables: variant})
 			})
 		}
 		t.Run("tproxy-interface", func(t *testing.T) {
-			packet(t, variant, Config{Method: TProxy, Interfaces: []string{"rc"}, ListenPort: 2121, Iptables: variant})
+			packet(t, variant, Config{Mode: nat.ModeTProxy, Interfaces: []string{"rc"}, ListenPort: 2121, Iptables: variant})
 		})
 	})
 }
@@ -574,25 +574,22 @@ func packet(t *testing.T, variant string, c Config) {
 	// a default-DROP router, with the INPUT rules README.md asks for
 	netnstest.DefaultDrop(t, router, variant)
 	for _, a := range fams {
-		if c.Method == Redirect {
+		if c.Mode == nat.ModeRedirect {
 			router.Run(t, a.cmd(variant), "-w", "-A", "INPUT", "-p", "tcp", "--dport", "2121", "-j", "ACCEPT")
 		}
-		if c.Method == TProxy || c.Divert {
+		if c.Mode == nat.ModeTProxy || c.Divert {
 			router.Run(t, a.cmd(variant), "-w", "-A", "INPUT", "-p", "tcp", "-m", "mark", "--mark", "0x1/0x1", "-j", "ACCEPT")
 		}
 	}
 	r := install(t, router, c)
-	mode := nat.ModeRedirect
-	if c.Method == TProxy {
-		mode = nat.ModeTProxy
-	}
+	mode := c.Mode
 	aps, err := c.Listen()
 	if err != nil || len(aps) != 2 {
 		t.Fatalf("Listen() = %v, %v; want one address per family", aps, err)
 	}
 	lns := map[family]*net.TCPListener{}
 	for _, ap := range aps {
-		ln := listen(t, router, ap, c.Method == TProxy)
+		ln := listen(t, router, ap, c.Mode == nat.ModeTProxy)
 		if ap.Addr().Is4() {
 			lns[ipv4] = ln
 		} else {
@@ -713,13 +710,13 @@ const noCapEnv = "FTPALG_INTERCEPT_NOCAP"
 
 // TestNotPermitted runs Install without capabilities (a child process
 // under setpriv, in a fresh namespace): it fails with ErrNotPermitted and
-// the CAP_NET_ADMIN hint, whether iptables (Redirect) or netlink (the
+// the CAP_NET_ADMIN hint, whether iptables (redirect) or netlink (the
 // divert's policy routing) comes first, and leaves nothing behind.
 func TestNotPermitted(t *testing.T) {
 	if os.Getenv(noCapEnv) == "1" {
 		v := os.Getenv(noCapEnv + "_VARIANT")
 		for _, c := range []Config{
-			{Method: Redirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121, Iptables: v},
+			{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121, Iptables: v},
 			{Divert: true, Iptables: v},
 		} {
 			_, err := Install(context.Background(), c)
@@ -764,7 +761,7 @@ func TestFailureRollsBack(t *testing.T) {
 		n.Run(t, "ip", "-6", "route", "add", "unreachable", "default", "table", "100")
 		before := snapshot(t, n, variant)
 
-		c := Config{Method: TProxy, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121, Iptables: variant,
+		c := Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121, Iptables: variant,
 			Logger: zaptest.NewLogger(t)}
 		var err error
 		n.Do(t, func() { _, err = Install(context.Background(), c) })

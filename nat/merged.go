@@ -1,0 +1,137 @@
+package nat
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+// Backoff of an accept loop after an error (out of descriptors, say), as
+// net/http does it: the first retry after acceptBackoffMin, each next one
+// after twice as long, never more than acceptBackoffMax.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// merged accepts from several listeners as one: the IPv4 and the IPv6
+// transparent listener of one port (a transparent socket is of one
+// family).
+//
+// One goroutine per listener (acceptLoop) accepts and hands each result,
+// connection or error, to Accept through an unbuffered channel, so nothing
+// is accepted ahead of the caller. An error is passed on, and that loop
+// then waits before it accepts again (acceptBackoffMin doubling up to
+// acceptBackoffMax, reset by a success), so a listener that keeps failing
+// costs at most one Accept a second whatever the caller does. Close stops
+// the loops, closes a connection accepted but not yet handed over, and
+// returns once every loop has ended.
+type merged struct {
+	lns     []net.Listener
+	results chan acceptResult
+	done    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+}
+
+type acceptResult struct {
+	c   net.Conn
+	err error
+}
+
+// mergeListeners returns one listener accepting from all of lns (lns[0]
+// alone when there is one); closing it closes them all. Its Addr is
+// lns[0]'s.
+func mergeListeners(lns ...net.Listener) net.Listener {
+	if len(lns) == 1 {
+		return lns[0]
+	}
+	m := &merged{lns: lns, results: make(chan acceptResult), done: make(chan struct{})}
+	for _, ln := range lns {
+		m.wg.Go(func() { m.acceptLoop(ln) })
+	}
+	return m
+}
+
+// acceptLoop hands ln's connections and errors to Accept until ln or m is
+// closed.
+func (m *merged) acceptLoop(ln net.Listener) {
+	var (
+		backoff time.Duration
+		timer   *time.Timer
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil && errors.Is(err, net.ErrClosed) {
+			return
+		}
+		select {
+		case m.results <- acceptResult{c, err}:
+		case <-m.done:
+			if c != nil {
+				c.Close()
+			}
+			return
+		}
+		if err == nil {
+			backoff = 0
+			continue
+		}
+		backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+		if timer == nil {
+			timer = time.NewTimer(backoff)
+		} else {
+			timer.Reset(backoff)
+		}
+		select {
+		case <-timer.C:
+		case <-m.done:
+			return
+		}
+	}
+}
+
+// Accept returns the next connection from any of the listeners, or the
+// error one of them returned (the caller decides whether to go on), or an
+// error matching net.ErrClosed once m is closed.
+func (m *merged) Accept() (net.Conn, error) {
+	select {
+	case <-m.done:
+		return nil, m.closedErr()
+	default:
+	}
+	select {
+	case r := <-m.results:
+		return r.c, r.err
+	case <-m.done:
+		return nil, m.closedErr()
+	}
+}
+
+func (m *merged) closedErr() error {
+	return &net.OpError{Op: "accept", Net: "tcp", Addr: m.Addr(), Err: net.ErrClosed}
+}
+
+// Close closes every listener and waits for the accept loops to end. The
+// first call returns the listeners' Close errors, joined; later calls
+// return nil.
+func (m *merged) Close() error {
+	var errs []error
+	m.once.Do(func() {
+		close(m.done)
+		for _, ln := range m.lns {
+			errs = append(errs, ln.Close())
+		}
+		m.wg.Wait()
+	})
+	return errors.Join(errs...)
+}
+
+// Addr is the first listener's address (the IPv4 one of a :PORT pair).
+func (m *merged) Addr() net.Addr { return m.lns[0].Addr() }
