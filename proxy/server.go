@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -319,19 +318,7 @@ func (s *Server) dial(ctx context.Context, from netip.Addr, avoid uint16, to str
 		if err != nil {
 			return nil, err
 		}
-		if avoid == 0 {
-			return nat.DialTransparent(ctx, netip.AddrPortFrom(from, 0), ap, s.cfg.ConnectTimeout)
-		}
-		for try := 0; ; try++ {
-			port := uint16(32768 + rand.IntN(61000-32768))
-			if port == avoid {
-				continue
-			}
-			c, err := nat.DialTransparent(ctx, netip.AddrPortFrom(from, port), ap, s.cfg.ConnectTimeout)
-			if err == nil || try >= 8 || !errors.Is(err, syscall.EADDRINUSE) {
-				return c, err
-			}
-		}
+		return nat.DialTransparentAvoiding(ctx, from, avoid, ap, s.cfg.ConnectTimeout)
 	}
 	d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
 	if from.IsValid() {
