@@ -243,26 +243,36 @@ func (t *Tables) RemoveChain(chain string) error {
 }
 
 // EnsureHook makes h the one rule in h.Builtin that jumps to h.Chain: it
-// keeps an existing HookSpec rule and removes duplicates and other jumps to
-// h.Chain (left by another version or by hand); when none is left it
-// inserts HookSpec at the top.
+// removes other jumps to h.Chain (left by another version or by hand) and
+// keeps a single HookSpec rule where it is, even when an operator moved it
+// down; when there is none, or several, it inserts HookSpec at the top.
+//
+// Duplicates are not thinned out to the first: iptables -D deletes the
+// first rule matching a spec, so deleting the extra copies would keep the
+// last one, which may sit below a host rule (a DROP) the first one was
+// above.
 func (t *Tables) EnsureHook(h Hook) error {
 	jumps, err := t.jumps(h)
 	if err != nil {
 		return err
 	}
 	want := h.Spec()
-	kept := false
+	isHook := func(j []string) bool { return slices.Equal(j, want) || slices.Equal(j, canonical(want)) }
+	hooks := 0
 	for _, j := range jumps {
-		if !kept && (slices.Equal(j, want) || slices.Equal(j, canonical(want))) {
-			kept = true
+		if isHook(j) {
+			hooks++
+		}
+	}
+	for _, j := range jumps {
+		if hooks == 1 && isHook(j) {
 			continue
 		}
 		if err := t.Delete(h.Builtin, j...); err != nil {
 			return err
 		}
 	}
-	if kept {
+	if hooks == 1 {
 		return nil
 	}
 	return t.ipt.Insert(t.tbl(), h.Builtin, 1, want...)
