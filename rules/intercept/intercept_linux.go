@@ -25,6 +25,7 @@ const backend = "intercept"
 type Rules struct {
 	c    Config // normalized
 	log  *zap.Logger
+	k    kernel
 	fams []family // the families Install set up
 
 	mu sync.Mutex
@@ -47,13 +48,49 @@ type Rules struct {
 // IPv6 cannot be set up (no ip6tables, IPv6 disabled), IPv6 is logged and
 // left out. Any other failure removes what this call installed and is
 // returned as an *rules.Error.
-func Install(ctx context.Context, c Config) (*Rules, error) {
+func Install(ctx context.Context, c Config) (*Rules, error) { return installOn(ctx, c, host()) }
+
+// kernel is what Install, Remove and Cleanup change: the iptables binaries
+// and the policy routing. host() is this machine's; tests put fakes in.
+type kernel struct {
+	tables  xtables.Opener
+	routing func() (router, error)
+}
+
+func host() kernel {
+	return kernel{
+		tables: xtables.New,
+		routing: func() (router, error) {
+			h, err := netlink.NewHandle()
+			if err != nil {
+				return nil, err
+			}
+			return h, nil
+		},
+	}
+}
+
+// router is the part of *netlink.Handle the policy routing uses.
+type router interface {
+	LinkByName(name string) (netlink.Link, error)
+	RuleListFiltered(family int, filter *netlink.Rule, filterMask uint64) ([]netlink.Rule, error)
+	RuleAdd(rule *netlink.Rule) error
+	RuleDel(rule *netlink.Rule) error
+	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+	RouteAdd(route *netlink.Route) error
+	RouteDel(route *netlink.Route) error
+	Close()
+}
+
+var _ router = (*netlink.Handle)(nil)
+
+func installOn(ctx context.Context, c Config, k kernel) (*Rules, error) {
 	n, err := c.normalized()
 	if err != nil {
 		return nil, rules.Wrap(backend, "install", rules.ErrInvalid, "", err)
 	}
-	r := &Rules{c: n, log: logger(n)}
-	h, err := netlink.NewHandle()
+	r := &Rules{c: n, log: logger(n), k: k}
+	h, err := k.routing()
 	if err != nil {
 		return nil, wrapNL("install: netlink", err, "")
 	}
@@ -98,7 +135,7 @@ func Install(ctx context.Context, c Config) (*Rules, error) {
 }
 
 // rollback removes what a failed Install may have left in fams.
-func (r *Rules) rollback(h *netlink.Handle, fams []family) {
+func (r *Rules) rollback(h router, fams []family) {
 	for _, f := range fams {
 		if err := r.removeFamily(context.Background(), h, f, false); err != nil {
 			r.log.Warn("rollback after a failed install", zap.Stringer("family", f), zap.Error(err))
@@ -114,7 +151,7 @@ func (r *Rules) rollback(h *netlink.Handle, fams []family) {
 func (r *Rules) Remove(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	h, err := netlink.NewHandle()
+	h, err := r.k.routing()
 	if err != nil {
 		return wrapNL("remove: netlink", err, "")
 	}
@@ -137,7 +174,9 @@ func (r *Rules) Remove(ctx context.Context) error {
 // crash. Only c.Instance, c.Iptables, c.Table and c.Logger matter. A
 // family whose iptables binary is missing, or a table never loaded, has
 // nothing to remove.
-func Cleanup(ctx context.Context, c Config) error {
+func Cleanup(ctx context.Context, c Config) error { return cleanupOn(ctx, c, host()) }
+
+func cleanupOn(ctx context.Context, c Config, k kernel) error {
 	if err := (rules.Options{Instance: c.Instance, Iptables: c.Iptables}).Check(); err != nil {
 		return rules.Wrap(backend, "cleanup", rules.ErrInvalid, "", err)
 	}
@@ -147,8 +186,8 @@ func Cleanup(ctx context.Context, c Config) error {
 	if err := checkTable(c.Table); err != nil {
 		return rules.Wrap(backend, "cleanup", rules.ErrInvalid, "", err)
 	}
-	r := &Rules{c: c, log: logger(c)}
-	h, err := netlink.NewHandle()
+	r := &Rules{c: c, log: logger(c), k: k}
+	h, err := k.routing()
 	if err != nil {
 		return wrapNL("cleanup: netlink", err, "")
 	}
@@ -187,9 +226,9 @@ func (f family) nl() int {
 // installFamily brings family f to c's state: policy routing first (it
 // only acts on marked packets), then our chains, then the hooks that make
 // them live, then the removal of what c does not use.
-func (r *Rules) installFamily(ctx context.Context, h *netlink.Handle, f family) error {
+func (r *Rules) installFamily(ctx context.Context, h router, f family) error {
 	op := "install " + f.String()
-	x, err := xtables.New(ctx, f.x(), r.c.Iptables)
+	x, err := r.k.tables(ctx, f.x(), r.c.Iptables)
 	if err != nil {
 		return wrap(op+": find iptables", err, "")
 	}
@@ -323,10 +362,10 @@ func (r *Rules) removeChain(t *xtables.Tables, name string) error {
 // removeFamily removes our hooks, chains and policy routing in family f.
 // tolerant (Cleanup, leftovers) treats a missing iptables binary and a
 // family the kernel lacks as "nothing there".
-func (r *Rules) removeFamily(ctx context.Context, h *netlink.Handle, f family, tolerant bool) error {
+func (r *Rules) removeFamily(ctx context.Context, h router, f family, tolerant bool) error {
 	op := "remove " + f.String()
 	var errs []error
-	x, err := xtables.New(ctx, f.x(), r.c.Iptables)
+	x, err := r.k.tables(ctx, f.x(), r.c.Iptables)
 	switch {
 	case err != nil && tolerant:
 		r.log.Debug("no iptables binary: no rules to remove", zap.Stringer("family", f), zap.Error(err))
@@ -451,7 +490,7 @@ func sameRoute(have netlink.Route, lo int) bool {
 // ensureRouting gives family f exactly one rule and one route of ours in
 // c.Table, or uses an operator's identical one; rules and routes of ours
 // that differ (a previous run's mark, duplicates) are removed.
-func (r *Rules) ensureRouting(h *netlink.Handle, f family) error {
+func (r *Rules) ensureRouting(h router, f family) error {
 	op := "install " + f.String() + ": policy routing"
 	lo, err := h.LinkByName("lo")
 	if err != nil {
@@ -526,7 +565,7 @@ func (r *Rules) ensureRouting(h *netlink.Handle, f family) error {
 
 // removeRouting deletes the rules and routes of ours (RouteProtocol) in
 // c.Table of family f; others stay.
-func (r *Rules) removeRouting(h *netlink.Handle, f family) error {
+func (r *Rules) removeRouting(h router, f family) error {
 	op := "remove " + f.String() + ": policy routing"
 	var errs []error
 	rs, err := r.listRules(h, f)
@@ -555,7 +594,7 @@ func (r *Rules) removeRouting(h *netlink.Handle, f family) error {
 }
 
 // listRules returns family f's rules that look up c.Table.
-func (r *Rules) listRules(h *netlink.Handle, f family) ([]netlink.Rule, error) {
+func (r *Rules) listRules(h router, f family) ([]netlink.Rule, error) {
 	rs, err := h.RuleListFiltered(f.nl(), &netlink.Rule{Table: r.c.Table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, err
@@ -565,7 +604,7 @@ func (r *Rules) listRules(h *netlink.Handle, f family) ([]netlink.Rule, error) {
 
 // delRule deletes exactly rule (by priority, table, mark and protocol);
 // one already gone is fine.
-func (r *Rules) delRule(h *netlink.Handle, rule netlink.Rule) error {
+func (r *Rules) delRule(h router, rule netlink.Rule) error {
 	del := netlink.NewRule()
 	del.Family, del.Priority, del.Table = rule.Family, rule.Priority, rule.Table
 	del.Mark, del.Mask, del.Protocol = rule.Mark, rule.Mask, rule.Protocol
@@ -578,7 +617,7 @@ func (r *Rules) delRule(h *netlink.Handle, rule netlink.Rule) error {
 }
 
 // delRoute deletes rt; one already gone is fine.
-func (r *Rules) delRoute(h *netlink.Handle, f family, rt netlink.Route) error {
+func (r *Rules) delRoute(h router, f family, rt netlink.Route) error {
 	if rt.Dst == nil {
 		rt.Dst = zeroNet(f) // netlink wants a destination to delete by
 	}

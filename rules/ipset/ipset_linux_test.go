@@ -188,6 +188,8 @@ func TestListFlush(t *testing.T)    { each(t, backendtest.ListFlush) }
 func TestErrors(t *testing.T)       { each(t, backendtest.Errors) }
 func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
 func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
+func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
+func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }
@@ -247,7 +249,10 @@ func TestErrorClassification(t *testing.T) {
 	}
 }
 
-func TestReportLatency(t *testing.T) {
+// BenchmarkLatency measures Open and Close (see backendtest.Latency) over
+// FTPALG_BENCH_N pinholes per round, 2000 by default (200 with -short):
+// go test -run '^$' -bench Latency ./rules/ipset
+func BenchmarkLatency(b *testing.B) {
 	n := 2000
 	if testing.Short() {
 		n = 200
@@ -256,9 +261,9 @@ func TestReportLatency(t *testing.T) {
 		n, _ = strconv.Atoi(v)
 	}
 	c := backendtest.Config{New: func(o rules.Options) rules.Backend { return New(o) }, Tools: []string{"ipset"}}
-	f := backendtest.Latency(t, c, n, 64)
+	f := backendtest.Latency(b, c, n, 64)
 	if f.OpenMedian > 100*time.Microsecond {
-		t.Logf("note: open median %s is above the 100 µs aim", f.OpenMedian)
+		b.Logf("note: open median %s is above the 100 µs aim", f.OpenMedian)
 	}
 }
 

@@ -35,6 +35,9 @@ type Backend struct {
 	log   *zap.Logger
 	hooks []xtables.Hook
 	chain string // FTPALG-INPUT with the instance suffix: the pinholes' chain
+	// newTables finds a family's binary: xtables.New, or a fake's Open in
+	// tests.
+	newTables xtables.Opener
 
 	mu    sync.Mutex // guards everything below and orders kernel changes
 	x     [2]*xtables.Tables
@@ -49,11 +52,12 @@ type Backend struct {
 // New returns an iptables backend; it touches the kernel only from Setup on.
 func New(opts rules.Options) *Backend {
 	return &Backend{
-		opts:  opts,
-		log:   opts.Log().With(zap.String("firewall", Name)),
-		hooks: xtables.Hooks(opts.Suffix()),
-		chain: xtables.ChainInput + opts.Suffix(),
-		open:  map[rules.Key]rules.Pinhole{},
+		opts:      opts,
+		log:       opts.Log().With(zap.String("firewall", Name)),
+		hooks:     xtables.Hooks(opts.Suffix()),
+		chain:     xtables.ChainInput + opts.Suffix(),
+		newTables: xtables.New,
+		open:      map[rules.Key]rules.Pinhole{},
 	}
 }
 
@@ -118,7 +122,7 @@ func (b *Backend) tables(ctx context.Context, i int) (*xtables.Tables, error) {
 	if b.x[i] != nil {
 		return b.x[i], nil
 	}
-	x, err := xtables.New(ctx, families[i], b.opts.Iptables)
+	x, err := b.newTables(ctx, families[i], b.opts.Iptables)
 	if err != nil {
 		return nil, b.wrap("find "+families[i].String()+" iptables", err)
 	}

@@ -121,6 +121,8 @@ func TestListFlush(t *testing.T)    { each(t, backendtest.ListFlush) }
 func TestErrors(t *testing.T)       { each(t, backendtest.Errors) }
 func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
 func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
+func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
+func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }
@@ -195,8 +197,9 @@ func TestErrorClassification(t *testing.T) {
 	}
 }
 
-// latencyN is how many pinholes TestReportLatency opens: each costs a
-// process or two, so fewer than for ipset unless FTPALG_BENCH_N says.
+// latencyN is how many pinholes BenchmarkLatency opens per round: each
+// costs a process or two, so fewer than for ipset unless FTPALG_BENCH_N
+// says.
 func latencyN() int {
 	n := 500
 	if testing.Short() {
@@ -208,8 +211,12 @@ func latencyN() int {
 	return n
 }
 
-func TestReportLatency(t *testing.T) {
-	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Latency(t, c, latencyN(), 64) })
+// BenchmarkLatency measures Open and Close per iptables variant (see
+// backendtest.Latency): go test -run '^$' -bench Latency ./rules/iptables
+func BenchmarkLatency(b *testing.B) {
+	for _, v := range netnstest.Variants(b) {
+		b.Run(v, func(b *testing.B) { backendtest.Latency(b, config(v), latencyN(), 64) })
+	}
 }
 
 func BenchmarkOpenClose(b *testing.B) {

@@ -1,7 +1,10 @@
-// Package backendtest holds the tests every kernel backend must pass, run
-// as root in throwaway network namespaces: real packets through a
-// default-DROP host, concurrent Open/Close, Teardown restoring the
-// ruleset, List/Flush from a second instance, and the latency report.
+// Package backendtest holds the tests every backend must pass. The kernel
+// tests run as root in throwaway network namespaces: real packets through
+// a default-DROP host, Teardown restoring the ruleset, two instances, no
+// capabilities. The state tests (Errors, ListFlush, Concurrent, Reopen,
+// Lifecycle) check only what the backend's calls and List say, so they
+// also run without root against a fake (Config.Fake): the rulestest fake,
+// or a backend over the xtables fake. Latency measures, for benchmarks.
 // Each backend's own tests add the checks of its kernel objects.
 package backendtest
 
@@ -33,6 +36,12 @@ type Config struct {
 	New     func(rules.Options) rules.Backend
 	Variant string   // iptables variant: "nft" or "legacy"
 	Tools   []string // binaries the tests need besides ip and iptables
+	// Fake, when set, makes the state tests run without root or
+	// namespaces: each test calls it once for a fresh fake kernel and
+	// builds its backends with the New it returns, which all share that
+	// kernel as backends in one namespace share the real one. The kernel
+	// tests ignore it.
+	Fake func(t testing.TB) func(rules.Options) rules.Backend
 	// PerThread: Open and Close depend on the calling thread's namespace
 	// (the iptables binary inherits it), so concurrent callers must each
 	// enter the namespace. Otherwise (ipset's netlink handle is bound to
@@ -40,8 +49,35 @@ type Config struct {
 	PerThread bool
 }
 
+// Place is where backend calls run: a network namespace
+// (*netnstest.NS), or anywhere for a fake.
+type Place interface {
+	// Do runs fn on the calling goroutine inside the place.
+	Do(t testing.TB, fn func())
+	// Enter moves the calling goroutine into the place until exit.
+	Enter() (exit func(), err error)
+}
+
+// anywhere is the Place of a fake: calls run where they are.
+type anywhere struct{}
+
+func (anywhere) Do(t testing.TB, fn func())      { fn() }
+func (anywhere) Enter() (exit func(), err error) { return func() {}, nil }
+
+// state returns where a state test runs and how it builds backends: a
+// fresh fake kernel when c has one, else a fresh namespace (root and the
+// tools required).
+func (c Config) state(t testing.TB) (Place, Config) {
+	if c.Fake != nil {
+		c.New = c.Fake(t)
+		return anywhere{}, c
+	}
+	c.Require(t)
+	return netnstest.New(t), c
+}
+
 // enter moves the calling goroutine into n when c needs it.
-func (c Config) enter(n *netnstest.NS) (exit func(), err error) {
+func (c Config) enter(n Place) (exit func(), err error) {
 	if !c.PerThread {
 		return func() {}, nil
 	}
@@ -62,7 +98,7 @@ func (c Config) Require(t testing.TB) {
 }
 
 // SetUp builds a backend and runs Setup inside n; Teardown runs when t ends.
-func (c Config) SetUp(t testing.TB, n *netnstest.NS, opts rules.Options) rules.Backend {
+func (c Config) SetUp(t testing.TB, n Place, opts rules.Options) rules.Backend {
 	t.Helper()
 	b := c.New(opts)
 	n.Do(t, func() {
@@ -87,7 +123,7 @@ func Pinhole(peer, local netip.Addr, port uint16, session uint64, life time.Dura
 }
 
 // Do runs a backend call inside n and fails t on error.
-func Do(t testing.TB, n *netnstest.NS, what string, f func(context.Context) error) {
+func Do(t testing.TB, n Place, what string, f func(context.Context) error) {
 	t.Helper()
 	var err error
 	n.Do(t, func() { err = f(context.Background()) })
@@ -184,8 +220,7 @@ func echo(ln *net.TCPListener) {
 // from as many, and checks that the kernel then holds exactly the rest —
 // nothing lost, duplicated or leaked — and nothing after closing those.
 func Concurrent(t *testing.T, c Config, n int) {
-	c.Require(t)
-	ns := netnstest.New(t)
+	ns, c := c.state(t)
 	b := c.SetUp(t, ns, c.Options(t))
 	l := b.(rules.Lister)
 
@@ -246,7 +281,7 @@ func Concurrent(t *testing.T, c Config, n int) {
 }
 
 // expect checks that List (the kernel) holds exactly ps[idx].
-func expect(t *testing.T, ns *netnstest.NS, l rules.Lister, ps []rules.Pinhole, idx []int, when string) {
+func expect(t *testing.T, ns Place, l rules.Lister, ps []rules.Pinhole, idx []int, when string) {
 	t.Helper()
 	var got []rules.Pinhole
 	Do(t, ns, "List", func(ctx context.Context) (err error) { got, err = l.List(ctx); return err })
@@ -355,7 +390,7 @@ func Restore(t *testing.T, c Config) {
 	}
 }
 
-func listIn(ns *netnstest.NS, b rules.Backend) ([]rules.Pinhole, error) {
+func listIn(ns Place, b rules.Backend) ([]rules.Pinhole, error) {
 	exit, err := ns.Enter()
 	if err != nil {
 		return nil, err
@@ -369,8 +404,7 @@ func listIn(ns *netnstest.NS, b rules.Backend) ([]rules.Pinhole, error) {
 // pinholes with their sessions, and its Flush removes them while the
 // daemon's later Close of a flushed pinhole still succeeds.
 func ListFlush(t *testing.T, c Config) {
-	c.Require(t)
-	ns := netnstest.New(t)
+	ns, c := c.state(t)
 	daemon := c.SetUp(t, ns, c.Options(t))
 	ps := []rules.Pinhole{
 		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50010, 41, time.Minute),
@@ -397,7 +431,7 @@ func ListFlush(t *testing.T, c Config) {
 	expect(t, ns, cli, ps, nil, "after the daemon's own Flush")
 }
 
-func mustList(t *testing.T, ns *netnstest.NS, l rules.Lister) []rules.Pinhole {
+func mustList(t *testing.T, ns Place, l rules.Lister) []rules.Pinhole {
 	t.Helper()
 	var got []rules.Pinhole
 	Do(t, ns, "List", func(ctx context.Context) (err error) { got, err = l.List(ctx); return err })
@@ -407,8 +441,7 @@ func mustList(t *testing.T, ns *netnstest.NS, l rules.Lister) []rules.Pinhole {
 // Errors checks the classified errors callers rely on: a pinhole that
 // cannot be expressed is ErrInvalid, and Open before Setup is ErrNotReady.
 func Errors(t *testing.T, c Config) {
-	c.Require(t)
-	ns := netnstest.New(t)
+	ns, c := c.state(t)
 	fresh := c.New(c.Options(t))
 	var err error
 	ns.Do(t, func() {
@@ -445,97 +478,214 @@ func Errors(t *testing.T, c Config) {
 	})
 }
 
-// Latency measures Open and Close one at a time over n pinholes (all n
-// opened, then all closed, so the kernel holds up to n at once), then the
-// throughput of Open+Close pairs from conc goroutines, and logs the
-// figures.
-func Latency(t *testing.T, c Config, n, conc int) Figures {
-	c.Require(t)
-	ns := netnstest.New(t)
+// Reopen checks that pinholes are keyed by rules.Key (protocol, peer,
+// local address and port), as the proxy relies on: opening a pinhole whose
+// key is open already succeeds and leaves one pinhole (ipset refreshes its
+// timeout and session, iptables keeps its rule), an IPv4-mapped peer is
+// the same key, one Close by any pinhole of the key removes it (not a
+// reference count), and closing it again is fine.
+func Reopen(t *testing.T, c Config) {
+	ns, c := c.state(t)
 	b := c.SetUp(t, ns, c.Options(t))
+	l := b.(rules.Lister)
+	p := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50020, 1, 30*time.Second)
+	again := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50020, 2, time.Minute)
+	mapped := Pinhole(netip.AddrFrom16(netnstest.PeerAddr4.As16()), netnstest.ServerAddr4, 50020, 3, time.Minute)
+	other := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50021, 4, time.Minute)
+	p6 := Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50020, 5, time.Minute)
+	for _, q := range []rules.Pinhole{p, other, p6, again, mapped, p6} {
+		Do(t, ns, "Open "+q.String(), func(ctx context.Context) error { return b.Open(ctx, q) })
+	}
+	keys := func(when string, want ...rules.Pinhole) {
+		t.Helper()
+		var have, wantKeys []string
+		for _, q := range mustList(t, ns, l) {
+			have = append(have, fmt.Sprint(q.Key()))
+		}
+		for _, q := range want {
+			wantKeys = append(wantKeys, fmt.Sprint(q.Key()))
+		}
+		slices.Sort(have)
+		slices.Sort(wantKeys)
+		if !slices.Equal(have, wantKeys) {
+			t.Fatalf("%s: List holds keys %v, want %v", when, have, wantKeys)
+		}
+	}
+	keys("after opening three keys, two of them again", p, other, p6)
+	closer := p
+	closer.Session, closer.Lifetime = 9, time.Second
+	Do(t, ns, "Close by another session's pinhole of the key", func(ctx context.Context) error { return b.Close(ctx, closer) })
+	keys("after one Close of the reopened key", other, p6)
+	Do(t, ns, "Close again", func(ctx context.Context) error { return b.Close(ctx, again) })
+	Do(t, ns, "Close p6", func(ctx context.Context) error { return b.Close(ctx, p6) })
+	keys("after closing p6 once (opened twice)", other)
+	Do(t, ns, "Open after Close", func(ctx context.Context) error { return b.Open(ctx, p) })
+	keys("after opening the key again", p, other)
+}
+
+// Lifecycle checks the state side of Setup and Teardown: a Setup clears
+// what a run of the same instance left without Teardown (a crash) and
+// leaves another instance's pinholes alone; after Teardown, Open is
+// ErrNotReady and Close is fine; Teardown again, and Teardown of a backend
+// that never ran Setup (the cleanup entry point), succeed; with KeepHooks
+// Teardown still removes the pinholes, and the next run works.
+func Lifecycle(t *testing.T, c Config) {
+	ns, c := c.state(t)
+	opts := c.Options(t)
+	otherOpts := c.Options(t)
+	otherOpts.Instance = "other"
+	p1 := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50030, 1, time.Minute)
+	p2 := Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50031, 2, time.Minute)
+	px := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50032, 3, time.Minute)
+	open := func(b rules.Backend, ps ...rules.Pinhole) {
+		t.Helper()
+		for _, p := range ps {
+			Do(t, ns, "Open "+p.String(), func(ctx context.Context) error { return b.Open(ctx, p) })
+		}
+	}
+	all := []rules.Pinhole{p1, p2, px}
+
+	crashed := c.New(opts)
+	Do(t, ns, "Setup", crashed.Setup)
+	open(crashed, p1, p2)
+	x := c.SetUp(t, ns, otherOpts)
+	open(x, px)
+	restarted := c.New(opts)
+	Do(t, ns, "Setup after a crash", restarted.Setup)
+	expect(t, ns, restarted.(rules.Lister), all, nil, "after a restart's Setup")
+	expect(t, ns, x.(rules.Lister), all, []int{2}, "the other instance's, after the restart's Setup")
+
+	open(restarted, p1)
+	Do(t, ns, "Teardown", restarted.Teardown)
+	expect(t, ns, restarted.(rules.Lister), all, nil, "after Teardown")
+	var err error
+	ns.Do(t, func() { err = restarted.Open(context.Background(), p1) })
+	if !errors.Is(err, rules.ErrNotReady) {
+		t.Errorf("Open after Teardown: %v, want ErrNotReady", err)
+	}
+	Do(t, ns, "Close after Teardown", func(ctx context.Context) error { return restarted.Close(ctx, p1) })
+	Do(t, ns, "Teardown again", restarted.Teardown)
+	Do(t, ns, "Teardown without Setup", c.New(opts).Teardown)
+
+	keep := opts
+	keep.KeepHooks = true
+	kept := c.New(keep)
+	Do(t, ns, "Setup (KeepHooks)", kept.Setup)
+	open(kept, p1, p2)
+	Do(t, ns, "Teardown (KeepHooks)", kept.Teardown)
+	expect(t, ns, kept.(rules.Lister), all, nil, "after a KeepHooks Teardown")
+	next := c.SetUp(t, ns, opts)
+	open(next, p2)
+	expect(t, ns, next.(rules.Lister), all, []int{1}, "the next run after KeepHooks")
+	expect(t, ns, x.(rules.Lister), all, []int{2}, "the other instance's, at the end")
+}
+
+// Latency is a benchmark's body: each b.Loop iteration opens and closes n
+// pinholes one at a time (all n opened, then all closed, so the kernel
+// holds up to n at once), then runs n Open+Close pairs from conc
+// goroutines. It reports the medians and 99th percentiles of Open and
+// Close over all iterations (open-median-µs, open-p99-µs, …) and the
+// pairs per second, and logs them; ns/op is the time of one iteration.
+func Latency(b *testing.B, c Config, n, conc int) Figures {
+	c.Require(b)
+	ns := netnstest.New(b)
+	be := c.SetUp(b, ns, c.Options(b))
 	ps := make([]rules.Pinhole, n)
 	for i := range ps {
 		ps[i] = Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, uint16(10000+i), uint64(i), time.Minute)
 	}
-	var f Figures
-	f.N, f.Conc = n, conc
-	opens := make([]time.Duration, n)
-	closes := make([]time.Duration, n)
-	ns.Do(t, func() {
-		ctx := context.Background()
-		for i, p := range ps {
-			start := time.Now()
-			if err := b.Open(ctx, p); err != nil {
-				t.Fatal(err)
-			}
-			opens[i] = time.Since(start)
-		}
-		for i, p := range ps {
-			start := time.Now()
-			if err := b.Close(ctx, p); err != nil {
-				t.Fatal(err)
-			}
-			closes[i] = time.Since(start)
-		}
-	})
-	f.OpenMedian, f.OpenP99 = percentiles(opens)
-	f.CloseMedian, f.CloseP99 = percentiles(closes)
-
 	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-		fail atomic.Value
+		opens, closes []time.Duration
+		pairs         time.Duration // spent in the concurrent part
+		rounds        int
 	)
-	start := time.Now()
-	for range conc {
-		wg.Go(func() {
-			exit, err := c.enter(ns)
-			if err != nil {
-				fail.Store(err)
-				return
+	for b.Loop() {
+		ns.Do(b, func() {
+			ctx := context.Background()
+			for _, p := range ps {
+				start := time.Now()
+				if err := be.Open(ctx, p); err != nil {
+					b.Fatal(err)
+				}
+				opens = append(opens, time.Since(start))
 			}
-			defer exit()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
+			for _, p := range ps {
+				start := time.Now()
+				if err := be.Close(ctx, p); err != nil {
+					b.Fatal(err)
 				}
-				ctx := context.Background()
-				if err := b.Open(ctx, ps[i]); err != nil {
-					fail.Store(err)
-					return
-				}
-				if err := b.Close(ctx, ps[i]); err != nil {
-					fail.Store(err)
-					return
-				}
+				closes = append(closes, time.Since(start))
 			}
 		})
+
+		var (
+			next atomic.Int64
+			wg   sync.WaitGroup
+			fail atomic.Value
+		)
+		start := time.Now()
+		for range conc {
+			wg.Go(func() {
+				exit, err := c.enter(ns)
+				if err != nil {
+					fail.Store(err)
+					return
+				}
+				defer exit()
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= n {
+						return
+					}
+					ctx := context.Background()
+					if err := be.Open(ctx, ps[i]); err != nil {
+						fail.Store(err)
+						return
+					}
+					if err := be.Close(ctx, ps[i]); err != nil {
+						fail.Store(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err, _ := fail.Load().(error); err != nil {
+			b.Fatal(err)
+		}
+		pairs += time.Since(start)
+		rounds++
 	}
-	wg.Wait()
-	if err, _ := fail.Load().(error); err != nil {
-		t.Fatal(err)
-	}
-	f.PerSecond = float64(n) / time.Since(start).Seconds()
+	f := Figures{N: n, Conc: conc, Rounds: rounds}
+	f.OpenMedian, f.OpenP99 = percentiles(opens)
+	f.CloseMedian, f.CloseP99 = percentiles(closes)
+	f.PerSecond = float64(n*rounds) / pairs.Seconds()
+	µs := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	b.ReportMetric(µs(f.OpenMedian), "open-median-µs")
+	b.ReportMetric(µs(f.OpenP99), "open-p99-µs")
+	b.ReportMetric(µs(f.CloseMedian), "close-median-µs")
+	b.ReportMetric(µs(f.CloseP99), "close-p99-µs")
+	b.ReportMetric(f.PerSecond, "pairs/s")
 	variant := c.Variant
 	if variant == "" {
 		variant = "iptables on PATH"
 	}
-	t.Logf("%s (%s): %s", b.Name(), variant, f)
+	b.Logf("%s (%s): %s", be.Name(), variant, f)
 	return f
 }
 
 // Figures are the results of Latency.
 type Figures struct {
 	N, Conc               int
+	Rounds                int // b.Loop iterations the figures are over
 	OpenMedian, OpenP99   time.Duration
 	CloseMedian, CloseP99 time.Duration
 	PerSecond             float64 // Open+Close pairs per second with Conc goroutines
 }
 
 func (f Figures) String() string {
-	return fmt.Sprintf("%d pinholes: open median %s p99 %s; close median %s p99 %s; %d goroutines: %.0f open+close/s",
-		f.N, f.OpenMedian, f.OpenP99, f.CloseMedian, f.CloseP99, f.Conc, f.PerSecond)
+	return fmt.Sprintf("%d pinholes × %d rounds: open median %s p99 %s; close median %s p99 %s; %d goroutines: %.0f open+close/s",
+		f.N, f.Rounds, f.OpenMedian, f.OpenP99, f.CloseMedian, f.CloseP99, f.Conc, f.PerSecond)
 }
 
 func percentiles(d []time.Duration) (median, p99 time.Duration) {

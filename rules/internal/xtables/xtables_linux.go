@@ -65,13 +65,37 @@ func (f Family) String() string {
 	return "ipv4"
 }
 
+// IPTables is the part of go-iptables' *iptables.IPTables this package
+// calls: the seam a Fake stands in at. Every method runs the binary once or
+// twice; "not there" comes back as an error for which IsNotExist is true.
+type IPTables interface {
+	List(table, chain string) ([]string, error)
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
+	ChainExists(table, chain string) (bool, error)
+	ClearChain(table, chain string) error
+	ClearAndDeleteChain(table, chain string) error
+}
+
+var _ IPTables = (*iptables.IPTables)(nil)
+
+// Opener finds family f's binary of an iptables variant ("", "nft",
+// "legacy"): New for the host, Fake.Open in tests. The backends and
+// rules/intercept hold one, so their tests run without root.
+type Opener func(ctx context.Context, f Family, variant string) (*Tables, error)
+
 // Tables is one family's iptables binary.
 type Tables struct {
 	Family Family
 	Cmd    string // the binary run: "iptables", "ip6tables-legacy", …
 	Mode   string // what `Cmd --version` says it is: "nf_tables" or "legacy"
-	ipt    *iptables.IPTables
-	table  string // the table the chain and rule operations act on; "" is Table
+	ipt    IPTables
+	// legacyTables lists the legacy tables the kernel holds in the calling
+	// thread's network namespace (ip_tables_names); an error means none.
+	legacyTables func(Family) ([]string, error)
+	table        string // the table the chain and rule operations act on; "" is Table
 }
 
 // Command returns the binary for family and variant ("", "nft", "legacy").
@@ -117,7 +141,27 @@ func New(ctx context.Context, f Family, variant string) (*Tables, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tables{Family: f, Cmd: cmd, Mode: mode, ipt: ipt}, nil
+	return &Tables{Family: f, Cmd: cmd, Mode: mode, ipt: ipt, legacyTables: procTables}, nil
+}
+
+// procTables reads ip_tables_names (ip6_tables_names) of the calling
+// thread's network namespace: /proc/net is the namespace of the process's
+// main thread, while the binary runs in the calling thread's, which the
+// caller may have moved.
+func procTables(f Family) ([]string, error) {
+	name := "ip_tables_names"
+	if f == IPv6 {
+		name = "ip6_tables_names"
+	}
+	dir := "/proc/thread-self/net/"
+	if _, err := os.Stat("/proc/thread-self"); err != nil {
+		dir = "/proc/net/" // kernels before 3.17
+	}
+	b, err := os.ReadFile(dir + name)
+	if err != nil {
+		return nil, err // no x_tables in this kernel or namespace
+	}
+	return strings.Fields(string(b)), nil
 }
 
 // In returns a view of t whose chain and rule operations act on table
@@ -151,42 +195,26 @@ func (t *Tables) Loaded() bool {
 	if t.Mode == "nf_tables" {
 		return true
 	}
-	name := "ip_tables_names"
-	if t.Family == IPv6 {
-		name = "ip6_tables_names"
-	}
-	// /proc/net is the namespace of the process's main thread; the binary
-	// runs in the calling thread's, which the caller may have moved
-	dir := "/proc/thread-self/net/"
-	if _, err := os.Stat("/proc/thread-self"); err != nil {
-		dir = "/proc/net/" // kernels before 3.17
-	}
-	b, err := os.ReadFile(dir + name)
-	if err != nil {
-		return false // no x_tables in this kernel or namespace: nothing loaded
-	}
-	return slices.Contains(strings.Fields(string(b)), t.tbl())
+	names, err := t.legacyTables(t.Family)
+	return err == nil && slices.Contains(names, t.tbl())
 }
 
-// OtherVariantWarning returns a warning when this namespace also has tables
-// of the other variant loaded, or "". Packets pass both variants' hooks, so
-// a DROP there still drops what our pinhole accepts. Only the direction
-// "we use nf_tables, legacy tables exist" can be seen without running the
-// legacy binary, which itself would create the tables it lists.
+// OtherVariantWarning returns a warning when the calling thread's network
+// namespace also has tables of the other variant loaded, or "". Packets
+// pass both variants' hooks, so a DROP there still drops what our pinhole
+// accepts. Only the direction "we use nf_tables, legacy tables exist" can
+// be seen without running the legacy binary, which itself would create the
+// tables it lists.
 func (t *Tables) OtherVariantWarning() string {
 	if t.Mode != "nf_tables" {
 		return ""
 	}
-	name := "/proc/net/ip_tables_names"
-	if t.Family == IPv6 {
-		name = "/proc/net/ip6_tables_names"
-	}
-	b, err := os.ReadFile(name)
-	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+	names, err := t.legacyTables(t.Family)
+	if err != nil || len(names) == 0 {
 		return ""
 	}
 	return fmt.Sprintf("%s-legacy tables are loaded as well (%s); a DROP there still drops a pinholed connection: if the host's ruleset is legacy, use the legacy variant",
-		strings.TrimSuffix(t.Cmd, "-nft"), strings.Join(strings.Fields(string(b)), ","))
+		strings.TrimSuffix(t.Cmd, "-nft"), strings.Join(names, ","))
 }
 
 // EnsureChain creates chain, or flushes it when it exists (a leftover).
@@ -215,26 +243,36 @@ func (t *Tables) RemoveChain(chain string) error {
 }
 
 // EnsureHook makes h the one rule in h.Builtin that jumps to h.Chain: it
-// keeps an existing HookSpec rule and removes duplicates and other jumps to
-// h.Chain (left by another version or by hand); when none is left it
-// inserts HookSpec at the top.
+// removes other jumps to h.Chain (left by another version or by hand) and
+// keeps a single HookSpec rule where it is, even when an operator moved it
+// down; when there is none, or several, it inserts HookSpec at the top.
+//
+// Duplicates are not thinned out to the first: iptables -D deletes the
+// first rule matching a spec, so deleting the extra copies would keep the
+// last one, which may sit below a host rule (a DROP) the first one was
+// above.
 func (t *Tables) EnsureHook(h Hook) error {
 	jumps, err := t.jumps(h)
 	if err != nil {
 		return err
 	}
 	want := h.Spec()
-	kept := false
+	isHook := func(j []string) bool { return slices.Equal(j, want) || slices.Equal(j, canonical(want)) }
+	hooks := 0
 	for _, j := range jumps {
-		if !kept && (slices.Equal(j, want) || slices.Equal(j, canonical(want))) {
-			kept = true
+		if isHook(j) {
+			hooks++
+		}
+	}
+	for _, j := range jumps {
+		if hooks == 1 && isHook(j) {
 			continue
 		}
 		if err := t.Delete(h.Builtin, j...); err != nil {
 			return err
 		}
 	}
-	if kept {
+	if hooks == 1 {
 		return nil
 	}
 	return t.ipt.Insert(t.tbl(), h.Builtin, 1, want...)
@@ -387,9 +425,13 @@ func Split(line string) ([]string, error) {
 }
 
 // IsNotExist reports whether err is iptables saying the chain or rule does
-// not exist.
+// not exist: go-iptables' *iptables.Error, or a Fake's *Exit, whose
+// IsNotExist reads the binary's message.
 func IsNotExist(err error) bool {
-	e, ok := errors.AsType[*iptables.Error](err)
+	e, ok := errors.AsType[interface {
+		error
+		IsNotExist() bool
+	}](err)
 	return ok && e.IsNotExist()
 }
 
