@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ftpalg/ftpalg/nat"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -509,7 +510,7 @@ func TestFakeLeftovers(t *testing.T) {
 		k.addRule(t, a.f, 900, 0x1, 0x1, 100, RouteProtocol)
 		k.addRoute(t, a.f, unix.RTN_UNREACHABLE, a.blackhole, 100, RouteProtocol)
 	}
-	c := withSelectors(Config{Method: Redirect, ListenPort: 2121, Divert: true}, "")
+	c := withSelectors(Config{Mode: nat.ModeRedirect, ListenPort: 2121, Divert: true}, "")
 	k.install(t, c)
 	k.check(t, func(a fam) expect {
 		want := scenarios[1].want(a)
@@ -538,7 +539,7 @@ func TestFakeLeftovers(t *testing.T) {
 // top again.
 func TestFakeHookMovedDown(t *testing.T) {
 	k := newFakes()
-	c := Config{Method: Redirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121}
+	c := Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121}
 	k.install(t, c)
 	hook := []string{"-p", "tcp", "-m", "tcp", "--dport", "21", "-j", "FTPALG-REDIRECT"}
 	k.run(t, ipv4, append([]string{"-t", "nat", "-D", "PREROUTING"}, hook...)...)
@@ -567,14 +568,14 @@ func TestFakeFamiliesFollowSources(t *testing.T) {
 		return strings.Join(k.x.Rules(xtables.IPv4, "nat"), "\n") + strings.Join(k.x.Rules(xtables.IPv4, "mangle"), "\n") + k.rt.ipRule(ipv4)
 	}
 	before4 := v4()
-	k.install(t, Config{Method: TProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121})
+	k.install(t, Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121})
 	if after := v4(); after != before4 {
 		t.Errorf("IPv6-only Install changed IPv4:\n%s", after)
 	}
 	if s := strings.Join(k.x.Rules(xtables.IPv6, "mangle"), "\n"); !strings.Contains(s, "-N FTPALG-TPROXY") {
 		t.Fatalf("IPv6-only Install: no FTPALG-TPROXY:\n%s", s)
 	}
-	k.install(t, Config{Method: Redirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121})
+	k.install(t, Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121})
 	if s := strings.Join(k.x.Rules(xtables.IPv6, "mangle"), "\n") + k.rt.ipRule(ipv6); strings.Contains(s, "FTPALG") || strings.Contains(s, "proto 70") {
 		t.Errorf("IPv4-only Install left the IPv6 leftovers:\n%s", s)
 	}
@@ -587,10 +588,10 @@ func TestFakeInstances(t *testing.T) {
 	k := newFakes()
 	k.hostRuleset(t)
 	before := k.snapshot()
-	ca := Config{Method: Redirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121, Divert: true, Instance: "a"}
+	ca := Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121, Divert: true, Instance: "a"}
 	a := k.install(t, ca)
 	withA := k.snapshot()
-	b := k.install(t, Config{Method: TProxy, Interfaces: []string{"lan1"}, ListenPort: 2122, Divert: true,
+	b := k.install(t, Config{Mode: nat.ModeTProxy, Interfaces: []string{"lan1"}, ListenPort: 2122, Divert: true,
 		Mark: 0x2, Table: 101, Instance: "b"})
 	if again := k.install(t, ca); again.changes != 0 {
 		t.Errorf("instance a's second Install with b present made %d changes", again.changes)
@@ -618,7 +619,7 @@ func TestFakeFailureRollsBack(t *testing.T) {
 	k.hostRuleset(t)
 	k.addRoute(t, ipv6, unix.RTN_UNREACHABLE, "::/0", 100, unix.RTPROT_BOOT)
 	before := k.snapshot()
-	c := Config{Method: TProxy, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121, Logger: zaptest.NewLogger(t)}
+	c := Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121, Logger: zaptest.NewLogger(t)}
 	_, err := installOn(context.Background(), c, k.kernel())
 	if err == nil || !strings.Contains(err.Error(), "routing table 100") || !strings.Contains(err.Error(), "install ipv6") {
 		t.Fatalf("Install with table 100 taken for IPv6: %v", err)
@@ -650,7 +651,7 @@ func TestFakeUnsupported(t *testing.T) {
 		}
 		return nil
 	}
-	_, err := installOn(context.Background(), Config{Method: TProxy, Sources: []netip.Prefix{lan4}, ListenPort: 2121,
+	_, err := installOn(context.Background(), Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan4}, ListenPort: 2121,
 		Divert: true, Logger: zaptest.NewLogger(t)}, k.kernel())
 	if !errors.Is(err, rules.ErrUnsupported) || !strings.Contains(err.Error(), "TPROXY target") {
 		t.Errorf("Install without TPROXY: %v, want ErrUnsupported naming the TPROXY modules", err)
@@ -665,11 +666,11 @@ func TestFakeUnsupported(t *testing.T) {
 		}
 		return nil
 	}
-	r := k.install(t, Config{Method: Redirect, Interfaces: []string{"lan0"}, ListenPort: 2121})
+	r := k.install(t, Config{Mode: nat.ModeRedirect, Interfaces: []string{"lan0"}, ListenPort: 2121})
 	if !slices.Equal(r.fams, []family{ipv4}) {
 		t.Errorf("without ip6tables Install set up %v, want IPv4 only", r.fams)
 	}
-	_, err = installOn(context.Background(), Config{Method: Redirect, Sources: []netip.Prefix{lan6}, ListenPort: 2121,
+	_, err = installOn(context.Background(), Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan6}, ListenPort: 2121,
 		Logger: zaptest.NewLogger(t)}, k.kernel())
 	if !errors.Is(err, rules.ErrUnsupported) {
 		t.Errorf("Install with an IPv6 source and no ip6tables: %v, want ErrUnsupported", err)
@@ -701,7 +702,7 @@ func TestFakeNoIPv6(t *testing.T) {
 // is ErrNotPermitted with the hint, and nothing is left.
 func TestFakeNotPermitted(t *testing.T) {
 	for _, c := range []Config{
-		{Method: Redirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121},
+		{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121},
 		{Divert: true},
 	} {
 		k := newFakes()
