@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ftpalg/ftpalg/nat"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/internal/xtables"
 )
