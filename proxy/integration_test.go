@@ -745,22 +745,22 @@ func TestBadCommandLines(t *testing.T) {
 	c := dialCtl(t, e.addr, "")
 	c.login(t, "tester")
 	tapMark := len(e.tap.seen())
-	for _, raw := range []string{"NOOP\n", "NO\x00OP\r\n", "NOOP\x00\r\n", "NO\rOP\r\n"} {
+	for _, raw := range []string{"NOOP\n\r\n", "NO\x00OP\r\n", "NOOP\x00\r\n", "NO\rOP\r\n"} {
 		c.sendRaw(t, []byte(raw))
 		c.expect(t, 500)
 	}
-	// A command smuggled behind a bare LF: the DELE part is refused, the
-	// proper line after it goes through.
+	// A command smuggled behind a bare LF: only CRLF ends a command line,
+	// so the whole line up to it is refused with one 500, and nothing of
+	// it reaches the server.
 	c.sendRaw(t, []byte("DELE "+f4k+"\nNOOP\r\n"))
 	c.expect(t, 500)
-	c.expect(t, 200)
 	c.cmd(t, 200, "NOOP")
 	var seen []string
 	for _, l := range e.tap.seen()[tapMark:] {
 		seen = append(seen, l.raw)
 	}
-	if len(seen) != 2 || seen[0] != "NOOP\r\n" || seen[1] != "NOOP\r\n" {
-		t.Errorf("server received %q, want only the two proper NOOPs", seen)
+	if len(seen) != 1 || seen[0] != "NOOP\r\n" {
+		t.Errorf("server received %q, want only the one proper NOOP", seen)
 	}
 	if _, err := os.Stat(filepath.Join(servedDir, f4k)); err != nil {
 		t.Errorf("the smuggled DELE reached the server: %v", err)

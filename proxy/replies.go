@@ -16,7 +16,7 @@ import (
 // the correlator for the client writer. It is the only reader of the
 // server's control connection.
 func (s *Session) replyPump() {
-	rr := ftp.NewReplyReader(ftp.NewReplyScanner(s.server))
+	rr := ftp.NewReplyReader(ftp.NewLearningReplyScanner(s.server))
 	// A server that accepts but never greets (an overflowing accept queue,
 	// a hung process) must not hold the client for the idle timeout.
 	s.server.SetReadDeadline(time.Now().Add(s.srv.cfg.ConnectTimeout))

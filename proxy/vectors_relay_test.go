@@ -330,6 +330,11 @@ func relayCommandVector(t *testing.T, v ftptest.Vector) {
 			break // the proxy may have closed already
 		}
 	}
+	if !bytes.HasSuffix(v.Raw(), []byte("\r\n")) {
+		// Only CRLF ends a command line: end the vector's last line, as
+		// the client that sent it would have to, before the sentinel.
+		client.Write([]byte("\r\n"))
+	}
 	client.Write([]byte(sentinel))
 	var replies []*ftp.Reply
 	rr := ftp.NewReplyReader(ftp.NewReplyScanner(br))

@@ -7,8 +7,10 @@
 //   - A reply line ends only at CRLF. A bare CR or LF inside a reply (real
 //     servers echo a client's bare LF inside error replies) never splits one
 //     line into two, so an echoed "227 ..." can never be taken for a reply.
-//   - A command line ends at LF, but is valid only when it ends in CRLF and
-//     holds no other CR, LF or NUL; the proxy refuses anything else, so a
+//     The one exception is a server whose greeting already ends in a bare
+//     LF (NewLearningReplyScanner): it never sends CR, so its LF ends lines.
+//   - A command line ends only at CRLF too, and is valid only when it holds
+//     no other CR, LF or NUL; the proxy refuses anything else whole, so a
 //     server never sees a command boundary the proxy did not see.
 //   - Telnet IAC sequences are recognised in both directions, removed from the
 //     text that is parsed and kept in the raw bytes that are forwarded. They

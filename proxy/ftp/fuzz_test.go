@@ -304,13 +304,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func scanBytes(reply bool, chunks [][]byte) scanned {
+func scanBytes(kind byte, chunks [][]byte) scanned {
 	data := bytes.Join(chunks, nil)
 	cr := &countingReader{r: &chunkReader{chunks: chunks}}
 	var s *Scanner
-	if reply {
+	switch kind {
+	case scanReply:
 		s = NewReplyScanner(cr)
-	} else {
+	case scanLearning:
+		s = NewLearningReplyScanner(cr)
+	default:
 		s = NewCommandScanner(cr)
 	}
 	out := scanned{restOK: true}
@@ -338,14 +341,28 @@ func scanBytes(reply bool, chunks [][]byte) scanned {
 	}
 }
 
+// Scanner kinds FuzzScanner drives.
+const (
+	scanCommand  = iota // NewCommandScanner
+	scanReply           // NewReplyScanner
+	scanLearning        // NewLearningReplyScanner
+	scanKinds
+)
+
 func FuzzScanner(f *testing.F) {
 	for _, v := range seedVectors(f) {
-		f.Add(v.Raw(), v.Kind == "reply", []byte{1})
-		f.Add(v.Raw(), v.Kind != "reply", []byte{3, 200})
+		k := byte(scanCommand)
+		if v.Kind == "reply" {
+			k = scanReply
+		}
+		f.Add(v.Raw(), k, []byte{1})
+		f.Add(v.Raw(), byte(scanLearning), []byte{3, 200})
 	}
-	f.Fuzz(func(t *testing.T, data []byte, reply bool, sizes []byte) {
-		whole := scanBytes(reply, [][]byte{data})
-		split := scanBytes(reply, splitReads(data, sizes))
+	f.Add([]byte("220 lf server\n227 Entering Passive Mode (1,2,3,4,5,6)\n"), byte(scanLearning), []byte{2})
+	f.Fuzz(func(t *testing.T, data []byte, kind byte, sizes []byte) {
+		kind %= scanKinds
+		whole := scanBytes(kind, [][]byte{data})
+		split := scanBytes(kind, splitReads(data, sizes))
 
 		if !whole.restOK || !split.restOK {
 			t.Fatal("returned lines and Rest() do not add up to the bytes read")
@@ -355,14 +372,15 @@ func FuzzScanner(f *testing.F) {
 			t.Fatalf("whole: %d lines, %v; split: %d lines, %v", len(whole.lines), whole.err, len(split.lines), split.err)
 		}
 		var raw []byte
+		lfStream := kind == scanLearning && len(whole.lines) > 0 && whole.lines[0].LF
 		for i, l := range whole.lines {
 			s := split.lines[i]
 			if !bytes.Equal(l.Raw, s.Raw) || !bytes.Equal(l.Text, s.Text) || !bytes.Equal(l.Telnet, s.Telnet) ||
-				l.CRLF != s.CRLF || l.BareCR != s.BareCR || l.BareLF != s.BareLF || l.NUL != s.NUL || l.BadTelnet != s.BadTelnet {
+				l.CRLF != s.CRLF || l.LF != s.LF || l.BareCR != s.BareCR || l.BareLF != s.BareLF || l.NUL != s.NUL || l.BadTelnet != s.BadTelnet {
 				t.Fatalf("line %d differs: %+v vs %+v", i, l, s)
 			}
 			raw = append(raw, l.Raw...)
-			checkLine(t, reply, l, i == len(whole.lines)-1 && whole.err == io.ErrUnexpectedEOF)
+			checkLine(t, lfStream, l, i == len(whole.lines)-1 && whole.err == io.ErrUnexpectedEOF)
 		}
 
 		// The lines' Raw is the input consumed; all of it unless a line was
@@ -382,8 +400,9 @@ func FuzzScanner(f *testing.F) {
 	})
 }
 
-// checkLine checks the invariants of one line.
-func checkLine(t *testing.T, reply bool, l Line, partial bool) {
+// checkLine checks the invariants of one line. lfStream: the line comes
+// from a learning scanner whose stream's first line ended in a bare LF.
+func checkLine(t *testing.T, lfStream bool, l Line, partial bool) {
 	t.Helper()
 	if len(l.Raw) == 0 || len(l.Raw) > MaxLine {
 		t.Fatalf("raw of %d bytes", len(l.Raw))
@@ -405,30 +424,34 @@ func checkLine(t *testing.T, reply bool, l Line, partial bool) {
 	if bytes.Contains(l.Text, []byte("\r\n")) && !(l.BareCR && l.BareLF) {
 		t.Fatalf("text %q holds CRLF", l.Text)
 	}
+	if l.CRLF && l.LF {
+		t.Fatalf("line %q ends in both CRLF and a bare LF", l.Raw)
+	}
 	if partial {
-		if l.CRLF {
-			t.Fatalf("partial line %q says CRLF", l.Raw)
+		if l.CRLF || l.LF {
+			t.Fatalf("partial line %q says CRLF %v LF %v", l.Raw, l.CRLF, l.LF)
 		}
 		return
 	}
 	if l.CRLF != bytes.HasSuffix(l.Raw, []byte("\r\n")) {
 		t.Fatalf("CRLF %v for raw %q", l.CRLF, l.Raw)
 	}
-	if reply {
-		// A reply line ends at its first CRLF and nowhere else.
-		if !l.CRLF || bytes.Contains(l.Raw[:len(l.Raw)-2], []byte("\r\n")) {
-			t.Fatalf("reply line %q", l.Raw)
+	if lfStream {
+		// Every line ends at its first LF; Text never holds one.
+		if l.Raw[len(l.Raw)-1] != '\n' || bytes.IndexByte(l.Raw, '\n') != len(l.Raw)-1 || l.BareLF {
+			t.Fatalf("line %q of an LF stream", l.Raw)
+		}
+		if l.LF == l.CRLF {
+			t.Fatalf("line %q of an LF stream: CRLF %v LF %v", l.Raw, l.CRLF, l.LF)
 		}
 		return
 	}
-	// A command line ends at its first LF; Text never holds one.
-	if l.Raw[len(l.Raw)-1] != '\n' || bytes.IndexByte(l.Raw, '\n') != len(l.Raw)-1 {
-		t.Fatalf("command line %q", l.Raw)
+	// Otherwise a line (reply or command) ends at its first CRLF and
+	// nowhere else.
+	if !l.CRLF || l.LF || bytes.Contains(l.Raw[:len(l.Raw)-2], []byte("\r\n")) {
+		t.Fatalf("line %q", l.Raw)
 	}
-	if l.BareLF {
-		t.Fatalf("command text %q holds LF", l.Text)
-	}
-	if l.Clean() && (bytes.ContainsAny(l.Text, "\r\n\x00") || !l.CRLF) {
+	if l.Clean() && bytes.ContainsAny(l.Text, "\r\n\x00") {
 		t.Fatalf("clean line %q", l.Raw)
 	}
 }

@@ -41,9 +41,13 @@ type Line struct {
 	// Urgent is the index in Raw of the byte the peer sent as TCP urgent
 	// data, or -1.
 	Urgent int
-	// CRLF reports that the line ended in CRLF (false: bare LF, commands
-	// only, or a partial last line at the end of the stream).
+	// CRLF reports that the line ended in CRLF (false: a bare LF on a
+	// stream whose lines end so, or a partial last line at the end of the
+	// stream).
 	CRLF bool
+	// LF reports that the line ended in a bare LF, which only a
+	// NewLearningReplyScanner does, on a stream whose first line ended so.
+	LF bool
 	// BareCR, BareLF and NUL report such bytes inside Text.
 	BareCR, BareLF, NUL bool
 	// BadTelnet reports a Telnet sequence cut short by CR or LF ("IAC CR",
@@ -67,6 +71,15 @@ type UrgentReader interface {
 
 type scanState uint8
 
+// lineEnds is what ends a line on a stream.
+type lineEnds uint8
+
+const (
+	endCRLF  lineEnds = iota // CRLF only; a bare LF is text (flagged BareLF)
+	endLearn                 // the first line's terminator decides: CRLF, or a bare LF
+	endLF                    // LF, with or without a CR before it
+)
+
 const (
 	stData scanState = iota
 	stCR             // saw CR, waiting to see whether LF follows
@@ -80,7 +93,7 @@ const (
 type Scanner struct {
 	r       io.Reader
 	ur      UrgentReader
-	lfEnds  bool // a bare LF ends a line (command direction)
+	ends    lineEnds
 	buf     []byte
 	start   int
 	end     int
@@ -98,14 +111,26 @@ type Scanner struct {
 
 // NewReplyScanner returns a Scanner for the server-to-client direction: lines
 // end only at CRLF.
-func NewReplyScanner(r io.Reader) *Scanner { return newScanner(r, false) }
+func NewReplyScanner(r io.Reader) *Scanner { return newScanner(r, endCRLF) }
 
-// NewCommandScanner returns a Scanner for the client-to-server direction:
-// lines end at LF, and Line.CRLF tells whether it was a proper CRLF.
-func NewCommandScanner(r io.Reader) *Scanner { return newScanner(r, true) }
+// NewLearningReplyScanner returns a reply Scanner that learns the server's
+// line terminator from its first line (the greeting): when that line ends
+// in CRLF, lines end only at CRLF from then on, exactly as with
+// NewReplyScanner; when it ends in a bare LF (embedded and old servers
+// never send CR), every later LF ends a line too, and such lines have LF
+// set. A server that greets with CRLF therefore never has a line split by
+// a bare LF it echoes.
+func NewLearningReplyScanner(r io.Reader) *Scanner { return newScanner(r, endLearn) }
 
-func newScanner(r io.Reader, lfEnds bool) *Scanner {
-	s := &Scanner{r: r, lfEnds: lfEnds, buf: make([]byte, 1024)}
+// NewCommandScanner returns a Scanner for the client-to-server direction.
+// Lines end only at CRLF, as RFC 959 says: a bare LF inside is flagged
+// (BareLF), never a line end, so a line such as "USER x\nPORT ...\r\n" is
+// one unclean line, refused whole, and nothing of it can be taken for a
+// command of its own.
+func NewCommandScanner(r io.Reader) *Scanner { return newScanner(r, endCRLF) }
+
+func newScanner(r io.Reader, ends lineEnds) *Scanner {
+	s := &Scanner{r: r, ends: ends, buf: make([]byte, 1024)}
 	s.ur, _ = r.(UrgentReader)
 	s.cur.Urgent = -1
 	return s
@@ -204,6 +229,9 @@ func (s *Scanner) step(b byte) bool {
 	case stCR:
 		if b == '\n' {
 			s.cur.CRLF = true
+			if s.ends == endLearn {
+				s.ends = endCRLF
+			}
 			return true
 		}
 		// The CR was bare: keep it as text and look at b afresh.
@@ -254,7 +282,12 @@ func (s *Scanner) data(b byte) bool {
 	case '\r':
 		s.state = stCR
 	case '\n':
-		if s.lfEnds {
+		switch s.ends {
+		case endLearn:
+			s.ends = endLF
+			fallthrough
+		case endLF:
+			s.cur.LF = true
 			return true
 		}
 		s.cur.Text = append(s.cur.Text, b)

@@ -36,7 +36,7 @@ func scanAll(reply bool, chunks ...string) ([]Line, error) {
 
 type lineWant struct {
 	raw, text, telnet string
-	crlf              bool
+	crlf, lf          bool
 	bareCR, bareLF    bool
 	nul, badTelnet    bool
 }
@@ -52,7 +52,7 @@ func checkLines(t *testing.T, name string, got []Line, want []lineWant) {
 		if string(g.Raw) != w.raw || string(g.Text) != w.text || string(g.Telnet) != w.telnet {
 			t.Errorf("%s line %d: raw %q text %q telnet %q; want %q %q %q", name, i, g.Raw, g.Text, g.Telnet, w.raw, w.text, w.telnet)
 		}
-		if g.CRLF != w.crlf || g.BareCR != w.bareCR || g.BareLF != w.bareLF || g.NUL != w.nul || g.BadTelnet != w.badTelnet {
+		if g.CRLF != w.crlf || g.LF != w.lf || g.BareCR != w.bareCR || g.BareLF != w.bareLF || g.NUL != w.nul || g.BadTelnet != w.badTelnet {
 			t.Errorf("%s line %d: CRLF %v BareCR %v BareLF %v NUL %v BadTelnet %v; want %+v",
 				name, i, g.CRLF, g.BareCR, g.BareLF, g.NUL, g.BadTelnet, w)
 		}
@@ -93,12 +93,11 @@ func TestScannerTelnet(t *testing.T) {
 		{"IAC CRLF reply", true, "550 caf\xff\r\n227 x\r\n", []lineWant{
 			{raw: "550 caf\xff\r\n", text: "550 caf", crlf: true, badTelnet: true},
 			{raw: "227 x\r\n", text: "227 x", crlf: true}}},
+		// Nor does it end a command line: the whole line is unclean.
 		{"IAC LF command", false, "NOOP\xff\nPASV\r\n", []lineWant{
-			{raw: "NOOP\xff\n", text: "NOOP", badTelnet: true},
-			{raw: "PASV\r\n", text: "PASV", crlf: true}}},
+			{raw: "NOOP\xff\nPASV\r\n", text: "NOOP\nPASV", crlf: true, bareLF: true, badTelnet: true}}},
 		{"IAC WILL LF command", false, "NOOP\xff\xfb\nPORT 1,2,3,4,5,6\r\n", []lineWant{
-			{raw: "NOOP\xff\xfb\n", text: "NOOP", badTelnet: true},
-			{raw: "PORT 1,2,3,4,5,6\r\n", text: "PORT 1,2,3,4,5,6", crlf: true}}},
+			{raw: "NOOP\xff\xfb\nPORT 1,2,3,4,5,6\r\n", text: "NOOP\nPORT 1,2,3,4,5,6", crlf: true, bareLF: true, badTelnet: true}}},
 		{"IAC WILL CRLF reply", true, "220 x\xff\xfb\r\n", []lineWant{
 			{raw: "220 x\xff\xfb\r\n", text: "220 x", crlf: true, badTelnet: true}}},
 		{"IAC WILL LF reply", true, "220 x\xff\xfb\ny\r\n", []lineWant{
@@ -151,16 +150,18 @@ func TestScannerLineEnds(t *testing.T) {
 		{"command CRLF", false, []string{"PASV\r\nLIST\r\n"}, []lineWant{
 			{raw: "PASV\r\n", text: "PASV", crlf: true},
 			{raw: "LIST\r\n", text: "LIST", crlf: true}}, io.EOF},
-		{"command bare LF ends", false, []string{"USER a\nPORT 1,2,3,4,5,6\r\n"}, []lineWant{
-			{raw: "USER a\n", text: "USER a"},
-			{raw: "PORT 1,2,3,4,5,6\r\n", text: "PORT 1,2,3,4,5,6", crlf: true}}, io.EOF},
+		// A bare LF does not end a command line: the line runs to its
+		// CRLF and is refused whole, so nothing after the LF can pass for
+		// a command of its own.
+		{"command bare LF does not end", false, []string{"USER a\nPORT 1,2,3,4,5,6\r\n"}, []lineWant{
+			{raw: "USER a\nPORT 1,2,3,4,5,6\r\n", text: "USER a\nPORT 1,2,3,4,5,6", crlf: true, bareLF: true}}, io.EOF},
 		{"command bare CR", false, []string{"USER a\rPORT 1,2,3,4,5,6\r\n"}, []lineWant{
 			{raw: "USER a\rPORT 1,2,3,4,5,6\r\n", text: "USER a\rPORT 1,2,3,4,5,6", crlf: true, bareCR: true}}, io.EOF},
 		{"command CR CR LF", false, []string{"NOOP\r\r\n"}, []lineWant{
 			{raw: "NOOP\r\r\n", text: "NOOP\r", crlf: true, bareCR: true}}, io.EOF},
 		{"command NUL", false, []string{"CWD a\x00b\r\n"}, []lineWant{
 			{raw: "CWD a\x00b\r\n", text: "CWD a\x00b", crlf: true, nul: true}}, io.EOF},
-		{"command LF only", false, []string{"\n"}, []lineWant{{raw: "\n"}}, io.EOF},
+		{"command LF only", false, []string{"\n"}, []lineWant{{raw: "\n", text: "\n", bareLF: true}}, io.ErrUnexpectedEOF},
 		{"command CR | LF across reads", false, []string{"PORT 1,2,3,4,5,6\r", "\n"}, []lineWant{
 			{raw: "PORT 1,2,3,4,5,6\r\n", text: "PORT 1,2,3,4,5,6", crlf: true}}, io.EOF},
 		{"command partial at EOF", false, []string{"NOOP"}, []lineWant{{raw: "NOOP", text: "NOOP"}}, io.ErrUnexpectedEOF},
@@ -174,6 +175,52 @@ func TestScannerLineEnds(t *testing.T) {
 		checkLines(t, tt.name, got, tt.want)
 		got, _ = scanAll(tt.reply, strings.Split(strings.Join(tt.in, ""), "")...)
 		checkLines(t, tt.name+" bytewise", got, tt.want)
+	}
+}
+
+// TestScannerLearnsLineEnds: a NewLearningReplyScanner ends lines as the
+// stream's first line ended.
+func TestScannerLearnsLineEnds(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []lineWant
+	}{
+		{"CRLF server: a bare LF never splits", "220 hi\r\n550 /x\n227 (1,2,3,4,5,6)\r\n", []lineWant{
+			{raw: "220 hi\r\n", text: "220 hi", crlf: true},
+			{raw: "550 /x\n227 (1,2,3,4,5,6)\r\n", text: "550 /x\n227 (1,2,3,4,5,6)", crlf: true, bareLF: true}}},
+		{"LF server", "220 hi\n211-Features:\n EPSV\n211 End\n", []lineWant{
+			{raw: "220 hi\n", text: "220 hi", lf: true},
+			{raw: "211-Features:\n", text: "211-Features:", lf: true},
+			{raw: " EPSV\n", text: " EPSV", lf: true},
+			{raw: "211 End\n", text: "211 End", lf: true}}},
+		{"LF server sending a CRLF", "220 hi\n200 ok\r\n", []lineWant{
+			{raw: "220 hi\n", text: "220 hi", lf: true},
+			{raw: "200 ok\r\n", text: "200 ok", crlf: true}}},
+		{"LF server, bare CR", "220 hi\n200 a\rb\n", []lineWant{
+			{raw: "220 hi\n", text: "220 hi", lf: true},
+			{raw: "200 a\rb\n", text: "200 a\rb", lf: true, bareCR: true}}},
+	}
+	for _, tt := range tests {
+		for _, chunks := range [][]string{{tt.in}, strings.Split(tt.in, "")} {
+			cs := make([][]byte, len(chunks))
+			for i, c := range chunks {
+				cs[i] = []byte(c)
+			}
+			s := NewLearningReplyScanner(&chunkReader{chunks: cs})
+			var got []Line
+			for {
+				l, err := s.Next()
+				if err != nil {
+					if err != io.EOF {
+						t.Errorf("%s: %v", tt.name, err)
+					}
+					break
+				}
+				got = append(got, copyLine(l))
+			}
+			checkLines(t, tt.name, got, tt.want)
+		}
 	}
 }
 

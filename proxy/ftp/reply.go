@@ -201,7 +201,7 @@ func ParsePassiveReply(r *Reply) (ap netip.AddrPort, ok bool, err error) {
 	}
 	for i := range r.Lines {
 		l := &r.Lines[i]
-		if !l.CRLF {
+		if !l.CRLF && !l.LF {
 			return netip.AddrPort{}, true, syntaxErr("%d reply not ended by CRLF", r.Code)
 		}
 		if l.BareCR || l.BareLF || l.NUL || l.BadTelnet {
