@@ -33,6 +33,12 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		s.corr.emit(x, chunk{b: append(r.Telnet(), "425 Can't open data connection: the server's passive-mode reply could not be parsed.\r\n"...), changed: true}, true)
 		return
 	}
+	if err := ftp.CheckPassive(ap); err != nil {
+		s.log.Warn("passive reply refused: the server announced a privileged port", zap.Int("code", r.Code),
+			zap.Uint16("port", ap.Port()), zap.Error(err))
+		s.reply(x, "425 Can't open data connection: the server announced a port below 1024.\r\n")
+		return
+	}
 	target := s.passiveTarget(ap)
 	adv, listenIP := s.advertised()
 	o, err := s.openOffer(true, listenIP, s.clientAddr.Addr(), target, s.serverSide.Addr())

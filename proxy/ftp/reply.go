@@ -2,6 +2,7 @@ package ftp
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/netip"
 )
@@ -226,4 +227,18 @@ func ParsePassiveReply(r *Reply) (ap netip.AddrPort, ok bool, err error) {
 		}
 	}
 	return netip.AddrPort{}, true, err
+}
+
+// CheckPassive applies to a server's passive-mode announcement what
+// CheckActive applies to a client's: the port must be above 1023. A
+// privileged port is never an FTP data port; a proxy that dialed one on a
+// server's word would be a port scanner of the server's own services (port
+// 22, 25, …), so the announcement is refused, as OpenBSD's ftp-proxy does
+// in both directions. The address needs no check here: the proxy dials the
+// server's control address unless told to trust the announcement.
+func CheckPassive(ap netip.AddrPort) error {
+	if ap.Port() < 1024 {
+		return fmt.Errorf("%w: %d", ErrPrivilegedPort, ap.Port())
+	}
+	return nil
 }
