@@ -146,8 +146,11 @@ func (s *Session) handleReply(r *ftp.Reply) {
 	case x.cmd.Passive() && s.passiveFallback(x, r):
 		// The answer to the proxy's PASV answers the client.
 	case x.cmd.Active() && s.activeFallback(x, r):
-	case x.cmd.Kind == ftp.KindEPSVAll && r.Code/100 != 2:
-		s.log.Info("server refused EPSV ALL; the proxy honours it", zap.Int("code", r.Code))
+	case x.cmd.Kind == ftp.KindEPSVAll && r.Code != 200:
+		// Refused, or taken for a plain EPSV (a 229 announcing a port):
+		// the proxy honours EPSV ALL itself, and a port the server opened
+		// is offered to no one.
+		s.log.Info("server did not accept EPSV ALL; the proxy honours it", zap.Int("code", r.Code))
 		s.reply(x, "200 EPSV ALL command successful.\r\n")
 	case x.cmd.Verb == "FEAT":
 		out := s.featReply(r)

@@ -10,29 +10,32 @@ import (
 	"time"
 )
 
-// lfServer is a scripted FTP server that ends every reply line with a bare
-// LF, as some embedded and old servers do. It answers a login, TYPE,
-// PASV/EPSV (with a real data listener), LIST and QUIT.
-type lfServer struct {
-	ln   net.Listener
-	done chan struct{}
+// miniServer is a scripted FTP server for one control connection: it
+// answers a login, FEAT, TYPE, PASV/EPSV (with a real data listener), LIST
+// and QUIT, ending its lines with eol. Quirks, when set, may answer a
+// command line in its own way first.
+type miniServer struct {
+	ln     net.Listener
+	eol    string
+	quirks func(line string) (reply string, ok bool)
+	done   chan struct{}
 }
 
-const lfListing = "-rw-r--r-- 1 ftp ftp 4 Jan 1 00:00 a.txt\n"
+const miniListing = "-rw-r--r-- 1 ftp ftp 4 Jan 1 00:00 a.txt\n"
 
-func startLFServer(t *testing.T) *lfServer {
+func startMiniServer(t *testing.T, eol string, quirks func(string) (string, bool)) *miniServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &lfServer{ln: ln, done: make(chan struct{})}
+	s := &miniServer{ln: ln, eol: eol, quirks: quirks, done: make(chan struct{})}
 	go s.serve()
 	t.Cleanup(func() { ln.Close(); <-s.done })
 	return s
 }
 
-func (s *lfServer) serve() {
+func (s *miniServer) serve() {
 	defer close(s.done)
 	c, err := s.ln.Accept()
 	if err != nil {
@@ -40,7 +43,7 @@ func (s *lfServer) serve() {
 	}
 	defer c.Close()
 	r := bufio.NewReader(c)
-	say := func(format string, a ...any) { fmt.Fprintf(c, format+"\n", a...) }
+	say := func(format string, a ...any) { fmt.Fprintf(c, format+s.eol, a...) }
 	say("220 lf-only server")
 	var data net.Listener
 	defer func() {
@@ -53,7 +56,14 @@ func (s *lfServer) serve() {
 		if err != nil {
 			return
 		}
-		verb, _, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
+		line = strings.TrimRight(line, "\r\n")
+		if s.quirks != nil {
+			if reply, ok := s.quirks(line); ok {
+				say("%s", reply)
+				continue
+			}
+		}
+		verb, _, _ := strings.Cut(line, " ")
 		switch strings.ToUpper(verb) {
 		case "USER":
 			say("331 password please")
@@ -80,7 +90,7 @@ func (s *lfServer) serve() {
 			if err != nil {
 				return
 			}
-			io.WriteString(dc, lfListing)
+			io.WriteString(dc, miniListing)
 			dc.Close()
 			say("226 done")
 		case "QUIT":
@@ -95,7 +105,7 @@ func (s *lfServer) serve() {
 // TestLFServer: a server whose reply lines end in a bare LF works through
 // the proxy, passive replies rewritten, multi-line replies whole.
 func TestLFServer(t *testing.T) {
-	up := startLFServer(t)
+	up := startMiniServer(t, "\n", nil)
 	e := startProxy(t, up.ln.Addr().String(), time.Second)
 	c := dialCtl(t, e.addr, "")
 	c.expect(t, 220)
@@ -108,12 +118,40 @@ func TestLFServer(t *testing.T) {
 	for _, mode := range []string{"PASV", "EPSV"} {
 		var b strings.Builder
 		c.download(t, mode, "LIST", 0, &b)
-		if b.String() != lfListing {
+		if b.String() != miniListing {
 			t.Errorf("%s LIST got %q", mode, b.String())
 		}
 	}
 	if holes := e.fw.Pinholes(); len(holes) != 0 {
 		t.Errorf("pinholes left open: %v", holes)
+	}
+	c.cmd(t, 221, "QUIT")
+}
+
+// TestEPSVAllAnsweredWith229: a server that takes EPSV ALL for a plain EPSV
+// answers 229 and opens a port. The proxy honours EPSV ALL itself: the
+// client gets its 200, and the port the server opened is offered to no one.
+func TestEPSVAllAnsweredWith229(t *testing.T) {
+	up := startMiniServer(t, "\r\n", func(line string) (string, bool) {
+		if strings.EqualFold(line, "EPSV ALL") {
+			return "229 Entering Extended Passive Mode (|||40001|)", true
+		}
+		return "", false
+	})
+	e := startProxy(t, up.ln.Addr().String(), time.Second)
+	c := dialCtl(t, e.addr, "")
+	c.expect(t, 220)
+	c.cmd(t, 331, "USER a")
+	c.cmd(t, 230, "PASS b")
+	c.cmd(t, 200, "EPSV ALL")
+	if holes := e.fw.Pinholes(); len(holes) != 0 {
+		t.Fatalf("EPSV ALL opened pinholes: %v", holes)
+	}
+	c.cmd(t, 501, "PASV")
+	var b strings.Builder
+	c.download(t, "EPSV", "LIST", 0, &b)
+	if b.String() != miniListing {
+		t.Errorf("EPSV LIST got %q", b.String())
 	}
 	c.cmd(t, 221, "QUIT")
 }
