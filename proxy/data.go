@@ -121,8 +121,12 @@ func (o *dataOffer) close() {
 func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	s.idle.transferStarted()
 	defer s.idle.transferEnded()
-	s.track(in, true)
-	defer s.track(in, false)
+	t := &transfer{s: s, mode: "passive", in: in, started: time.Now()}
+	if !o.passive {
+		t.mode = "active"
+	}
+	s.track(t, true)
+	defer s.track(t, false)
 
 	out, err := s.srv.dial(s.srv.dataCtx, o.from, 0, o.target.String())
 	o.settle()
@@ -132,38 +136,30 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 		in.Close()
 		return
 	}
-	s.track(out, true)
-	defer s.track(out, false)
-
-	client, server := in, out
-	mode := "passive"
-	if !o.passive {
-		client, server, mode = out, in, "active"
-	}
-	s.log.Info("data connection established", zap.String("mode", mode),
-		zap.Stringer("client_data", client.RemoteAddr()), zap.Stringer("server_data", server.RemoteAddr()))
-	start := time.Now()
-	toServer, toClient, err := splice(client, server)
-	d2 := time.Since(start)
-	fields := []zap.Field{zap.String("mode", mode), zap.Int64("bytes_to_client", toClient),
-		zap.Int64("bytes_to_server", toServer), zap.Duration("duration", d2)}
-	if secs := d2.Seconds(); secs > 0 {
-		fields = append(fields, zap.Float64("mbit_per_s", float64(toClient+toServer)*8/secs/1e6))
-	}
-	if err != nil {
-		s.log.Info("transfer ended with an error", append(fields, zap.Error(err))...)
+	if !t.connected(out) { // cut while dialing
 		return
 	}
-	s.log.Info("transfer finished", fields...)
+	client, server := in, out
+	if !o.passive {
+		client, server = out, in
+	}
+	s.log.Info(MsgDataConnected, zap.String("mode", t.mode),
+		zap.Stringer("client_data", client.RemoteAddr()), zap.Stringer("server_data", server.RemoteAddr()))
+	stop := t.watchIdle(s.srv.cfg.DataIdleTimeout)
+	toServer, toClient, err := splice(client, server)
+	stop()
+	t.end(toServer, toClient, err)
 }
 
-// track records a data connection so a server shutdown can cut it.
-func (s *Session) track(c *net.TCPConn, add bool) {
+// track records a running transfer, so the control channel can confirm
+// it and a server shutdown can cut it.
+func (s *Session) track(t *transfer, add bool) {
 	s.mu.Lock()
 	if add {
-		s.conns[c] = struct{}{}
+		s.transfers[t] = struct{}{}
+		s.unconfirmed = append(s.unconfirmed, t)
 	} else {
-		delete(s.conns, c)
+		delete(s.transfers, t)
 	}
 	s.mu.Unlock()
 }
@@ -172,14 +168,45 @@ func (s *Session) track(c *net.TCPConn, add bool) {
 // neither peer takes the cut for the end of the file.
 func (s *Session) abortTransfers() {
 	s.mu.Lock()
-	conns := make([]*net.TCPConn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
+	ts := make([]*transfer, 0, len(s.transfers))
+	for t := range s.transfers {
+		ts = append(ts, t)
 	}
 	s.mu.Unlock()
-	for _, c := range conns {
-		c.SetLinger(0)
-		c.Close()
+	for _, t := range ts {
+		t.abort(abortShutdown)
+	}
+}
+
+// confirmTransfer hands the server's final reply to a transfer command to
+// the oldest transfer not confirmed yet. A reply with no transfer waiting
+// (the server refused before any data connection) confirms nothing.
+func (s *Session) confirmTransfer(code int) {
+	s.mu.Lock()
+	var t *transfer
+	if len(s.unconfirmed) > 0 {
+		t = s.unconfirmed[0]
+		s.unconfirmed = s.unconfirmed[1:]
+	}
+	s.mu.Unlock()
+	if t != nil {
+		t.confirm(code)
+	}
+}
+
+// reportUnconfirmed logs the transfers the server never answered for, once
+// the session has ended.
+func (s *Session) reportUnconfirmed() {
+	s.mu.Lock()
+	ts := s.unconfirmed
+	s.unconfirmed = nil
+	s.mu.Unlock()
+	why := "the session ended before the server answered the transfer command"
+	if r := s.reason(); r == endServerClosed || r == endServerError {
+		why = "the server closed the control connection without answering the transfer command"
+	}
+	for _, t := range ts {
+		t.unconfirmed(why)
 	}
 }
 

@@ -25,7 +25,9 @@ import (
 
 	"github.com/jlaffaye/ftp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftpalg/ftpalg/internal/ftpd"
@@ -49,6 +51,7 @@ type env struct {
 	tap  *tap         // nil when the upstream is scripted
 	fw   *rulestest.Fake
 	tr   *tracer
+	logs *observer.ObservedLogs // everything the proxy logged at Info and above
 	srv  *Server
 	cfg  Config
 	addr string // the proxy's control address
@@ -93,12 +96,15 @@ func startProxy(t *testing.T, upstream string, grace time.Duration, mod ...func(
 func startProxyAt(t *testing.T, listen, upstream string, grace time.Duration, mod ...func(*Config)) *env {
 	t.Helper()
 	e := &env{fw: rulestest.NewFake(), tr: &tracer{}, serveDone: make(chan struct{})}
+	core, logs := observer.New(zap.InfoLevel)
+	e.logs = logs
+	test := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Core()
 	e.cfg = Config{
 		Upstream:          upstream,
 		ConnectTimeout:    5 * time.Second,
 		DataAcceptTimeout: 10 * time.Second,
 		Firewall:          e.fw,
-		Logger:            zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Logger:            zap.New(zapcore.NewTee(test, core)),
 		Trace:             e.tr.add,
 	}
 	for _, m := range mod {

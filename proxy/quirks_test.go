@@ -18,18 +18,24 @@ type miniServer struct {
 	ln     net.Listener
 	eol    string
 	quirks func(line string) (reply string, ok bool)
-	done   chan struct{}
+	// dieAfterData: after sending LIST's data, close the control
+	// connection instead of confirming with 226 (a server that died).
+	dieAfterData bool
+	done         chan struct{}
 }
 
 const miniListing = "-rw-r--r-- 1 ftp ftp 4 Jan 1 00:00 a.txt\n"
 
-func startMiniServer(t *testing.T, eol string, quirks func(string) (string, bool)) *miniServer {
+func startMiniServer(t *testing.T, eol string, quirks func(string) (string, bool), mod ...func(*miniServer)) *miniServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &miniServer{ln: ln, eol: eol, quirks: quirks, done: make(chan struct{})}
+	for _, m := range mod {
+		m(s)
+	}
 	go s.serve()
 	t.Cleanup(func() { ln.Close(); <-s.done })
 	return s
@@ -92,6 +98,9 @@ func (s *miniServer) serve() {
 			}
 			io.WriteString(dc, miniListing)
 			dc.Close()
+			if s.dieAfterData {
+				return
+			}
 			say("226 done")
 		case "QUIT":
 			say("221 bye")

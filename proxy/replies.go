@@ -140,16 +140,20 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		s.corr.emit(nil, chunk{b: r.Raw()}, true)
 		return
 	}
+	if ftp.TransferVerb(x.cmd.Verb) {
+		s.confirmTransfer(r.Code)
+	}
 	switch {
 	case x.cmd.Passive() && (ftp.AddressCode(r.Code) || r.Code == 0):
 		s.passiveReply(x, r)
 	case x.cmd.Passive() && s.passiveFallback(x, r):
 		// The answer to the proxy's PASV answers the client.
 	case x.cmd.Active() && s.activeFallback(x, r):
-	case x.cmd.Kind == ftp.KindEPSVAll && r.Code != 200:
+	case x.cmd.Kind == ftp.KindEPSVAll && (r.Code/100 != 2 || ftp.AddressCode(r.Code)):
 		// Refused, or taken for a plain EPSV (a 229 announcing a port):
 		// the proxy honours EPSV ALL itself, and a port the server opened
-		// is offered to no one.
+		// is offered to no one. Any other 2xx (pyftpdlib says 220) is the
+		// server's acceptance and goes on as it is.
 		s.log.Info("server did not accept EPSV ALL; the proxy honours it", zap.Int("code", r.Code))
 		s.reply(x, "200 EPSV ALL command successful.\r\n")
 	case x.cmd.Verb == "FEAT":

@@ -55,6 +55,10 @@ type Config struct {
 	ConnectTimeout    time.Duration // dialing the server (control and data)
 	DataAcceptTimeout time.Duration // waiting for the announced data connection
 	IdleTimeout       time.Duration // control silence outside transfers; <0 disables
+	// DataIdleTimeout aborts a transfer that has moved no byte in either
+	// direction for this long (a peer that stopped reading or sending);
+	// <0 disables.
+	DataIdleTimeout time.Duration
 	MaxSessions       int           // <0: no limit
 	MaxSessionsPerIP  int           // <0: no limit
 
@@ -73,6 +77,10 @@ const (
 	DefaultConnectTimeout    = 10 * time.Second
 	DefaultDataAcceptTimeout = 30 * time.Second
 	DefaultIdleTimeout       = 15 * time.Minute
+	// DefaultDataIdleTimeout is in line with servers' own data
+	// connection timeouts (vsftpd data_connection_timeout 300 s,
+	// pure-ftpd 5 minutes).
+	DefaultDataIdleTimeout = 5 * time.Minute
 	DefaultMaxSessions       = 1024
 	DefaultMaxSessionsPerIP  = 64
 )
@@ -141,6 +149,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.DataIdleTimeout == 0 {
+		cfg.DataIdleTimeout = DefaultDataIdleTimeout
 	}
 	if cfg.MaxSessions == 0 {
 		cfg.MaxSessions = DefaultMaxSessions

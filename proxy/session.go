@@ -110,7 +110,8 @@ type Session struct {
 	// connected so the reply that ends its transfer can wait for the
 	// client's side.
 	activeOffer *dataOffer
-	conns       map[*net.TCPConn]struct{} // data connections of running transfers
+	transfers   map[*transfer]struct{} // running, for a shutdown to cut
+	unconfirmed []*transfer            // waiting for the server's answer to their command, oldest first
 }
 
 func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *Session {
@@ -124,7 +125,7 @@ func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *S
 		clientSide: nat.AddrPortOf(client.LocalAddr()),
 		corr:       newCorrelator(),
 		handover:   make(chan struct{}),
-		conns:      map[*net.TCPConn]struct{}{},
+		transfers:  map[*transfer]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.done = s.ctx.Done()
@@ -135,6 +136,7 @@ func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *S
 // run relays the session until it ends, then cleans up. It returns when
 // every goroutine and data connection of the session is gone.
 func (s *Session) run() {
+	defer s.reportUnconfirmed()
 	defer s.data.Wait()
 	s.log.Info("session started", zap.Stringer("local", s.clientSide))
 	if !s.dialServer() {
