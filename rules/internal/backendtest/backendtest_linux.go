@@ -24,8 +24,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 )
 
 // Config names the backend under test.
@@ -41,7 +41,7 @@ type Config struct {
 }
 
 // enter moves the calling goroutine into n when c needs it.
-func (c Config) enter(n *netnstest.NS) (exit func(), err error) {
+func (c Config) enter(n *nstest.NS) (exit func(), err error) {
 	if !c.PerThread {
 		return func() {}, nil
 	}
@@ -56,13 +56,13 @@ func (c Config) Options(t testing.TB) rules.Options {
 // Require skips or fails t unless root and the tools are there.
 func (c Config) Require(t testing.TB) {
 	t.Helper()
-	tools := []string{netnstest.Cmd("4", c.Variant), netnstest.Cmd("6", c.Variant),
-		netnstest.Cmd("4", c.Variant) + "-save", netnstest.Cmd("6", c.Variant) + "-save"}
-	netnstest.Require(t, append(tools, c.Tools...)...)
+	tools := []string{nstest.Cmd("4", c.Variant), nstest.Cmd("6", c.Variant),
+		nstest.Cmd("4", c.Variant) + "-save", nstest.Cmd("6", c.Variant) + "-save"}
+	nstest.Require(t, append(tools, c.Tools...)...)
 }
 
 // SetUp builds a backend and runs Setup inside n; Teardown runs when t ends.
-func (c Config) SetUp(t testing.TB, n *netnstest.NS, opts rules.Options) rules.Backend {
+func (c Config) SetUp(t testing.TB, n *nstest.NS, opts rules.Options) rules.Backend {
 	t.Helper()
 	b := c.New(opts)
 	n.Do(t, func() {
@@ -87,7 +87,7 @@ func Pinhole(peer, local netip.Addr, port uint16, session uint64, life time.Dura
 }
 
 // Do runs a backend call inside n and fails t on error.
-func Do(t testing.TB, n *netnstest.NS, what string, f func(context.Context) error) {
+func Do(t testing.TB, n *nstest.NS, what string, f func(context.Context) error) {
 	t.Helper()
 	var err error
 	n.Do(t, func() { err = f(context.Background()) })
@@ -106,16 +106,16 @@ const dropWait = 600 * time.Millisecond
 // keeps working; and after Teardown nothing of ours lets anything in.
 func Packet(t *testing.T, c Config) {
 	c.Require(t)
-	topo := netnstest.NewTopology(t)
-	netnstest.DefaultDrop(t, topo.Server, c.Variant)
+	topo := nstest.NewTopology(t)
+	nstest.DefaultDrop(t, topo.Server, c.Variant)
 	b := c.SetUp(t, topo.Server, c.Options(t))
 
 	for _, fam := range []struct {
 		name               string
 		server, peer, othr netip.Addr
 	}{
-		{"ipv4", netnstest.ServerAddr4, netnstest.PeerAddr4, netnstest.OtherAddr4},
-		{"ipv6", netnstest.ServerAddr6, netnstest.PeerAddr6, netnstest.OtherAddr6},
+		{"ipv4", nstest.ServerAddr4, nstest.PeerAddr4, nstest.OtherAddr4},
+		{"ipv6", nstest.ServerAddr6, nstest.PeerAddr6, nstest.OtherAddr6},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
 			ln := topo.Server.Listen(t, netip.AddrPortFrom(fam.server, 0))
@@ -154,14 +154,14 @@ func Packet(t *testing.T, c Config) {
 	}
 }
 
-func mustDrop(t *testing.T, topo *netnstest.Topology, from netip.Addr, to netip.AddrPort, when string) {
+func mustDrop(t *testing.T, topo *nstest.Topology, from netip.Addr, to netip.AddrPort, when string) {
 	t.Helper()
 	c, err := topo.Peer.Dial(from, to, dropWait)
 	if err == nil {
 		c.Close()
 		t.Fatalf("%s: connect from %s to %s succeeded, want it dropped", when, from, to)
 	}
-	if !netnstest.IsTimeout(err) {
+	if !nstest.IsTimeout(err) {
 		t.Fatalf("%s: connect from %s to %s: %v, want a timeout (SYN dropped)", when, from, to, err)
 	}
 }
@@ -185,15 +185,15 @@ func echo(ln *net.TCPListener) {
 // nothing lost, duplicated or leaked — and nothing after closing those.
 func Concurrent(t *testing.T, c Config, n int) {
 	c.Require(t)
-	ns := netnstest.New(t)
+	ns := nstest.New(t)
 	b := c.SetUp(t, ns, c.Options(t))
 	l := b.(rules.Lister)
 
 	ps := make([]rules.Pinhole, n)
 	for i := range ps {
-		peer, local := netnstest.PeerAddr4, netnstest.ServerAddr4
+		peer, local := nstest.PeerAddr4, nstest.ServerAddr4
 		if i%4 == 3 {
-			peer, local = netnstest.PeerAddr6, netnstest.ServerAddr6
+			peer, local = nstest.PeerAddr6, nstest.ServerAddr6
 		}
 		ps[i] = Pinhole(peer, local, uint16(40000+i), uint64(i+1), time.Minute)
 	}
@@ -246,7 +246,7 @@ func Concurrent(t *testing.T, c Config, n int) {
 }
 
 // expect checks that List (the kernel) holds exactly ps[idx].
-func expect(t *testing.T, ns *netnstest.NS, l rules.Lister, ps []rules.Pinhole, idx []int, when string) {
+func expect(t *testing.T, ns *nstest.NS, l rules.Lister, ps []rules.Pinhole, idx []int, when string) {
 	t.Helper()
 	var got []rules.Pinhole
 	Do(t, ns, "List", func(ctx context.Context) (err error) { got, err = l.List(ctx); return err })
@@ -287,11 +287,11 @@ func diff(a, b []string) []string {
 // chains and hooks behind, which a later run reuses without duplicating.
 func Restore(t *testing.T, c Config) {
 	c.Require(t)
-	ns := netnstest.New(t)
+	ns := nstest.New(t)
 	// a host ruleset of its own, in both families, and a set that is not ours
-	netnstest.DefaultDrop(t, ns, c.Variant)
+	nstest.DefaultDrop(t, ns, c.Variant)
 	for _, fam := range []string{"4", "6"} {
-		cmd := netnstest.Cmd(fam, c.Variant)
+		cmd := nstest.Cmd(fam, c.Variant)
 		ns.Run(t, cmd, "-w", "-N", "HOST-SSH")
 		ns.Run(t, cmd, "-w", "-A", "HOST-SSH", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
 		ns.Run(t, cmd, "-w", "-A", "INPUT", "-j", "HOST-SSH")
@@ -314,9 +314,9 @@ func Restore(t *testing.T, c Config) {
 		b := c.New(opts)
 		Do(t, ns, "Setup", b.Setup)
 		for i, p := range []rules.Pinhole{
-			Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 1, time.Minute),
-			Pinhole(netnstest.OtherAddr4, netnstest.ServerAddr4, 50001, 2, time.Minute),
-			Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50002, 3, time.Minute),
+			Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 1, time.Minute),
+			Pinhole(nstest.OtherAddr4, nstest.ServerAddr4, 50001, 2, time.Minute),
+			Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50002, 3, time.Minute),
 		} {
 			Do(t, ns, fmt.Sprint("Open ", i), func(ctx context.Context) error { return b.Open(ctx, p) })
 		}
@@ -355,7 +355,7 @@ func Restore(t *testing.T, c Config) {
 	}
 }
 
-func listIn(ns *netnstest.NS, b rules.Backend) ([]rules.Pinhole, error) {
+func listIn(ns *nstest.NS, b rules.Backend) ([]rules.Pinhole, error) {
 	exit, err := ns.Enter()
 	if err != nil {
 		return nil, err
@@ -370,12 +370,12 @@ func listIn(ns *netnstest.NS, b rules.Backend) ([]rules.Pinhole, error) {
 // daemon's later Close of a flushed pinhole still succeeds.
 func ListFlush(t *testing.T, c Config) {
 	c.Require(t)
-	ns := netnstest.New(t)
+	ns := nstest.New(t)
 	daemon := c.SetUp(t, ns, c.Options(t))
 	ps := []rules.Pinhole{
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50010, 41, time.Minute),
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50011, 42, time.Minute),
-		Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50012, 43, time.Minute),
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50010, 41, time.Minute),
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50011, 42, time.Minute),
+		Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50012, 43, time.Minute),
 	}
 	for _, p := range ps {
 		Do(t, ns, "Open", func(ctx context.Context) error { return daemon.Open(ctx, p) })
@@ -397,7 +397,7 @@ func ListFlush(t *testing.T, c Config) {
 	expect(t, ns, cli, ps, nil, "after the daemon's own Flush")
 }
 
-func mustList(t *testing.T, ns *netnstest.NS, l rules.Lister) []rules.Pinhole {
+func mustList(t *testing.T, ns *nstest.NS, l rules.Lister) []rules.Pinhole {
 	t.Helper()
 	var got []rules.Pinhole
 	Do(t, ns, "List", func(ctx context.Context) (err error) { got, err = l.List(ctx); return err })
@@ -408,21 +408,21 @@ func mustList(t *testing.T, ns *netnstest.NS, l rules.Lister) []rules.Pinhole {
 // cannot be expressed is ErrInvalid, and Open before Setup is ErrNotReady.
 func Errors(t *testing.T, c Config) {
 	c.Require(t)
-	ns := netnstest.New(t)
+	ns := nstest.New(t)
 	fresh := c.New(c.Options(t))
 	var err error
 	ns.Do(t, func() {
-		err = fresh.Open(context.Background(), Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 1, time.Second))
+		err = fresh.Open(context.Background(), Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 1, time.Second))
 	})
 	if !errors.Is(err, rules.ErrNotReady) {
 		t.Errorf("Open before Setup: %v, want ErrNotReady", err)
 	}
 	b := c.SetUp(t, ns, c.Options(t))
 	for _, p := range []rules.Pinhole{
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr6, 50000, 1, time.Second),                  // mixed families
-		Pinhole(netnstest.PeerAddr4, netip.IPv4Unspecified(), 50000, 1, time.Second),                // any local address
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 0, 1, time.Second),                      // port 0
-		{Proto: 17, Peer: netnstest.PeerAddr4, Local: netip.AddrPortFrom(netnstest.ServerAddr4, 1)}, // udp
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr6, 50000, 1, time.Second),                  // mixed families
+		Pinhole(nstest.PeerAddr4, netip.IPv4Unspecified(), 50000, 1, time.Second),             // any local address
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 0, 1, time.Second),                      // port 0
+		{Proto: 17, Peer: nstest.PeerAddr4, Local: netip.AddrPortFrom(nstest.ServerAddr4, 1)}, // udp
 	} {
 		ns.Do(t, func() { err = b.Open(context.Background(), p) })
 		if !errors.Is(err, rules.ErrInvalid) {
@@ -432,16 +432,16 @@ func Errors(t *testing.T, c Config) {
 		}
 	}
 	// an IPv4-mapped peer is the IPv4 peer
-	mapped := Pinhole(netip.AddrFrom16(netnstest.PeerAddr4.As16()), netnstest.ServerAddr4, 50003, 1, time.Minute)
+	mapped := Pinhole(netip.AddrFrom16(nstest.PeerAddr4.As16()), nstest.ServerAddr4, 50003, 1, time.Minute)
 	Do(t, ns, "Open mapped", func(ctx context.Context) error { return b.Open(ctx, mapped) })
 	got := mustList(t, ns, b.(rules.Lister))
-	if len(got) != 1 || got[0].Peer != netnstest.PeerAddr4 {
+	if len(got) != 1 || got[0].Peer != nstest.PeerAddr4 {
 		t.Errorf("after opening a pinhole for an IPv4-mapped peer List = %v", got)
 	}
 	Do(t, ns, "Close mapped", func(ctx context.Context) error { return b.Close(ctx, mapped) })
 	// closing what was never opened is fine
 	Do(t, ns, "Close unknown", func(ctx context.Context) error {
-		return b.Close(ctx, Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50009, 1, time.Second))
+		return b.Close(ctx, Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50009, 1, time.Second))
 	})
 }
 
@@ -451,11 +451,11 @@ func Errors(t *testing.T, c Config) {
 // figures.
 func Latency(t *testing.T, c Config, n, conc int) Figures {
 	c.Require(t)
-	ns := netnstest.New(t)
+	ns := nstest.New(t)
 	b := c.SetUp(t, ns, c.Options(t))
 	ps := make([]rules.Pinhole, n)
 	for i := range ps {
-		ps[i] = Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, uint16(10000+i), uint64(i), time.Minute)
+		ps[i] = Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, uint16(10000+i), uint64(i), time.Minute)
 	}
 	var f Figures
 	f.N, f.Conc = n, conc
@@ -566,8 +566,8 @@ func NotPermitted(t *testing.T, c Config) {
 		return
 	}
 	c.Require(t)
-	netnstest.Require(t, "setpriv")
-	ns := netnstest.New(t)
+	nstest.Require(t, "setpriv")
+	ns := nstest.New(t)
 	run := "^" + strings.ReplaceAll(t.Name(), "/", "$/^") + "$"
 	cmd := exec.Command("ip", "netns", "exec", ns.Name,
 		"setpriv", "--bounding-set=-all", "--inh-caps=-all",
@@ -590,19 +590,19 @@ func NotPermitted(t *testing.T, c Config) {
 // pinholes — a connection through the second's pinhole still gets in.
 func Instances(t *testing.T, c Config) {
 	c.Require(t)
-	topo := netnstest.NewTopology(t)
-	netnstest.DefaultDrop(t, topo.Server, c.Variant)
+	topo := nstest.NewTopology(t)
+	nstest.DefaultDrop(t, topo.Server, c.Variant)
 	ns := topo.Server
 	optsA, optsB := c.Options(t), c.Options(t)
 	optsA.Instance, optsB.Instance = "a", "b"
 	a, b := c.New(optsA), c.New(optsB)
-	lnA := ns.Listen(t, netip.AddrPortFrom(netnstest.ServerAddr4, 0))
-	lnB := ns.Listen(t, netip.AddrPortFrom(netnstest.ServerAddr4, 0))
+	lnA := ns.Listen(t, netip.AddrPortFrom(nstest.ServerAddr4, 0))
+	lnB := ns.Listen(t, netip.AddrPortFrom(nstest.ServerAddr4, 0))
 	go echo(lnA)
 	go echo(lnB)
 	portA, portB := lnA.Addr().(*net.TCPAddr).AddrPort(), lnB.Addr().(*net.TCPAddr).AddrPort()
-	pa := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, portA.Port(), 1, time.Minute)
-	pb := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, portB.Port(), 2, time.Minute)
+	pa := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, portA.Port(), 1, time.Minute)
+	pb := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, portB.Port(), 2, time.Minute)
 
 	Do(t, ns, "Setup a", a.Setup)
 	Do(t, ns, "Open a", func(ctx context.Context) error { return a.Open(ctx, pa) })
@@ -612,8 +612,8 @@ func Instances(t *testing.T, c Config) {
 	expect(t, ns, b.(rules.Lister), []rules.Pinhole{pb}, []int{0}, "b's pinholes")
 
 	Do(t, ns, "Teardown a", a.Teardown)
-	mustDrop(t, topo, netnstest.PeerAddr4, portA, "a's pinhole after a's Teardown")
-	conn, err := topo.Peer.Dial(netnstest.PeerAddr4, portB, 2*time.Second)
+	mustDrop(t, topo, nstest.PeerAddr4, portA, "a's pinhole after a's Teardown")
+	conn, err := topo.Peer.Dial(nstest.PeerAddr4, portB, 2*time.Second)
 	if err != nil {
 		t.Fatalf("b's pinhole after a's Teardown: %v", err)
 	}
@@ -621,13 +621,13 @@ func Instances(t *testing.T, c Config) {
 	for _, fam := range []string{"4", "6"} {
 		rs := strings.Join(ns.Rules(t, fam, c.Variant), "\n")
 		if strings.Contains(rs, "FTPALG-INPUT-a") || !strings.Contains(rs, "-j FTPALG-INPUT-b") {
-			t.Errorf("after a's Teardown, %s -S:\n%s", netnstest.Cmd(fam, c.Variant), rs)
+			t.Errorf("after a's Teardown, %s -S:\n%s", nstest.Cmd(fam, c.Variant), rs)
 		}
 	}
 	Do(t, ns, "Teardown b", b.Teardown)
 	for _, fam := range []string{"4", "6"} {
 		if rs := strings.Join(ns.Rules(t, fam, c.Variant), "\n"); strings.Contains(rs, "FTPALG") {
-			t.Errorf("after both Teardowns, %s -S:\n%s", netnstest.Cmd(fam, c.Variant), rs)
+			t.Errorf("after both Teardowns, %s -S:\n%s", nstest.Cmd(fam, c.Variant), rs)
 		}
 	}
 }
