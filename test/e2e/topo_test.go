@@ -3,12 +3,14 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"net/netip"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
-// Addresses of the test topology (documentation ranges only).
+// Addresses of the test topology, nstest.Chain's (documentation ranges
+// only):
 //
 //	client ns                 front ns                          server ns
 //	198.51.100.10/24  ---  198.51.100.1/24 | 192.0.2.1/24  ---  192.0.2.10/24
@@ -16,21 +18,16 @@ import (
 //
 // The server "sits on a private network behind the front host and announces
 // its private address 192.0.2.10"; clients only ever see 198.51.100.1.
-const (
-	ClientIP4      = "198.51.100.10"
-	FrontClientIP4 = "198.51.100.1"
-	FrontServerIP4 = "192.0.2.1"
-	ServerIP4      = "192.0.2.10"
+var (
+	ClientIP4      = nstest.V4.Client.String()
+	FrontClientIP4 = nstest.V4.RouterClient.String()
+	FrontServerIP4 = nstest.V4.RouterServer.String()
+	ServerIP4      = nstest.V4.Server.String()
 
-	ClientIP6      = "2001:db8:1::10"
-	FrontClientIP6 = "2001:db8:1::1"
-	FrontServerIP6 = "2001:db8:2::1"
-	ServerIP6      = "2001:db8:2::10"
-
-	clientNet4 = "198.51.100.0/24"
-	serverNet4 = "192.0.2.0/24"
-	clientNet6 = "2001:db8:1::/64"
-	serverNet6 = "2001:db8:2::/64"
+	ClientIP6      = nstest.V6.Client.String()
+	FrontClientIP6 = nstest.V6.RouterClient.String()
+	FrontServerIP6 = nstest.V6.RouterServer.String()
+	ServerIP6      = nstest.V6.Server.String()
 )
 
 // TopoOptions select the deviations from the default topology, in which
@@ -50,68 +47,21 @@ type TopoOptions struct {
 // Topology is the three-namespace test network.
 type Topology struct {
 	ID                    string
-	Client, Front, Server *Netns
+	Client, Front, Server *nstest.NS
 }
 
 // NewTopology builds the namespaces, veth pairs, addresses and routes. All
 // of it disappears in t.Cleanup.
 func NewTopology(t testing.TB, opt TopoOptions) *Topology {
 	t.Helper()
-	var b [3]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	id := hex.EncodeToString(b[:])
-	topo := &Topology{
-		ID:     id,
-		Client: newNetns(t, "fa-"+id+"-c"),
-		Front:  newNetns(t, "fa-"+id+"-f"),
-		Server: newNetns(t, "fa-"+id+"-s"),
-	}
-	fwd := "0"
-	if opt.Forwarding {
-		fwd = "1"
-	}
-	for _, ns := range []*Netns{topo.Client, topo.Front, topo.Server} {
-		// Addresses must be usable at once: no duplicate address detection,
-		// no router solicitations / autoconfiguration.
-		ns.Sysctl(t, "net.ipv6.conf.all.accept_dad", "0")
-		ns.Sysctl(t, "net.ipv6.conf.default.accept_dad", "0")
-		ns.Sysctl(t, "net.ipv6.conf.all.accept_ra", "0")
-		ns.Sysctl(t, "net.ipv6.conf.default.accept_ra", "0")
-		ns.Sysctl(t, "net.ipv6.conf.all.disable_ipv6", "0")
-		ns.Sysctl(t, "net.ipv6.conf.default.disable_ipv6", "0")
-		if ns == topo.Front {
-			ns.Sysctl(t, "net.ipv4.ip_forward", fwd)
-			ns.Sysctl(t, "net.ipv6.conf.all.forwarding", fwd)
-		} else {
-			ns.Sysctl(t, "net.ipv4.ip_forward", "0")
-			ns.Sysctl(t, "net.ipv6.conf.all.forwarding", "0")
-		}
-	}
-
-	// veth pairs are created directly inside the namespaces, so no
-	// interface name ever appears in the root namespace.
-	topo.Client.IP(t, "link", "add", "eth0", "type", "veth", "peer", "name", "cli0", "netns", topo.Front.Name)
-	topo.Server.IP(t, "link", "add", "eth0", "type", "veth", "peer", "name", "srv0", "netns", topo.Front.Name)
-
-	addr := func(ns *Netns, dev, a4, a6 string) {
-		ns.IP(t, "addr", "add", a4, "dev", dev)
-		ns.IP(t, "-6", "addr", "add", a6, "dev", dev, "nodad")
-		ns.IP(t, "link", "set", dev, "up")
-	}
-	addr(topo.Client, "eth0", ClientIP4+"/24", ClientIP6+"/64")
-	addr(topo.Front, "cli0", FrontClientIP4+"/24", FrontClientIP6+"/64")
-	addr(topo.Front, "srv0", FrontServerIP4+"/24", FrontServerIP6+"/64")
-	addr(topo.Server, "eth0", ServerIP4+"/24", ServerIP6+"/64")
-
+	id := nstest.RandomName("fa")
+	o := nstest.ChainOptions{Forwarding: opt.Forwarding, Prefix: id}
 	if opt.ServerRouteToClient {
-		topo.Server.IP(t, "route", "add", clientNet4, "via", FrontServerIP4)
-		topo.Server.IP(t, "-6", "route", "add", clientNet6, "via", FrontServerIP6)
+		o.ServerRoutes = []netip.Prefix{nstest.V4.ClientNet, nstest.V6.ClientNet}
 	}
 	if opt.ClientRouteToServer {
-		topo.Client.IP(t, "route", "add", serverNet4, "via", FrontClientIP4)
-		topo.Client.IP(t, "-6", "route", "add", serverNet6, "via", FrontClientIP6)
+		o.ClientRoutes = []netip.Prefix{nstest.V4.ServerNet, nstest.V6.ServerNet}
 	}
-	return topo
+	c := nstest.NewChain(t, o)
+	return &Topology{ID: id, Client: c.Client, Front: c.Router, Server: c.Server}
 }
