@@ -35,10 +35,10 @@ type throughputResult struct {
 
 func runThroughput(o *options, serverAddr, proxyAddr string, proxyPID int) (*throughputResult, error) {
 	res := &throughputResult{}
-	fmt.Printf("\n== 1. Throughput: RETR of %s (EPSV, TYPE I), %d runs each, alternating ==\n", benchkit.FormatSize(o.size), o.runs)
+	fmt.Printf("\n== 1. Throughput: RETR of %s (EPSV, TYPE I), %d runs each, alternating ==\n", benchkit.FormatSize(o.Size), o.Runs)
 	var cpuTotal float64
 	var proxBytes int64
-	for i := range o.runs {
+	for i := range o.Runs {
 		for _, via := range []string{"direct", "proxy"} {
 			addr := serverAddr
 			if via == "proxy" {
@@ -46,7 +46,7 @@ func runThroughput(o *options, serverAddr, proxyAddr string, proxyPID int) (*thr
 			}
 			cpu0, _ := benchkit.CPUSeconds(proxyPID)
 			m0, _ := benchkit.MachineCPU()
-			n, secs, err := benchkit.Download(addr, o.size, make([]byte, o.bufSize), o.xferTimeout, nil)
+			n, secs, err := benchkit.Download(addr, o.Size, make([]byte, o.BufSize), o.XferTimeout, nil)
 			m1, _ := benchkit.MachineCPU()
 			cpu1, _ := benchkit.CPUSeconds(proxyPID)
 			if err != nil {
@@ -104,7 +104,7 @@ type rateResult struct {
 func runRate(o *options, label, addr string, proxyPID int) *rateResult {
 	m0, _ := benchkit.MachineCPU()
 	cpu0, _ := benchkit.CPUSeconds(proxyPID)
-	rr := benchkit.RunRate(addr, o.clients, o.duration, o.sessionTimeout)
+	rr := benchkit.RunRate(addr, o.Clients, o.Duration, o.SessionTimeout)
 	m1, _ := benchkit.MachineCPU()
 	r := &rateResult{sessions: len(rr.Latencies), secs: rr.Secs, rate: float64(len(rr.Latencies)) / rr.Secs,
 		p50: benchkit.Percentile(rr.Latencies, 50), p99: benchkit.Percentile(rr.Latencies, 99), errors: rr.Errors, errKinds: rr.ErrKinds}
@@ -168,7 +168,7 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 				if i >= o.idle {
 					return
 				}
-				c, err := benchftp.Open(proxyAddr, time.Now().Add(o.sessionTimeout))
+				c, err := benchftp.Open(proxyAddr, time.Now().Add(o.SessionTimeout))
 				if err != nil {
 					failed.Add(1)
 					mu.Lock()

@@ -39,24 +39,11 @@ import (
 )
 
 type options struct {
-	size           int64
-	runs           int
-	bufSize        int
-	xferTimeout    time.Duration
-	clients        int
-	duration       time.Duration
-	sessionTimeout time.Duration
-	idle           int
-	settle         time.Duration
-	releaseWait    time.Duration
-	only           map[string]bool
-	server         string
-	vsftpd         string
-	proxyBin       string
-	serverPasv     string
-	proxyData      string
-	keep           bool
-	markdown       string
+	benchkit.Flags
+	idle        int
+	settle      time.Duration
+	releaseWait time.Duration
+	server      string
 }
 
 func main() {
@@ -73,55 +60,21 @@ func main() {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	var size, bufSize, only string
-	flag.StringVar(&size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB suffixes)")
-	flag.IntVar(&o.runs, "runs", 3, "throughput runs each, direct and through the proxy, alternating")
-	flag.StringVar(&bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
-	flag.DurationVar(&o.xferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
-	flag.IntVar(&o.clients, "clients", 32, "concurrent clients in the session-rate test")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long each session-rate measurement runs")
-	flag.DurationVar(&o.sessionTimeout, "session-timeout", 10*time.Second, "time limit of one session (rate test) or one login (idle test)")
+	o.Define(32, []string{"throughput", "rate", "idle"}, "which measurements to run, comma-separated")
 	flag.IntVar(&o.idle, "idle", 5000, "idle sessions held open through the proxy in the memory test")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "wait before reading memory figures")
 	flag.DurationVar(&o.releaseWait, "release-wait", 300*time.Second, "after closing the idle sessions, how long to wait for the proxy's RSS to come back near the baseline")
-	flag.StringVar(&only, "only", "throughput,rate,idle", "which measurements to run, comma-separated")
 	flag.StringVar(&o.server, "server", "auto", "server for throughput and rate: auto (vsftpd if present), vsftpd or ftpd (in-process internal/ftpd)")
-	flag.StringVar(&o.vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
-	flag.StringVar(&o.proxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
-	flag.StringVar(&o.serverPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
-	flag.StringVar(&o.proxyData, "proxy-data-ports", "28000-30999", "proxy --data-ports (keep it out of net.ipv4.ip_local_port_range)")
-	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (files, configs, logs)")
-	flag.StringVar(&o.markdown, "markdown", "", "also write the results as Markdown to this file")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", flag.Arg(0))
-	}
-	var err error
-	if o.size, err = benchkit.ParseSize(size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	n, err := benchkit.ParseSize(bufSize)
-	if err != nil || n < 1 || n > 1<<30 {
-		return nil, fmt.Errorf("--bufsize %q: want a size up to 1GiB", bufSize)
-	}
-	o.bufSize = int(n)
-	o.only = map[string]bool{}
-	for _, w := range strings.Split(only, ",") {
-		switch w = strings.TrimSpace(w); w {
-		case "throughput", "rate", "idle":
-			o.only[w] = true
-		case "":
-		default:
-			return nil, fmt.Errorf("--only: unknown measurement %q (throughput, rate, idle)", w)
-		}
+	if err := o.Parse(); err != nil {
+		return nil, err
 	}
 	switch o.server {
 	case "auto", "vsftpd", "ftpd":
 	default:
 		return nil, fmt.Errorf("--server %q: want auto, vsftpd or ftpd", o.server)
 	}
-	if o.runs < 1 || o.clients < 1 || o.idle < 1 || o.size < 1 {
-		return nil, fmt.Errorf("--runs, --clients, --idle and --size must be positive")
+	if o.idle < 1 {
+		return nil, fmt.Errorf("--idle must be positive")
 	}
 	return o, nil
 }
@@ -153,7 +106,7 @@ func run(o *options) error {
 	if err != nil {
 		return err
 	}
-	if o.keep {
+	if o.Keep {
 		fmt.Println("temporary directory (kept):", dir)
 	} else {
 		defer os.RemoveAll(dir)
@@ -178,16 +131,16 @@ func run(o *options) error {
 		}
 		fmt.Printf("background load before starting: %.2f of %d CPUs busy%s\n", res.background, runtime.NumCPU(), note)
 	}
-	bin := o.proxyBin
+	bin := o.ProxyBin
 	if bin == "" {
 		fmt.Println("building ./cmd/ftpalg ...")
 		if bin, err = benchkit.BuildProxy(dir); err != nil {
 			return err
 		}
 	}
-	needFiles := o.only["throughput"] || o.only["rate"]
-	size := o.size
-	if !o.only["throughput"] {
+	needFiles := o.Only["throughput"] || o.Only["rate"]
+	size := o.Size
+	if !o.Only["throughput"] {
 		size = 0
 	}
 	if needFiles {
@@ -205,7 +158,7 @@ func run(o *options) error {
 	defer benchkit.StopAll(stopGrace)
 	benchkit.OnSignal("bench", "stopping the server and proxy", func() {
 		benchkit.StopAll(stopGrace)
-		if !o.keep {
+		if !o.Keep {
 			os.RemoveAll(dir)
 		}
 	})
@@ -213,20 +166,20 @@ func run(o *options) error {
 	if needFiles {
 		useVsftpd := o.server == "vsftpd"
 		if o.server == "auto" {
-			_, err := os.Stat(o.vsftpd)
+			_, err := os.Stat(o.Vsftpd)
 			useVsftpd = err == nil
 			if !useVsftpd {
-				fmt.Printf("NOTE: %s not found: falling back to the in-process internal/ftpd server (it shares this process's CPU with the clients)\n", o.vsftpd)
+				fmt.Printf("NOTE: %s not found: falling back to the in-process internal/ftpd server (it shares this process's CPU with the clients)\n", o.Vsftpd)
 			}
 		}
 		var serverAddr string
 		var vs *nstest.Proc
 		if useVsftpd {
 			var err error
-			if vs, serverAddr, err = startVsftpd(o.vsftpd, dir, root, o.serverPasv, 100000); err != nil {
+			if vs, serverAddr, err = startVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000); err != nil {
 				return err
 			}
-			res.serverName = "vsftpd (" + o.vsftpd + ", separate process)"
+			res.serverName = "vsftpd (" + o.Vsftpd + ", separate process)"
 		} else {
 			srv, err := ftpd.Start(ftpd.Options{Dir: root, Listen: "127.0.0.1:0"})
 			if err != nil {
@@ -236,20 +189,20 @@ func run(o *options) error {
 			serverAddr = srv.Addr()
 			res.serverName = "internal/ftpd (in the bench process)"
 		}
-		px, proxyAddr, err := startProxy(bin, dir, "proxy", serverAddr, o.proxyData, 100000)
+		px, proxyAddr, err := startProxy(bin, dir, "proxy", serverAddr, o.ProxyData, 100000)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("server: %s on %s; proxy pid %d on %s (--log-level warn)\n", res.serverName, serverAddr, px.PID(), proxyAddr)
 
-		if o.only["throughput"] {
+		if o.Only["throughput"] {
 			if res.thr, err = runThroughput(o, serverAddr, proxyAddr, px.PID()); err != nil {
 				return err
 			}
 		}
-		if o.only["rate"] {
+		if o.Only["rate"] {
 			fmt.Printf("\n== 2. Session rate: %d clients × %s, each session = connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT ==\n",
-				o.clients, o.duration)
+				o.Clients, o.Duration)
 			res.rateDirect = runRate(o, "direct", serverAddr, 0)
 			time.Sleep(time.Second)
 			res.rateProxy = runRate(o, "proxy", proxyAddr, px.PID())
@@ -264,7 +217,7 @@ func run(o *options) error {
 		}
 	}
 
-	if o.only["idle"] {
+	if o.Only["idle"] {
 		fdir := dir + "/ftpd"
 		if err := os.Mkdir(fdir, 0o755); err != nil {
 			return err
@@ -274,7 +227,7 @@ func run(o *options) error {
 			return err
 		}
 		defer srv.Close()
-		px, proxyAddr, err := startProxy(bin, dir, "proxy-idle", srv.Addr(), o.proxyData, o.idle+1000)
+		px, proxyAddr, err := startProxy(bin, dir, "proxy-idle", srv.Addr(), o.ProxyData, o.idle+1000)
 		if err != nil {
 			return err
 		}
@@ -287,11 +240,11 @@ func run(o *options) error {
 
 	table := summary(o, res)
 	fmt.Print("\n== Summary ==\n", table)
-	if o.markdown != "" {
-		if err := os.WriteFile(o.markdown, []byte(markdown(o, res, table)), 0o644); err != nil {
+	if o.Markdown != "" {
+		if err := os.WriteFile(o.Markdown, []byte(markdown(o, res, table)), 0o644); err != nil {
 			return err
 		}
-		fmt.Println("wrote", o.markdown)
+		fmt.Println("wrote", o.Markdown)
 	}
 	return nil
 }
@@ -314,12 +267,12 @@ func summary(o *options, r *results) string {
 	}
 	row("measurement", "direct", "proxy", "ratio")
 	if t := r.thr; t != nil {
-		row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.size)), benchkit.F1(t.direct), benchkit.F1(t.proxy), benchkit.Ratio(t.proxy, t.direct, 3))
+		row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.Size)), benchkit.F1(t.direct), benchkit.F1(t.proxy), benchkit.Ratio(t.proxy, t.direct, 3))
 		row("machine CPU s per GiB (all processes)", benchkit.F3(t.machDirect), benchkit.F3(t.machProxy), benchkit.Ratio(t.machProxy, t.machDirect, 3))
 		row("proxy CPU s per GiB relayed", "", benchkit.F3(t.cpuPerGiB), "")
 	}
 	if d, p := r.rateDirect, r.rateProxy; d != nil && p != nil {
-		row(fmt.Sprintf("sessions/s (%d clients)", o.clients), benchkit.F1(d.rate), benchkit.F1(p.rate), benchkit.Ratio(p.rate, d.rate, 3))
+		row(fmt.Sprintf("sessions/s (%d clients)", o.Clients), benchkit.F1(d.rate), benchkit.F1(p.rate), benchkit.Ratio(p.rate, d.rate, 3))
 		row("session latency p50, ms", benchkit.F2(benchkit.Ms(d.p50)), benchkit.F2(benchkit.Ms(p.p50)), benchkit.Ratio(benchkit.Ms(p.p50), benchkit.Ms(d.p50), 2))
 		row("session latency p99, ms", benchkit.F2(benchkit.Ms(d.p99)), benchkit.F2(benchkit.Ms(p.p99)), benchkit.Ratio(benchkit.Ms(p.p99), benchkit.Ms(d.p99), 2))
 		row("session errors", strconv.Itoa(d.errors), strconv.Itoa(p.errors), "")

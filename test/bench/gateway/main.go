@@ -46,25 +46,12 @@ import (
 )
 
 type options struct {
-	size           int64
-	runs           int
-	bufSize        int
-	xferTimeout    time.Duration
-	clients        int
-	duration       time.Duration
-	sessionTimeout time.Duration
-	verifyTimeout  time.Duration
-	interception   string
-	firewall       string
-	logLevel       string
-	only           map[string]bool
-	vsftpd         string
-	proxyBin       string
-	serverPasv     string
-	proxyData      string
-	keep           bool
-	showRules      bool
-	markdown       string
+	benchkit.Flags
+	verifyTimeout time.Duration
+	interception  string
+	firewall      string
+	logLevel      string
+	showRules     bool
 }
 
 func main() {
@@ -87,62 +74,20 @@ func main() {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	var size, bufSize, only string
-	flag.StringVar(&size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
-	flag.IntVar(&o.runs, "runs", 3, "throughput runs per configuration")
-	flag.StringVar(&bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
-	flag.DurationVar(&o.xferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
-	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the session-rate test")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each session-rate measurement")
-	flag.DurationVar(&o.sessionTimeout, "session-timeout", 10*time.Second, "time limit of one session in the rate test")
+	o.Define(16, []string{"plain", "helper", "ftpalg"}, "configurations to measure, comma-separated (always in the order plain, helper, ftpalg)")
 	flag.DurationVar(&o.verifyTimeout, "verify-timeout", 2*time.Second, "how long a verification waits for a data connection (longer: it failed)")
 	flag.StringVar(&o.interception, "interception", "redirect", "ftpalg --interception: redirect or tproxy")
 	flag.StringVar(&o.firewall, "firewall", "ipset", "ftpalg --firewall: ipset (pinholes) or none")
 	flag.StringVar(&o.logLevel, "ftpalg-log-level", "warn", "ftpalg --log-level during the measurements (the verification runs at info)")
-	flag.StringVar(&only, "only", "plain,helper,ftpalg", "configurations to measure, comma-separated (always in the order plain, helper, ftpalg)")
-	flag.StringVar(&o.vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
-	flag.StringVar(&o.proxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
-	flag.StringVar(&o.serverPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
-	flag.StringVar(&o.proxyData, "proxy-data-ports", "28000-30999", "ftpalg --data-ports (keep it out of net.ipv4.ip_local_port_range and apart from the server's)")
-	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (files, configs, logs)")
 	flag.BoolVar(&o.showRules, "show-rules", false, "print the router's iptables-save in each configuration")
-	flag.StringVar(&o.markdown, "markdown", "", "also write the results as Markdown to this file")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", flag.Arg(0))
-	}
-	var err error
-	if o.size, err = benchkit.ParseSize(size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	n, err := benchkit.ParseSize(bufSize)
-	if err != nil || n < 1 || n > 1<<30 {
-		return nil, fmt.Errorf("--bufsize %q: want a size up to 1GiB", bufSize)
-	}
-	o.bufSize = int(n)
-	o.only = map[string]bool{}
-	for _, w := range strings.Split(only, ",") {
-		switch w = strings.TrimSpace(w); w {
-		case "plain", "helper", "ftpalg":
-			o.only[w] = true
-		case "":
-		default:
-			return nil, fmt.Errorf("--only: unknown configuration %q (plain, helper, ftpalg)", w)
-		}
+	if err := o.Parse(); err != nil {
+		return nil, err
 	}
 	if o.interception != "redirect" && o.interception != "tproxy" {
 		return nil, fmt.Errorf("--interception %q: want redirect or tproxy", o.interception)
 	}
 	if o.firewall != "ipset" && o.firewall != "none" {
 		return nil, fmt.Errorf("--firewall %q: want ipset or none", o.firewall)
-	}
-	for _, r := range []string{o.serverPasv, o.proxyData} {
-		if _, _, err := benchkit.ParseRange(r); err != nil {
-			return nil, err
-		}
-	}
-	if o.runs < 1 || o.clients < 1 || o.size < 1 || o.duration <= 0 {
-		return nil, errors.New("--runs, --clients, --size and --duration must be positive")
 	}
 	return o, nil
 }
@@ -200,13 +145,13 @@ type env struct {
 }
 
 func run(o *options) error {
-	if missing := nstest.Missing("iptables", "iptables-save", "sysctl", o.vsftpd); len(missing) > 0 {
+	if missing := nstest.Missing("iptables", "iptables-save", "sysctl", o.Vsftpd); len(missing) > 0 {
 		return fmt.Errorf("needs %s", strings.Join(missing, ", "))
 	}
 	benchkit.OnSignal("gateway", "stopping the processes and deleting the namespaces", cleanup)
 
 	// vsftpd -v writes its version to file descriptor 0.
-	e := &env{o: o, facts: facts{Facts: benchkit.MachineFacts(), vsftpd: benchkit.Output("sh", "-c", o.vsftpd+" -v 0>&1")}}
+	e := &env{o: o, facts: facts{Facts: benchkit.MachineFacts(), vsftpd: benchkit.Output("sh", "-c", o.Vsftpd+" -v 0>&1")}}
 	f := &e.facts
 	fmt.Printf("ftpalg gateway benchmark — %s — %s CPUs (%s), %s RAM, kernel %s, %s\n",
 		f.Date, f.NProc, f.CPU, f.Mem, f.Kernel, f.GoVersion)
@@ -225,10 +170,10 @@ func run(o *options) error {
 		return err
 	}
 	cleanMu.Lock()
-	cleanDir, keepDir = dir, o.keep
+	cleanDir, keepDir = dir, o.Keep
 	cleanMu.Unlock()
 	e.dir = dir
-	if o.keep {
+	if o.Keep {
 		fmt.Println("temporary directory (kept):", dir)
 	}
 	// vsftpd serves as the unprivileged ftp user: the path must be
@@ -243,18 +188,18 @@ func run(o *options) error {
 			return err
 		}
 	}
-	e.bin = o.proxyBin
-	if e.bin == "" && o.only["ftpalg"] {
+	e.bin = o.ProxyBin
+	if e.bin == "" && o.Only["ftpalg"] {
 		fmt.Println("building ./cmd/ftpalg ...")
 		if e.bin, err = benchkit.BuildProxy(dir); err != nil {
 			return err
 		}
 	}
 	t0 := time.Now()
-	if err := benchkit.MakeFiles(root, o.size); err != nil {
+	if err := benchkit.MakeFiles(root, o.Size); err != nil {
 		return fmt.Errorf("writing test files: %w", err)
 	}
-	fmt.Printf("wrote the %s test file (1 MiB random block repeated) in %.1f s\n", benchkit.FormatSize(o.size), time.Since(t0).Seconds())
+	fmt.Printf("wrote the %s test file (1 MiB random block repeated) in %.1f s\n", benchkit.FormatSize(o.Size), time.Since(t0).Seconds())
 
 	t, err := newTopo()
 	cleanMu.Lock()
@@ -277,7 +222,7 @@ func run(o *options) error {
 		return err
 	}
 	// Active mode allowed, for the verification.
-	conf, err := benchkit.Vsftpd{Addr: serverIP, Port: 21, Root: root, Empty: empty, PasvPorts: o.serverPasv,
+	conf, err := benchkit.Vsftpd{Addr: serverIP, Port: 21, Root: root, Empty: empty, PasvPorts: o.ServerPasv,
 		Active: true, MaxClients: 100000}.Config()
 	if err != nil {
 		return err
@@ -286,7 +231,7 @@ func run(o *options) error {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return err
 	}
-	vs, err := benchkit.Start(t.server, "vsftpd", filepath.Join(dir, "vsftpd.log"), o.vsftpd, confPath)
+	vs, err := benchkit.Start(t.server, "vsftpd", filepath.Join(dir, "vsftpd.log"), o.Vsftpd, confPath)
 	if err != nil {
 		return err
 	}
@@ -294,14 +239,14 @@ func run(o *options) error {
 	if err := waitReady(t.router, vs, func(r result) bool { return true }, o.verifyTimeout); err != nil {
 		return fmt.Errorf("vsftpd: %w", err)
 	}
-	fmt.Printf("  server: %s (pid %d) on %s:21, passive ports %s\n", f.vsftpd, vs.PID(), serverIP, o.serverPasv)
+	fmt.Printf("  server: %s (pid %d) on %s:21, passive ports %s\n", f.vsftpd, vs.PID(), serverIP, o.ServerPasv)
 
 	var res []*cfgResult
 	for _, c := range []struct {
 		key string
 		fn  func(*env, *cfgResult) error
 	}{{"plain", runPlain}, {"helper", runHelper}, {"ftpalg", runFtpalg}} {
-		if !o.only[c.key] {
+		if !o.Only[c.key] {
 			continue
 		}
 		r := &cfgResult{key: c.key, loadBefore: benchkit.LoadAvg()}
@@ -318,11 +263,11 @@ func run(o *options) error {
 
 	table := summary(o, res)
 	fmt.Print("\n== Summary ==\n", table)
-	if o.markdown != "" {
-		if err := os.WriteFile(o.markdown, []byte(markdown(e, res, table)), 0o644); err != nil {
+	if o.Markdown != "" {
+		if err := os.WriteFile(o.Markdown, []byte(markdown(e, res, table)), 0o644); err != nil {
 			return err
 		}
-		fmt.Println("wrote", o.markdown)
+		fmt.Println("wrote", o.Markdown)
 	}
 	return nil
 }
@@ -406,10 +351,10 @@ func runPlain(e *env, r *cfgResult) error {
 	if v.PassiveErr != "" {
 		return fmt.Errorf("passive transfer failed on the open router: %s", v.PassiveErr)
 	}
-	if !inRange(v.EPSVPort, e.o.serverPasv) {
-		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s: something else answered", v.EPSVPort, e.o.serverPasv)
+	if !inRange(v.EPSVPort, e.o.ServerPasv) {
+		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s: something else answered", v.EPSVPort, e.o.ServerPasv)
 	}
-	r.check("EPSV: port %d, in vsftpd's passive range %s: the client talks to the server itself", v.EPSVPort, e.o.serverPasv)
+	r.check("EPSV: port %d, in vsftpd's passive range %s: the client talks to the server itself", v.EPSVPort, e.o.ServerPasv)
 	if v.ActiveErr != "" {
 		r.check("PORT fails without an ALG (%s): vsftpd sees the masqueraded control connection from %s and refuses the client's own address", v.ActiveErr, wanIP)
 	} else {
@@ -463,8 +408,8 @@ func runHelper(e *env, r *cfgResult) error {
 	if v.PassiveErr != "" {
 		return fmt.Errorf("passive transfer failed with the helper: %s", v.PassiveErr)
 	}
-	if !inRange(v.EPSVPort, e.o.serverPasv) {
-		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s", v.EPSVPort, e.o.serverPasv)
+	if !inRange(v.EPSVPort, e.o.ServerPasv) {
+		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s", v.EPSVPort, e.o.ServerPasv)
 	}
 	r.check("EPSV: port %d (vsftpd's range), data connection through the DROP FORWARD chain as RELATED", v.EPSVPort)
 	if v.ActiveErr != "" {
@@ -508,7 +453,7 @@ func (e *env) ftpalgArgs(level string) []string {
 		"--interception", e.o.interception,
 		"--intercept", lanNet,
 		"--listen", "0.0.0.0:" + proxyPort,
-		"--data-ports", e.o.proxyData,
+		"--data-ports", e.o.ProxyData,
 		"--firewall", e.o.firewall,
 		"--log-level", level,
 		"--max-sessions", "100000",
@@ -541,7 +486,7 @@ func (e *env) startFtpalg(name, level string) (*nstest.Proc, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := waitReady(e.t.client, p, func(r result) bool { return inRange(r.EPSVPort, e.o.proxyData) }, e.o.verifyTimeout); err != nil {
+	if err := waitReady(e.t.client, p, func(r result) bool { return inRange(r.EPSVPort, e.o.ProxyData) }, e.o.verifyTimeout); err != nil {
 		stop(p)
 		return nil, fmt.Errorf("through ftpalg: %w", err)
 	}
@@ -559,7 +504,7 @@ func runFtpalg(e *env, r *cfgResult) error {
 	}
 	in := proxyInputRules
 	if e.o.firewall == "none" {
-		in = append(in, proxyDataInputRule(e.o.proxyData))
+		in = append(in, proxyDataInputRule(e.o.ProxyData))
 	}
 	for _, rule := range in {
 		if err := t.ipt(ruleOp("-A", rule)...); err != nil {
@@ -586,11 +531,11 @@ func runFtpalg(e *env, r *cfgResult) error {
 		stop(p)
 		return fmt.Errorf("through ftpalg: passive %q, active %q\n%s", v.PassiveErr, v.ActiveErr, nstest.Tail(p.Log(), 20))
 	}
-	if !inRange(v.EPSVPort, e.o.proxyData) {
+	if !inRange(v.EPSVPort, e.o.ProxyData) {
 		stop(p)
-		return fmt.Errorf("EPSV port %d is not in ftpalg's range %s", v.EPSVPort, e.o.proxyData)
+		return fmt.Errorf("EPSV port %d is not in ftpalg's range %s", v.EPSVPort, e.o.ProxyData)
 	}
-	r.check("EPSV: port %d, in ftpalg's --data-ports %s (vsftpd's are %s): the client's data connection ends at ftpalg", v.EPSVPort, e.o.proxyData, e.o.serverPasv)
+	r.check("EPSV: port %d, in ftpalg's --data-ports %s (vsftpd's are %s): the client's data connection ends at ftpalg", v.EPSVPort, e.o.ProxyData, e.o.ServerPasv)
 	// With REDIRECT ftpalg dials the client from the router's LAN address;
 	// with TPROXY from the server's address (transparent socket).
 	want := lanIP
@@ -698,12 +643,12 @@ func (e *env) showRules() {
 // client namespace; watchPID (ftpalg) has its CPU time measured.
 func (e *env) measure(r *cfgResult, watchPID int) error {
 	o := e.o
-	fmt.Printf("  throughput: RETR of %s (EPSV, TYPE I), %d runs\n", benchkit.FormatSize(o.size), o.runs)
+	fmt.Printf("  throughput: RETR of %s (EPSV, TYPE I), %d runs\n", benchkit.FormatSize(o.Size), o.Runs)
 	var mb, mach, soft []float64
 	var watch float64
-	for i := range o.runs {
-		d, err := runWorker(e.t.client, job{Mode: "download", Addr: serverIP + ":21", Size: o.size, BufSize: o.bufSize,
-			Timeout: o.xferTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.xferTimeout+time.Minute)
+	for i := range o.Runs {
+		d, err := runWorker(e.t.client, job{Mode: "download", Addr: serverIP + ":21", Size: o.Size, BufSize: o.BufSize,
+			Timeout: o.XferTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.XferTimeout+time.Minute)
 		if err != nil {
 			return fmt.Errorf("throughput run %d: %w", i+1, err)
 		}
@@ -730,14 +675,14 @@ func (e *env) measure(r *cfgResult, watchPID int) error {
 	}
 	r.mbps, r.machGiB, r.softGiB = benchkit.Median(mb), benchkit.Median(mach), benchkit.Median(soft)
 	if watchPID != 0 {
-		r.proxyGiB = watch / (float64(o.size) * float64(o.runs) / (1 << 30))
+		r.proxyGiB = watch / (float64(o.Size) * float64(o.Runs) / (1 << 30))
 	}
 	fmt.Printf("    median %.1f MB/s, machine %.2f CPU-s per GiB\n", r.mbps, r.machGiB)
 
-	fmt.Printf("  session rate: %d clients × %s (connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT)\n", o.clients, o.duration)
+	fmt.Printf("  session rate: %d clients × %s (connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT)\n", o.Clients, o.Duration)
 	time.Sleep(time.Second)
-	rr, err := runWorker(e.t.client, job{Mode: "rate", Addr: serverIP + ":21", Clients: o.clients, Duration: o.duration,
-		Timeout: o.sessionTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.duration+o.sessionTimeout+time.Minute)
+	rr, err := runWorker(e.t.client, job{Mode: "rate", Addr: serverIP + ":21", Clients: o.Clients, Duration: o.Duration,
+		Timeout: o.SessionTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.Duration+o.SessionTimeout+time.Minute)
 	if err != nil {
 		return fmt.Errorf("session rate: %w", err)
 	}
@@ -823,13 +768,13 @@ func summary(o *options, res []*cfgResult) string {
 	}
 	b.WriteString(strings.TrimRight(fmt.Sprintf("%-38s %9s %9s %9s %13s %13s %13s", "measurement", "plain", "helper", "ftpalg",
 		"helper/plain", "ftpalg/plain", "ftpalg/helper"), " ") + "\n")
-	row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.size)), func(r *cfgResult) float64 { return r.mbps }, benchkit.F1, 3)
+	row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.Size)), func(r *cfgResult) float64 { return r.mbps }, benchkit.F1, 3)
 	row("machine CPU s per GiB", func(r *cfgResult) float64 { return r.machGiB }, benchkit.F3, 3)
 	row("  of which irq+softirq", func(r *cfgResult) float64 { return r.softGiB }, benchkit.F3, -1)
 	if by["ftpalg"] != nil {
 		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU s per GiB relayed", "", "", benchkit.F3(by["ftpalg"].proxyGiB)))
 	}
-	row(fmt.Sprintf("sessions/s (%d clients)", o.clients), (*cfgResult).sessionsPerSec, benchkit.F1, 3)
+	row(fmt.Sprintf("sessions/s (%d clients)", o.Clients), (*cfgResult).sessionsPerSec, benchkit.F1, 3)
 	row("session latency p50, ms", func(r *cfgResult) float64 { return benchkit.Ms(r.rate.P50) }, benchkit.F2, 2)
 	row("session latency p99, ms", func(r *cfgResult) float64 { return benchkit.Ms(r.rate.P99) }, benchkit.F2, 2)
 	row("session errors", func(r *cfgResult) float64 { return float64(r.rate.Errors) }, func(v float64) string { return strconv.Itoa(int(v)) }, -1)
