@@ -239,14 +239,7 @@ func run(o *options) error {
 	}
 
 	table := summary(o, res)
-	fmt.Print("\n== Summary ==\n", table)
-	if o.Markdown != "" {
-		if err := os.WriteFile(o.Markdown, []byte(markdown(o, res, table)), 0o644); err != nil {
-			return err
-		}
-		fmt.Println("wrote", o.Markdown)
-	}
-	return nil
+	return o.Report(table, func() string { return markdown(o, res, table) })
 }
 
 // logTail prints how many lines the proxy logged (at --log-level warn:

@@ -262,14 +262,7 @@ func run(o *options) error {
 	}
 
 	table := summary(o, res)
-	fmt.Print("\n== Summary ==\n", table)
-	if o.Markdown != "" {
-		if err := os.WriteFile(o.Markdown, []byte(markdown(e, res, table)), 0o644); err != nil {
-			return err
-		}
-		fmt.Println("wrote", o.Markdown)
-	}
-	return nil
+	return o.Report(table, func() string { return markdown(e, res, table) })
 }
 
 // waitReady runs verification sessions from namespace ns until one

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -84,5 +85,19 @@ func (f *Flags) Parse() error {
 	if f.Runs < 1 || f.Clients < 1 || f.Size < 1 || f.Duration <= 0 {
 		return errors.New("--runs, --clients, --size and --duration must be positive")
 	}
+	return nil
+}
+
+// Report prints the summary table and, with --markdown, writes the
+// Markdown that md renders to that file.
+func (f *Flags) Report(table string, md func() string) error {
+	fmt.Print("\n== Summary ==\n", table)
+	if f.Markdown == "" {
+		return nil
+	}
+	if err := os.WriteFile(f.Markdown, []byte(md()), 0o644); err != nil {
+		return err
+	}
+	fmt.Println("wrote", f.Markdown)
 	return nil
 }
