@@ -14,7 +14,7 @@ import (
 	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
-// The gateway topology of gateway_topo.go with IPv6 added (one router):
+// The gateway topology of gateway_topo_test.go with IPv6 added (one router):
 //
 //	client ns 2001:db8:1::10/64 ── lan0 2001:db8:1::1/64 [router] wan0 2001:db8:2::1/64 ── br0 2001:db8:2::10/64 [server ns]
 //

@@ -13,7 +13,7 @@ import (
 )
 
 // ftpalg's own interception (ftpalg run --intercept, rules/intercept) on
-// the gateway router of gateway_topo.go.
+// the gateway router of gateway_topo_test.go.
 
 // gwOperatorInput are the INPUT accepts rules/intercept/README.md ("Your
 // INPUT chain") tells the operator of a default-DROP router to add when
@@ -43,8 +43,8 @@ var gwOwnCases = []gwCase{
 }
 
 // TestGatewayOwnInterception: ftpalg installs the interception itself. On
-// the router of gateway_topo.go, with only its own firewall and the INPUT
-// accepts of rules/intercept/README.md (no REDIRECT, TPROXY, divert or
+// the router of gateway_topo_test.go, with only its own firewall and the
+// INPUT accepts of rules/intercept/README.md (no REDIRECT, TPROXY, divert or
 // policy routing of the test's), for --interception redirect and tproxy,
 //
 //	ftpalg run --mode transparent --interception MODE --intercept 198.51.100.0/24

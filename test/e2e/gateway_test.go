@@ -24,7 +24,7 @@ import (
 )
 
 // Tests of the transparent gateway mode (issue #4) on a NAT router: see
-// gateway_topo.go for the topology and the router's rules.
+// gateway_topo_test.go for the topology and the router's rules.
 
 // requireGatewayPrereqs checks root, the clients, iptables, ipset and the
 // ftpalg binary.
