@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // TestDialTransparentAvoiding dials on loopback (a local source, so no
@@ -15,7 +17,7 @@ import (
 // never the avoided one, a port in use (EADDRINUSE at bind) is replaced by
 // another, and after 9 ports in use it gives up with EADDRINUSE.
 func TestDialTransparentAvoiding(t *testing.T) {
-	requireRoot(t)
+	nstest.Require(t)
 	ctx := context.Background()
 	loop := netip.MustParseAddr("127.0.0.1")
 	srv, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})

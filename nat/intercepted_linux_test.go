@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 func TestListenInterceptedBadInput(t *testing.T) {
@@ -137,7 +139,7 @@ func TestDirectorTProxy(t *testing.T) {
 // director reads each original destination back and refuses a client
 // that connected to the router's own address.
 func TestListenInterceptedGateway(t *testing.T) {
-	requireRoot(t, "iptables", "ip6tables", "sysctl")
+	nstest.Require(t, "iptables", "ip6tables", "sysctl")
 	for _, m := range []Mode{ModeRedirect, ModeTProxy} {
 		t.Run(m.String(), func(t *testing.T) {
 			g := newGateway(t)
@@ -146,7 +148,7 @@ func TestListenInterceptedGateway(t *testing.T) {
 				dir func(net.Conn) (netip.AddrPort, error)
 				err error
 			)
-			g.router.do(t, func() {
+			g.Router.Do(t, func() {
 				if ln, err = ListenIntercepted(context.Background(), m, ":0"); err != nil {
 					return
 				}
@@ -159,32 +161,32 @@ func TestListenInterceptedGateway(t *testing.T) {
 			port := AddrPortOf(ln.Addr()).Port()
 			for _, f := range families {
 				if m == ModeTProxy {
-					tproxyRoute(t, g.router, f)
-					tproxyRule(t, g.router, f, netip.Addr{}, 21, netip.Addr{}, int(port))
+					tproxyRoute(t, g.Router, f)
+					tproxyRule(t, g.Router, f, netip.Addr{}, 21, netip.Addr{}, int(port))
 				} else {
-					g.router.run(t, f.iptables, "-w", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "21",
+					g.Router.Run(t, f.IPTables, "-w", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "21",
 						"-j", "REDIRECT", "--to-ports", strconv.Itoa(int(port)))
 				}
 			}
 			for _, f := range families {
 				want := netip.AddrPortFrom(f.intercepted, 21)
-				cc, err := g.client.dial(t, want, 5*time.Second)
+				cc, err := g.Client.Dial(netip.Addr{}, want, 5*time.Second)
 				if err != nil {
-					t.Fatalf("%s: client dial %s: %v", f.name, want, err)
+					t.Fatalf("%s: client dial %s: %v", f.Name, want, err)
 				}
 				sc := acceptWithin(t, ln, 5*time.Second)
 				if got, err := dir(sc); err != nil || got != want {
-					t.Errorf("%s: director = %s, %v; want %s", f.name, got, err, want)
+					t.Errorf("%s: director = %s, %v; want %s", f.Name, got, err, want)
 				}
-				exchange(t, cc, sc)
+				nstest.Exchange(t, cc, sc)
 
-				self := netip.AddrPortFrom(f.routerC, port)
-				if _, err := g.client.dial(t, self, 5*time.Second); err != nil {
-					t.Fatalf("%s: client dial %s: %v", f.name, self, err)
+				self := netip.AddrPortFrom(f.RouterClient, port)
+				if _, err := g.Client.Dial(netip.Addr{}, self, 5*time.Second); err != nil {
+					t.Fatalf("%s: client dial %s: %v", f.Name, self, err)
 				}
 				ds := acceptWithin(t, ln, 5*time.Second)
 				if got, err := dir(ds); err == nil {
-					t.Errorf("%s: director for a direct connection to %s = %s, want refused", f.name, self, got)
+					t.Errorf("%s: director for a direct connection to %s = %s, want refused", f.Name, self, got)
 				}
 			}
 		})

@@ -11,17 +11,19 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // TestOriginalDstRedirect intercepts a client's connection to
 // 203.0.113.5:21 (2001:db8:3::5 for IPv6) with a REDIRECT rule in the
 // router and checks the listener reads that destination back.
 func TestOriginalDstRedirect(t *testing.T) {
-	requireRoot(t, "iptables", "ip6tables", "sysctl")
+	nstest.Require(t, "iptables", "ip6tables", "sysctl")
 	g := newGateway(t)
 	const port = 2121
 	for _, f := range families {
-		g.router.run(t, f.iptables, "-w", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "21",
+		g.Router.Run(t, f.IPTables, "-w", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "21",
 			"-j", "REDIRECT", "--to-ports", strconv.Itoa(port))
 	}
 	v4, v6 := families[0], families[1]
@@ -37,15 +39,16 @@ func TestOriginalDstRedirect(t *testing.T) {
 		{"ipv6", "tcp6", v6, netip.IPv6Unspecified()},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			ln := g.router.listen(t, c.network, netip.AddrPortFrom(c.listenOn, port))
+			ln := g.Router.ListenTCP(t, c.network, netip.AddrPortFrom(c.listenOn, port))
 			want := netip.AddrPortFrom(c.f.intercepted, 21)
-			cc, err := g.client.dial(t, want, 5*time.Second)
+			cc, err := g.Client.Dial(netip.Addr{}, want, 5*time.Second)
 			if err != nil {
 				t.Fatalf("client dial %s: %v", want, err)
 			}
-			sc := accept(t, ln)
+			defer cc.Close()
+			sc := nstest.Accept(t, ln)
 
-			if local, wantLocal := AddrPortOf(sc.LocalAddr()), netip.AddrPortFrom(c.f.routerC, port); local != wantLocal {
+			if local, wantLocal := AddrPortOf(sc.LocalAddr()), netip.AddrPortFrom(c.f.RouterClient, port); local != wantLocal {
 				t.Errorf("LocalAddr = %s, want %s (REDIRECT rewrites to the incoming interface's address)", local, wantLocal)
 			}
 			orig, err := OriginalDst(sc)
@@ -59,9 +62,9 @@ func TestOriginalDstRedirect(t *testing.T) {
 			if d, err := Destination(sc, ModeRedirect); err != nil || d != want {
 				t.Errorf("Destination(redirect) = %s, %v; want %s", d, err, want)
 			}
-			exchange(t, cc, sc)
+			nstest.Exchange(t, cc, sc)
 
-			if c.f.name == "ipv6" {
+			if c.f.Name == "ipv6" {
 				// The 20-byte buffer seen in some proxies is refused:
 				// the kernel wants a whole sockaddr_in6.
 				var sa unix.RawSockaddrInet6
@@ -77,11 +80,13 @@ func TestOriginalDstRedirect(t *testing.T) {
 
 			// A client that connects to the proxy's own address is tracked
 			// but not NATed: the kernel answers with the local address.
-			self := netip.AddrPortFrom(c.f.routerC, port)
-			if _, err := g.client.dial(t, self, 5*time.Second); err != nil {
+			self := netip.AddrPortFrom(c.f.RouterClient, port)
+			dc, err := g.Client.Dial(netip.Addr{}, self, 5*time.Second)
+			if err != nil {
 				t.Fatalf("client dial %s: %v", self, err)
 			}
-			ds := accept(t, ln)
+			defer dc.Close()
+			ds := nstest.Accept(t, ln)
 			orig, redirected, err = Intercepted(ds)
 			if err != nil || orig != self || redirected {
 				t.Errorf("Intercepted(direct) = %s, %v, %v; want %s, false", orig, redirected, err, self)
@@ -96,14 +101,16 @@ func TestOriginalDstRedirect(t *testing.T) {
 // TestOriginalDstUntracked: in a namespace with no NAT rule conntrack is
 // off, and the kernel has no entry to answer from.
 func TestOriginalDstUntracked(t *testing.T) {
-	requireRoot(t)
-	n := newNS(t, "plain")
+	nstest.Require(t)
+	n := nstest.New(t)
 	for _, lo := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
-		ln := n.listen(t, tcpNetwork(lo), netip.AddrPortFrom(lo, 0))
-		if _, err := n.dial(t, AddrPortOf(ln.Addr()), 5*time.Second); err != nil {
+		ln := n.ListenTCP(t, tcpNetwork(lo), netip.AddrPortFrom(lo, 0))
+		c, err := n.Dial(netip.Addr{}, AddrPortOf(ln.Addr()), 5*time.Second)
+		if err != nil {
 			t.Fatal(err)
 		}
-		sc := accept(t, ln)
+		defer c.Close()
+		sc := nstest.Accept(t, ln)
 		if orig, err := OriginalDst(sc); !errors.Is(err, syscall.ENOENT) {
 			t.Errorf("OriginalDst(untracked %s) = %s, %v; want ENOENT", sc.LocalAddr(), orig, err)
 		} else {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // TestRouteSource builds a namespace with two interfaces (veth pairs whose
@@ -23,23 +25,23 @@ import (
 //
 // 203.0.113.192/26 and 2001:db8:f::/48 take the default route.
 func TestRouteSource(t *testing.T) {
-	requireRoot(t)
-	n := newNS(t, "route")
-	n.run(t, "ip", "link", "add", "a0", "type", "veth", "peer", "name", "a1")
-	n.run(t, "ip", "link", "add", "b0", "type", "veth", "peer", "name", "b1")
+	nstest.Require(t)
+	n := nstest.New(t)
+	n.Run(t, "ip", "link", "add", "a0", "type", "veth", "peer", "name", "a1")
+	n.Run(t, "ip", "link", "add", "b0", "type", "veth", "peer", "name", "b1")
 	for _, l := range []string{"a0", "a1", "b0", "b1"} {
 		// No automatic link-local address (it would be tentative for a
 		// while, then compete with fe80::1).
-		n.run(t, "ip", "link", "set", l, "addrgenmode", "none")
-		n.run(t, "ip", "link", "set", l, "up")
+		n.Run(t, "ip", "link", "set", l, "addrgenmode", "none")
+		n.Run(t, "ip", "link", "set", l, "up")
 	}
-	n.addr(t, "a0", "fe80::1/64")
-	n.addr(t, "a0", "192.0.2.1/24")
-	n.addr(t, "a0", "2001:db8:a::1/64")
-	n.addr(t, "b0", "198.51.100.1/24")
-	n.addr(t, "b0", "198.51.100.3/24")
-	n.addr(t, "b0", "2001:db8:b::1/64")
-	n.addr(t, "lo", "2001:db8:5::3/128")
+	n.Addr(t, "a0", "fe80::1/64")
+	n.Addr(t, "a0", "192.0.2.1/24")
+	n.Addr(t, "a0", "2001:db8:a::1/64")
+	n.Addr(t, "b0", "198.51.100.1/24")
+	n.Addr(t, "b0", "198.51.100.3/24")
+	n.Addr(t, "b0", "2001:db8:b::1/64")
+	n.Addr(t, "lo", "2001:db8:5::3/128")
 	for _, r := range [][]string{
 		{"-4", "default", "via", "192.0.2.254"},
 		{"-4", "203.0.113.0/26", "via", "198.51.100.2", "src", "198.51.100.3"},
@@ -50,7 +52,7 @@ func TestRouteSource(t *testing.T) {
 		{"-6", "2001:db8:c::/48", "via", "2001:db8:b::2"},
 		{"-6", "unreachable", "2001:db8:e::/48"},
 	} {
-		n.run(t, append([]string{"ip", r[0], "route", "add"}, r[1:]...)...)
+		n.Run(t, append([]string{"ip", r[0], "route", "add"}, r[1:]...)...)
 	}
 
 	for _, c := range []struct{ dst, want string }{
@@ -81,7 +83,7 @@ func TestRouteSource(t *testing.T) {
 		if c.want != "" {
 			want = netip.MustParseAddr(c.want)
 		}
-		n.do(t, func() {
+		n.Do(t, func() {
 			got, gotErr = RouteSource(dst)
 			nlSrc, nlErr = routeSourceNetlink(dst.Unmap())
 			udp, udpErr = routeSourceUDP(dst.Unmap())
@@ -125,9 +127,9 @@ func TestRouteSource(t *testing.T) {
 }
 
 // ipRouteGetSrc returns the "src" of `ip route get dst` in n.
-func ipRouteGetSrc(t *testing.T, n *testNS, dst netip.Addr) netip.Addr {
+func ipRouteGetSrc(t *testing.T, n *nstest.NS, dst netip.Addr) netip.Addr {
 	t.Helper()
-	f := strings.Fields(n.run(t, "ip", "route", "get", dst.String()))
+	f := strings.Fields(n.Run(t, "ip", "route", "get", dst.String()))
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "src" {
 			a, err := netip.ParseAddr(f[i+1])

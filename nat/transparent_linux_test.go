@@ -13,24 +13,26 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // tproxyRoute installs, in n, the policy route that delivers packets
 // marked 1 locally (kernel Documentation/networking/tproxy.rst), and the
 // socket match that marks packets for an existing transparent socket.
-func tproxyRoute(t *testing.T, n *testNS, f family) {
+func tproxyRoute(t *testing.T, n *nstest.NS, f family) {
 	t.Helper()
-	n.run(t, f.iptables, "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "socket", "--transparent",
+	n.Run(t, f.IPTables, "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "socket", "--transparent",
 		"-j", "MARK", "--set-mark", "1")
-	n.run(t, "ip", f.ip, "rule", "add", "fwmark", "1", "lookup", "100")
-	n.run(t, "ip", f.ip, "route", "add", "local", f.allLocal, "dev", "lo", "table", "100")
+	n.Run(t, "ip", f.IPFlag, "rule", "add", "fwmark", "1", "lookup", "100")
+	n.Run(t, "ip", f.IPFlag, "route", "add", "local", f.Default.String(), "dev", "lo", "table", "100")
 }
 
 // tproxyRule adds, in n, a TPROXY rule for TCP to port dport (and to dst,
 // if valid), delivered to a transparent listener on onPort (and onIP).
-func tproxyRule(t *testing.T, n *testNS, f family, dst netip.Addr, dport int, onIP netip.Addr, onPort int) {
+func tproxyRule(t *testing.T, n *nstest.NS, f family, dst netip.Addr, dport int, onIP netip.Addr, onPort int) {
 	t.Helper()
-	args := []string{f.iptables, "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp"}
+	args := []string{f.IPTables, "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp"}
 	if dst.IsValid() {
 		args = append(args, "-d", dst.String())
 	}
@@ -39,7 +41,7 @@ func tproxyRule(t *testing.T, n *testNS, f family, dst netip.Addr, dport int, on
 	if onIP.IsValid() {
 		args = append(args, "--on-ip", onIP.String())
 	}
-	n.run(t, args...)
+	n.Run(t, args...)
 }
 
 // TestListenTransparentTProxy intercepts a client's connections in the
@@ -49,30 +51,30 @@ func tproxyRule(t *testing.T, n *testNS, f family, dst netip.Addr, dport int, on
 // to a server's address will be caught) with a TPROXY rule naming it in
 // --on-ip or with only the socket match, and loopback named by --on-ip.
 func TestListenTransparentTProxy(t *testing.T) {
-	requireRoot(t, "iptables", "ip6tables", "sysctl")
+	nstest.Require(t, "iptables", "ip6tables", "sysctl")
 	g := newGateway(t)
 	for _, f := range families {
-		tproxyRoute(t, g.router, f)
+		tproxyRoute(t, g.Router, f)
 		// Control connections: any destination, port 21, to a listener on
 		// port 2121 of the wildcard address. (Without --on-ip TPROXY looks
 		// on the incoming interface's primary address, which the wildcard
 		// covers.)
-		tproxyRule(t, g.router, f, netip.Addr{}, 21, netip.Addr{}, 2121)
+		tproxyRule(t, g.Router, f, netip.Addr{}, 21, netip.Addr{}, 2121)
 		// The exact-address listener: connections to the intercepted
 		// address, port 50000, to a listener on that address and port.
-		tproxyRule(t, g.router, f, f.intercepted, 50000, f.intercepted, 50000)
+		tproxyRule(t, g.Router, f, f.intercepted, 50000, f.intercepted, 50000)
 		// The same without --on-ip: the lookup uses the interface's
 		// address, finds nothing, and TPROXY drops the SYN.
-		tproxyRule(t, g.router, f, f.intercepted, 50001, netip.Addr{}, 50001)
+		tproxyRule(t, g.Router, f, f.intercepted, 50001, netip.Addr{}, 50001)
 		// Port 50002 has no TPROXY rule: the socket match alone finds the
 		// listener bound to the exact address, marks, and the policy route
 		// delivers locally.
 		// Loopback listener: port 23 to 127.0.0.1:2323 (::1).
-		tproxyRule(t, g.router, f, netip.Addr{}, 23, netip.MustParseAddr(f.loopbk), 2323)
+		tproxyRule(t, g.Router, f, netip.Addr{}, 23, f.loopback, 2323)
 	}
 	for _, f := range families {
 		wildcard := netip.IPv4Unspecified()
-		if f.name == "ipv6" {
+		if f.Name == "ipv6" {
 			wildcard = netip.IPv6Unspecified()
 		}
 		for _, c := range []struct {
@@ -85,14 +87,14 @@ func TestListenTransparentTProxy(t *testing.T) {
 			{"non-local-address", netip.AddrPortFrom(f.intercepted, 50000), 50000, false},
 			{"non-local-address-tproxy-without-on-ip", netip.AddrPortFrom(f.intercepted, 50001), 50001, true},
 			{"non-local-address-socket-match-only", netip.AddrPortFrom(f.intercepted, 50002), 50002, false},
-			{"loopback-on-ip", netip.AddrPortFrom(netip.MustParseAddr(f.loopbk), 2323), 23, false},
+			{"loopback-on-ip", netip.AddrPortFrom(f.loopback, 2323), 23, false},
 		} {
-			t.Run(f.name+"/"+c.name, func(t *testing.T) {
+			t.Run(f.Name+"/"+c.name, func(t *testing.T) {
 				var (
 					ln  *net.TCPListener
 					err error
 				)
-				g.router.do(t, func() { ln, err = ListenTransparent(context.Background(), c.listenOn) })
+				g.Router.Do(t, func() { ln, err = ListenTransparent(context.Background(), c.listenOn) })
 				if err != nil {
 					t.Fatalf("ListenTransparent(%s): %v", c.listenOn, err)
 				}
@@ -100,31 +102,35 @@ func TestListenTransparentTProxy(t *testing.T) {
 
 				want := netip.AddrPortFrom(f.intercepted, c.dialPort)
 				if c.wantDrop {
-					if _, err := g.client.dial(t, want, time.Second); !isTimeout(err) {
+					if c, err := g.Client.Dial(netip.Addr{}, want, time.Second); !nstest.IsTimeout(err) {
+						if c != nil {
+							c.Close()
+						}
 						t.Fatalf("client dial %s: %v; want a timeout (SYN dropped by TPROXY)", want, err)
 					}
 					return
 				}
-				cc, err := g.client.dial(t, want, 5*time.Second)
+				cc, err := g.Client.Dial(netip.Addr{}, want, 5*time.Second)
 				if err != nil {
 					t.Fatalf("client dial %s: %v", want, err)
 				}
-				sc := accept(t, ln)
+				defer cc.Close()
+				sc := nstest.Accept(t, ln)
 				if got := AddrPortOf(sc.LocalAddr()); got != want {
 					t.Errorf("LocalAddr = %s, want %s", got, want)
 				}
-				if got := AddrPortOf(sc.RemoteAddr()); got != AddrPortOf(cc.LocalAddr()) || got.Addr() != f.client {
+				if got := AddrPortOf(sc.RemoteAddr()); got != AddrPortOf(cc.LocalAddr()) || got.Addr() != f.Client {
 					t.Errorf("RemoteAddr = %s, want the client's %s", got, cc.LocalAddr())
 				}
 				if d, err := Destination(sc, ModeTProxy); err != nil || d != want {
 					t.Errorf("Destination(tproxy) = %s, %v; want %s", d, err, want)
 				}
-				exchange(t, cc, sc)
+				nstest.Exchange(t, cc, sc)
 			})
 		}
-		t.Run(f.name+"/plain-listener-cannot-bind-non-local", func(t *testing.T) {
+		t.Run(f.Name+"/plain-listener-cannot-bind-non-local", func(t *testing.T) {
 			var err error
-			g.router.do(t, func() {
+			g.Router.Do(t, func() {
 				var ln *net.TCPListener
 				ln, err = net.ListenTCP(tcpNetwork(f.intercepted), net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.intercepted, 50009)))
 				if err == nil {
@@ -143,18 +149,18 @@ func TestListenTransparentTProxy(t *testing.T) {
 // Without the return-path rules the server's SYN-ACK is forwarded to the
 // real client instead, and the dial times out.
 func TestDialTransparent(t *testing.T) {
-	requireRoot(t, "iptables", "ip6tables", "sysctl")
+	nstest.Require(t, "iptables", "ip6tables", "sysctl")
 	g := newGateway(t)
 	for _, f := range families {
-		t.Run(f.name, func(t *testing.T) {
-			to := netip.AddrPortFrom(f.srv, 2100)
-			ln := g.server.listen(t, tcpNetwork(f.srv), to)
-			from := netip.AddrPortFrom(f.client, 0)
+		t.Run(f.Name, func(t *testing.T) {
+			to := netip.AddrPortFrom(f.Server, 2100)
+			ln := g.Server.ListenTCP(t, tcpNetwork(f.Server), to)
+			from := netip.AddrPortFrom(f.Client, 0)
 
 			var err error
-			g.router.do(t, func() {
+			g.Router.Do(t, func() {
 				var c *net.TCPConn
-				c, err = (&net.Dialer{Timeout: time.Second}).DialTCP(context.Background(), tcpNetwork(f.srv), from, to)
+				c, err = (&net.Dialer{Timeout: time.Second}).DialTCP(context.Background(), tcpNetwork(f.Server), from, to)
 				if err == nil {
 					c.Close()
 				}
@@ -164,14 +170,14 @@ func TestDialTransparent(t *testing.T) {
 			}
 
 			// No return path yet: the SYN leaves, the SYN-ACK goes astray.
-			g.router.do(t, func() {
+			g.Router.Do(t, func() {
 				var c *net.TCPConn
 				c, err = DialTransparent(context.Background(), from, to, time.Second)
 				if err == nil {
 					c.Close()
 				}
 			})
-			if !isTimeout(err) {
+			if !nstest.IsTimeout(err) {
 				t.Fatalf("DialTransparent without the return-path rules: %v, want a timeout", err)
 			}
 			// Drain what the server's backlog may hold from that attempt.
@@ -180,31 +186,26 @@ func TestDialTransparent(t *testing.T) {
 				c.Close()
 			}
 
-			tproxyRoute(t, g.router, f)
-			for _, from := range []netip.AddrPort{from, netip.AddrPortFrom(f.client, 40000)} {
+			tproxyRoute(t, g.Router, f)
+			for _, from := range []netip.AddrPort{from, netip.AddrPortFrom(f.Client, 40000)} {
 				var rc *net.TCPConn
-				g.router.do(t, func() { rc, err = DialTransparent(context.Background(), from, to, 5*time.Second) })
+				g.Router.Do(t, func() { rc, err = DialTransparent(context.Background(), from, to, 5*time.Second) })
 				if err != nil {
 					t.Fatalf("DialTransparent(%s → %s): %v", from, to, err)
 				}
 				t.Cleanup(func() { rc.Close() })
-				sc := accept(t, ln)
+				sc := nstest.Accept(t, ln)
 				got := AddrPortOf(sc.RemoteAddr())
-				if got.Addr() != f.client || (from.Port() != 0 && got.Port() != from.Port()) {
+				if got.Addr() != f.Client || (from.Port() != 0 && got.Port() != from.Port()) {
 					t.Errorf("server sees RemoteAddr %s, want %s", got, from)
 				}
 				if l := AddrPortOf(rc.LocalAddr()); l != got {
 					t.Errorf("dialer's LocalAddr %s, server's RemoteAddr %s", l, got)
 				}
-				exchange(t, rc, sc)
+				nstest.Exchange(t, rc, sc)
 			}
 		})
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func TestDialTransparentBadInput(t *testing.T) {
@@ -228,7 +229,7 @@ func TestDialTransparentBadInput(t *testing.T) {
 
 // dropCaps removes caps from the effective set of the calling thread only
 // (capabilities are per thread on Linux). Call it on a thread that is
-// discarded afterwards, as testNS.do's are.
+// discarded afterwards, as NS.DoIsolated's are.
 func dropCaps(caps ...int) error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
@@ -245,8 +246,8 @@ func dropCaps(caps ...int) error {
 // IPV6_TRANSPARENT need, what the error says without it, and that
 // IP_FREEBIND needs none.
 func TestTransparentCapabilities(t *testing.T) {
-	requireRoot(t)
-	n := newNS(t, "caps")
+	nstest.Require(t)
+	n := nstest.New(t)
 	ctx := context.Background()
 	nonLocal := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:50000"), netip.MustParseAddrPort("[2001:db8:3::5]:50000")}
 	for _, c := range []struct {
@@ -262,7 +263,7 @@ func TestTransparentCapabilities(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			for _, ap := range nonLocal {
 				var lerr, derr, ferr, capErr error
-				n.do(t, func() {
+				if err := n.DoIsolated(func() {
 					if capErr = dropCaps(c.drop...); capErr != nil {
 						return
 					}
@@ -288,7 +289,9 @@ func TestTransparentCapabilities(t *testing.T) {
 					} else {
 						ferr = err
 					}
-				})
+				}); err != nil {
+					t.Fatal(err)
+				}
 				if capErr != nil {
 					t.Fatalf("drop capabilities: %v", capErr)
 				}

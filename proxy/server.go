@@ -58,9 +58,9 @@ type Config struct {
 	// DataIdleTimeout aborts a transfer that has moved no byte in either
 	// direction for this long (a peer that stopped reading or sending);
 	// <0 disables.
-	DataIdleTimeout time.Duration
-	MaxSessions       int           // <0: no limit
-	MaxSessionsPerIP  int           // <0: no limit
+	DataIdleTimeout  time.Duration
+	MaxSessions      int // <0: no limit
+	MaxSessionsPerIP int // <0: no limit
 
 	// Firewall opens a pinhole for each announced data connection.
 	Firewall rules.Backend
@@ -80,9 +80,9 @@ const (
 	// DefaultDataIdleTimeout is in line with servers' own data
 	// connection timeouts (vsftpd data_connection_timeout 300 s,
 	// pure-ftpd 5 minutes).
-	DefaultDataIdleTimeout = 5 * time.Minute
-	DefaultMaxSessions       = 1024
-	DefaultMaxSessionsPerIP  = 64
+	DefaultDataIdleTimeout  = 5 * time.Minute
+	DefaultMaxSessions      = 1024
+	DefaultMaxSessionsPerIP = 64
 )
 
 // Direction of a traced control line.

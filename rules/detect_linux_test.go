@@ -7,8 +7,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 	_ "github.com/ftpalg/ftpalg/rules/ipset"
 	_ "github.com/ftpalg/ftpalg/rules/iptables"
 )
@@ -16,9 +16,9 @@ import (
 // TestDetect: on this kind of host (ipset in the kernel) Detect picks ipset,
 // and its probe leaves the namespace as it found it.
 func TestDetect(t *testing.T) {
-	netnstest.Require(t, "iptables", "iptables-save", "ipset")
-	ns := netnstest.New(t)
-	netnstest.DefaultDrop(t, ns, "")
+	nstest.Require(t, "iptables", "iptables-save", "ipset")
+	ns := nstest.New(t)
+	nstest.DefaultDrop(t, ns, "")
 	before := ns.Save(t, "4", "")
 	var name, reason string
 	ns.Do(t, func() { name, reason = rules.Detect(context.Background(), zaptest.NewLogger(t)) })

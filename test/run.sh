@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it: installs what it needs
-# (Debian packages, FTP servers and clients), then runs gofmt/vet, the unit,
-# fuzz-smoke, loopback-integration and namespace end-to-end tests.
+# (Debian packages, FTP servers and clients), then runs gofmt, go build,
+# go vet, the unit, fuzz-smoke, loopback-integration and namespace
+# end-to-end tests.
 # Needs root: the end-to-end tests create network namespaces and firewall
 # rules (all removed again, also on failure).
 set -euo pipefail
@@ -16,12 +17,15 @@ fi
 echo "== installing test dependencies"
 ./test/deps.sh
 
-echo "== gofmt, go vet"
+echo "== gofmt, go build, go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "not gofmt-ed:" $unformatted >&2
 	exit 1
 fi
+# go vet compiles test files too: only go build notices a non-test file
+# that needs one.
+go build ./...
 go vet ./...
 
 # FTPALG_E2E=1: a missing prerequisite of an end-to-end test is a failure,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -16,18 +15,18 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 )
 
 // each runs f once per installed iptables variant, after checking for
 // root and the tools.
 func each(t *testing.T, f func(t *testing.T, variant string)) {
-	for _, v := range netnstest.Variants(t) {
+	for _, v := range nstest.Variants(t) {
 		t.Run(v, func(t *testing.T) {
-			netnstest.Require(t, netnstest.Cmd("4", v), netnstest.Cmd("6", v),
-				netnstest.Cmd("4", v)+"-save", netnstest.Cmd("6", v)+"-save", "sysctl")
+			nstest.Require(t, nstest.Cmd("4", v), nstest.Cmd("6", v),
+				nstest.Cmd("4", v)+"-save", nstest.Cmd("6", v)+"-save", "sysctl")
 			f(t, v)
 		})
 	}
@@ -62,7 +61,7 @@ var fams = []fam{
 	},
 }
 
-func (a fam) cmd(variant string) string { return netnstest.Cmd(famArg(a.f), variant) }
+func (a fam) cmd(variant string) string { return nstest.Cmd(famArg(a.f), variant) }
 
 func famArg(f family) string {
 	if f == ipv6 {
@@ -72,7 +71,7 @@ func famArg(f family) string {
 }
 
 // do runs fn inside n and fails t on error.
-func do(t *testing.T, n *netnstest.NS, what string, fn func(ctx context.Context) error) {
+func do(t *testing.T, n *nstest.NS, what string, fn func(ctx context.Context) error) {
 	t.Helper()
 	var err error
 	n.Do(t, func() { err = fn(context.Background()) })
@@ -83,7 +82,7 @@ func do(t *testing.T, n *netnstest.NS, what string, fn func(ctx context.Context)
 
 // install runs Install inside n; Remove runs when t ends (it is harmless
 // after the test's own Remove).
-func install(t *testing.T, n *netnstest.NS, c Config) *Rules {
+func install(t *testing.T, n *nstest.NS, c Config) *Rules {
 	t.Helper()
 	if c.Logger == nil {
 		c.Logger = zaptest.NewLogger(t)
@@ -104,7 +103,7 @@ func install(t *testing.T, n *netnstest.NS, c Config) *Rules {
 // DNAT port forward and masquerading in nat, a mark in mangle, a policy
 // rule and a table of its own. Install must keep clear of all of it, and
 // Remove leave it exactly so.
-func hostRuleset(t *testing.T, n *netnstest.NS, variant string) {
+func hostRuleset(t *testing.T, n *nstest.NS, variant string) {
 	t.Helper()
 	for _, a := range fams {
 		ipt := a.cmd(variant)
@@ -121,7 +120,7 @@ func hostRuleset(t *testing.T, n *netnstest.NS, variant string) {
 
 // snapshot is everything Remove must restore: both families' complete
 // rulesets (counters zeroed), policy rules and routes of every table.
-func snapshot(t *testing.T, n *netnstest.NS, variant string) string {
+func snapshot(t *testing.T, n *nstest.NS, variant string) string {
 	t.Helper()
 	var b strings.Builder
 	for _, a := range fams {
@@ -133,7 +132,7 @@ func snapshot(t *testing.T, n *netnstest.NS, variant string) string {
 
 // state is what the tests compare after Install: `iptables -t nat -S`,
 // `-t mangle -S`, `ip rule` and `ip route show table 100` of one family.
-func state(t *testing.T, n *netnstest.NS, variant string, a fam, table int) string {
+func state(t *testing.T, n *nstest.NS, variant string, a fam, table int) string {
 	t.Helper()
 	s := "# nat\n" + n.Run(t, a.cmd(variant), "-w", "-t", "nat", "-S") +
 		"# mangle\n" + n.Run(t, a.cmd(variant), "-w", "-t", "mangle", "-S") +
@@ -149,7 +148,7 @@ func state(t *testing.T, n *netnstest.NS, variant string, a fam, table int) stri
 }
 
 // routes is `ip route show table N`, empty when the table does not exist.
-func routes(t *testing.T, n *netnstest.NS, a fam, table int) string {
+func routes(t *testing.T, n *nstest.NS, a fam, table int) string {
 	t.Helper()
 	out, err := n.Try("ip", a.ip, "route", "show", "table", fmt.Sprint(table))
 	if err != nil {
@@ -313,7 +312,7 @@ func TestInstallExact(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
 		for _, sc := range scenarios {
 			t.Run(sc.name, func(t *testing.T) {
-				n := netnstest.New(t)
+				n := nstest.New(t)
 				hostRuleset(t, n, variant)
 				before := snapshot(t, n, variant)
 				c := withSelectors(sc.c, variant)
@@ -340,7 +339,7 @@ func TestInstallExact(t *testing.T) {
 	})
 }
 
-func checkState(t *testing.T, n *netnstest.NS, variant string, want func(fam) expect) {
+func checkState(t *testing.T, n *nstest.NS, variant string, want func(fam) expect) {
 	t.Helper()
 	for _, a := range fams {
 		if got, want := state(t, n, variant, a, 100), want(a).String(a); got != want {
@@ -357,7 +356,7 @@ func checkState(t *testing.T, n *netnstest.NS, variant string, want func(fam) ex
 // host's alone, and that Cleanup without an Install removes all of ours.
 func TestLeftovers(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
-		n := netnstest.New(t)
+		n := nstest.New(t)
 		hostRuleset(t, n, variant)
 		for _, a := range fams {
 			// the host's own, in our table: not ours, so they stay
@@ -430,7 +429,7 @@ func sortRoutes(a fam, blackhole, local string) []string {
 // them without adding its own, and Remove leaves them.
 func TestHostRouting(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
-		n := netnstest.New(t)
+		n := nstest.New(t)
 		for _, a := range fams {
 			all := "0.0.0.0/0"
 			if a.f == ipv6 {
@@ -473,18 +472,18 @@ func withoutEmptyTables(s string) string {
 // Install later removes the IPv6 leftovers.
 func TestFamiliesFollowSources(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
-		n := netnstest.New(t)
+		n := nstest.New(t)
 		hostRuleset(t, n, variant)
 		before4 := n.Save(t, "4", variant) + n.Run(t, "ip", "-4", "rule")
 		install(t, n, Config{Mode: nat.ModeTProxy, Sources: []netip.Prefix{lan6}, ListenPort: 2121, Iptables: variant})
 		if after := n.Save(t, "4", variant) + n.Run(t, "ip", "-4", "rule"); after != before4 {
 			t.Errorf("IPv6-only Install changed IPv4:\n%s", after)
 		}
-		if s := n.Run(t, netnstest.Cmd("6", variant), "-w", "-t", "mangle", "-S"); !strings.Contains(s, "-N FTPALG-TPROXY") {
+		if s := n.Run(t, nstest.Cmd("6", variant), "-w", "-t", "mangle", "-S"); !strings.Contains(s, "-N FTPALG-TPROXY") {
 			t.Fatalf("IPv6-only Install: no FTPALG-TPROXY in ip6tables:\n%s", s)
 		}
 		install(t, n, Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4}, ListenPort: 2121, Iptables: variant})
-		if s := n.Run(t, netnstest.Cmd("6", variant), "-w", "-t", "mangle", "-S") + n.Run(t, "ip", "-6", "rule"); strings.Contains(s, "FTPALG") || strings.Contains(s, "proto 70") {
+		if s := n.Run(t, nstest.Cmd("6", variant), "-w", "-t", "mangle", "-S") + n.Run(t, "ip", "-6", "rule"); strings.Contains(s, "FTPALG") || strings.Contains(s, "proto 70") {
 			t.Errorf("IPv4-only Install left the IPv6 leftovers:\n%s", s)
 		}
 	})
@@ -494,7 +493,7 @@ func TestFamiliesFollowSources(t *testing.T) {
 // share a router; removing one leaves the other exactly as it was.
 func TestInstances(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
-		n := netnstest.New(t)
+		n := nstest.New(t)
 		hostRuleset(t, n, variant)
 		before := snapshot(t, n, variant)
 		a := install(t, n, Config{Mode: nat.ModeRedirect, Sources: []netip.Prefix{lan4, lan6}, ListenPort: 2121,
@@ -522,9 +521,9 @@ func TestInstances(t *testing.T) {
 // link, both families: the client's default route is the router, which
 // has no route to the destinations the client connects to, so only
 // interception answers them.
-func gateway(t *testing.T) (client, router *netnstest.NS) {
+func gateway(t *testing.T) (client, router *nstest.NS) {
 	t.Helper()
-	client, router = netnstest.New(t), netnstest.New(t)
+	client, router = nstest.New(t), nstest.New(t)
 	router.Run(t, "ip", "link", "add", "rc", "type", "veth", "peer", "name", "c0", "netns", client.Name)
 	router.Run(t, "ip", "link", "set", "rc", "up")
 	client.Run(t, "ip", "link", "set", "c0", "up")
@@ -572,7 +571,7 @@ func TestPacket(t *testing.T) {
 func packet(t *testing.T, variant string, c Config) {
 	client, router := gateway(t)
 	// a default-DROP router, with the INPUT rules README.md asks for
-	netnstest.DefaultDrop(t, router, variant)
+	nstest.DefaultDrop(t, router, variant)
 	for _, a := range fams {
 		if c.Mode == nat.ModeRedirect {
 			router.Run(t, a.cmd(variant), "-w", "-A", "INPUT", "-p", "tcp", "--dport", "2121", "-j", "ACCEPT")
@@ -607,7 +606,7 @@ func packet(t *testing.T, variant string, c Config) {
 			if got := nat.AddrPortOf(sc.RemoteAddr()); got != nat.AddrPortOf(cc.LocalAddr()) {
 				t.Errorf("accepted RemoteAddr %s, client's LocalAddr %s", got, cc.LocalAddr())
 			}
-			exchange(t, cc, sc)
+			nstest.Exchange(t, cc, sc)
 
 			if inNetwork {
 				notIntercepted(t, client, a.outside, want, lns[a.f], "from outside the intercepted network")
@@ -619,7 +618,7 @@ func packet(t *testing.T, variant string, c Config) {
 				if got := nat.AddrPortOf(sc.LocalAddr()); got != data {
 					t.Errorf("diverted connection's LocalAddr %s, want %s", got, data)
 				}
-				exchange(t, cc, sc)
+				nstest.Exchange(t, cc, sc)
 			}
 		})
 	}
@@ -630,7 +629,7 @@ func packet(t *testing.T, variant string, c Config) {
 }
 
 // listen opens a listener on ap inside n, transparent or plain.
-func listen(t *testing.T, n *netnstest.NS, ap netip.AddrPort, transparent bool) *net.TCPListener {
+func listen(t *testing.T, n *nstest.NS, ap netip.AddrPort, transparent bool) *net.TCPListener {
 	t.Helper()
 	var (
 		ln  *net.TCPListener
@@ -655,7 +654,7 @@ func listen(t *testing.T, n *netnstest.NS, ap netip.AddrPort, transparent bool) 
 }
 
 // connect dials to from the client address from and accepts on ln.
-func connect(t *testing.T, client *netnstest.NS, from netip.Addr, to netip.AddrPort, ln *net.TCPListener) (cc, sc *net.TCPConn) {
+func connect(t *testing.T, client *nstest.NS, from netip.Addr, to netip.AddrPort, ln *net.TCPListener) (cc, sc *net.TCPConn) {
 	t.Helper()
 	cc, err := client.Dial(from, to, 5*time.Second)
 	if err != nil {
@@ -674,7 +673,7 @@ func connect(t *testing.T, client *netnstest.NS, from netip.Addr, to netip.AddrP
 // notIntercepted checks that a connection from `from` to `to` does not
 // succeed (the router has no route: unreachable, or the SYN is dropped)
 // and that ln receives nothing.
-func notIntercepted(t *testing.T, client *netnstest.NS, from netip.Addr, to netip.AddrPort, ln *net.TCPListener, when string) {
+func notIntercepted(t *testing.T, client *nstest.NS, from netip.Addr, to netip.AddrPort, ln *net.TCPListener, when string) {
 	t.Helper()
 	if c, err := client.Dial(from, to, time.Second); err == nil {
 		c.Close()
@@ -684,24 +683,6 @@ func notIntercepted(t *testing.T, client *netnstest.NS, from netip.Addr, to neti
 	if c, err := ln.Accept(); err == nil {
 		c.Close()
 		t.Errorf("%s: listener %s accepted %s→%s", when, ln.Addr(), from, to)
-	}
-}
-
-// exchange checks that bytes flow both ways.
-func exchange(t *testing.T, a, b net.Conn) {
-	t.Helper()
-	for _, d := range []struct {
-		from, to net.Conn
-		msg      string
-	}{{a, b, "220 hello\r\n"}, {b, a, "USER anonymous\r\n"}} {
-		d.to.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := d.from.Write([]byte(d.msg)); err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		buf := make([]byte, len(d.msg))
-		if _, err := io.ReadFull(d.to, buf); err != nil || string(buf) != d.msg {
-			t.Fatalf("read %q, %v; want %q", buf, err, d.msg)
-		}
 	}
 }
 
@@ -728,8 +709,8 @@ func TestNotPermitted(t *testing.T) {
 		return
 	}
 	each(t, func(t *testing.T, variant string) {
-		netnstest.Require(t, "setpriv")
-		n := netnstest.New(t)
+		nstest.Require(t, "setpriv")
+		n := nstest.New(t)
 		before := withoutEmptyTables(snapshot(t, n, variant))
 		cmd := exec.Command("ip", "netns", "exec", n.Name,
 			"setpriv", "--bounding-set=-all", "--inh-caps=-all",
@@ -756,7 +737,7 @@ func TestNotPermitted(t *testing.T) {
 // only interfaces it logs IPv6 as unavailable and installs IPv4 alone.
 func TestFailureRollsBack(t *testing.T) {
 	each(t, func(t *testing.T, variant string) {
-		n := netnstest.New(t)
+		n := nstest.New(t)
 		hostRuleset(t, n, variant)
 		n.Run(t, "ip", "-6", "route", "add", "unreachable", "default", "table", "100")
 		before := snapshot(t, n, variant)
@@ -779,10 +760,10 @@ func TestFailureRollsBack(t *testing.T) {
 		if len(r.fams) != 1 || r.fams[0] != ipv4 {
 			t.Errorf("interfaces-only Install with IPv6 unusable set up %v, want IPv4 only", r.fams)
 		}
-		if s := n.Run(t, netnstest.Cmd("6", variant), "-w", "-t", "mangle", "-S") + n.Run(t, "ip", "-6", "rule"); strings.Contains(s, "FTPALG") || strings.Contains(s, "proto 70") {
+		if s := n.Run(t, nstest.Cmd("6", variant), "-w", "-t", "mangle", "-S") + n.Run(t, "ip", "-6", "rule"); strings.Contains(s, "FTPALG") || strings.Contains(s, "proto 70") {
 			t.Errorf("IPv6 remains after its failure:\n%s", s)
 		}
-		if s := n.Run(t, netnstest.Cmd("4", variant), "-w", "-t", "mangle", "-S"); !strings.Contains(s, "-A FTPALG-TPROXY -i lan0") {
+		if s := n.Run(t, nstest.Cmd("4", variant), "-w", "-t", "mangle", "-S"); !strings.Contains(s, "-A FTPALG-TPROXY -i lan0") {
 			t.Errorf("no IPv4 rules:\n%s", s)
 		}
 	})

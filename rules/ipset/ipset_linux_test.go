@@ -14,14 +14,14 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/internal/backendtest"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 )
 
 // each runs f once per installed iptables variant.
 func each(t *testing.T, f func(t *testing.T, c backendtest.Config)) {
-	for _, v := range netnstest.Variants(t) {
+	for _, v := range nstest.Variants(t) {
 		t.Run(v, func(t *testing.T) {
 			f(t, backendtest.Config{
 				New:     func(o rules.Options) rules.Backend { return New(o) },
@@ -50,11 +50,11 @@ func hookRules(set string) []string {
 func sorted(s []string) []string { slices.Sort(s); return s }
 
 // checkState asserts the namespace holds exactly our chains, hooks and sets.
-func checkState(t *testing.T, ns *netnstest.NS, variant string) {
+func checkState(t *testing.T, ns *nstest.NS, variant string) {
 	t.Helper()
 	for fam, set := range map[string]string{"4": Set4, "6": Set6} {
 		if got, want := sorted(ns.Rules(t, fam, variant)), hookRules(set); !slices.Equal(got, want) {
-			t.Errorf("%s -S:\n%s\nwant:\n%s", netnstest.Cmd(fam, variant), strings.Join(got, "\n"), strings.Join(want, "\n"))
+			t.Errorf("%s -S:\n%s\nwant:\n%s", nstest.Cmd(fam, variant), strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}
 	}
 	if got := ns.Sets(t); !slices.Equal(got, []string{Set4, Set6}) {
@@ -73,7 +73,7 @@ func checkState(t *testing.T, ns *netnstest.NS, variant string) {
 func TestSetupCreatesExactlyOurs(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		c.SetUp(t, ns, c.Options(t))
 		checkState(t, ns, c.Variant)
 	})
@@ -82,10 +82,10 @@ func TestSetupCreatesExactlyOurs(t *testing.T) {
 func TestOpenCloseElement(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		b := c.SetUp(t, ns, c.Options(t))
-		p4 := backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 5, 30*time.Second)
-		p6 := backendtest.Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50001, 6, 1500*time.Millisecond)
+		p4 := backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 5, 30*time.Second)
+		p6 := backendtest.Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50001, 6, 1500*time.Millisecond)
 		for _, p := range []rules.Pinhole{p4, p6} {
 			backendtest.Do(t, ns, "Open", func(ctx context.Context) error { return b.Open(ctx, p) })
 		}
@@ -114,9 +114,9 @@ func TestOpenCloseElement(t *testing.T) {
 func TestElementExpiresByItself(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		b := c.SetUp(t, ns, c.Options(t))
-		p := backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 9, time.Second)
+		p := backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 9, time.Second)
 		backendtest.Do(t, ns, "Open", func(ctx context.Context) error { return b.Open(ctx, p) })
 		start := time.Now()
 		if got := ns.Members(t, Set4); len(got) != 1 {
@@ -138,8 +138,8 @@ func TestElementExpiresByItself(t *testing.T) {
 func TestSetupReconcilesLeftovers(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
-		ipt, ip6t := netnstest.Cmd("4", c.Variant), netnstest.Cmd("6", c.Variant)
+		ns := nstest.New(t)
+		ipt, ip6t := nstest.Cmd("4", c.Variant), nstest.Cmd("6", c.Variant)
 		// a crashed run: our set with a stale element, a v6 set of the
 		// wrong type, chains with stale and foreign rules, duplicate and
 		// old-style hooks
@@ -173,7 +173,7 @@ func TestSetupReconcilesLeftovers(t *testing.T) {
 	})
 }
 
-func listIn(ns *netnstest.NS, b rules.Backend) (ps []rules.Pinhole, err error) {
+func listIn(ns *nstest.NS, b rules.Backend) (ps []rules.Pinhole, err error) {
 	exit, err := ns.Enter()
 	if err != nil {
 		return nil, err
@@ -197,9 +197,9 @@ func TestConcurrent(t *testing.T) {
 func TestProbe(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		// any iptables call creates the filter table; have one already
-		netnstest.DefaultDrop(t, ns, c.Variant)
+		nstest.DefaultDrop(t, ns, c.Variant)
 		before := ns.Save(t, "4", c.Variant)
 		var err error
 		ns.Do(t, func() { err = Probe(context.Background(), c.Options(t)) })
@@ -270,13 +270,13 @@ func BenchmarkLatency(b *testing.B) {
 func BenchmarkOpenClose(b *testing.B) {
 	c := backendtest.Config{New: func(o rules.Options) rules.Backend { return New(o) }, Tools: []string{"ipset"}}
 	c.Require(b)
-	ns := netnstest.New(b)
+	ns := nstest.New(b)
 	be := c.SetUp(b, ns, c.Options(b))
 	ns.Do(b, func() {
 		ctx := context.Background()
 		i := 0
 		for b.Loop() {
-			p := backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, uint16(10000+i%50000), uint64(i), time.Minute)
+			p := backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, uint16(10000+i%50000), uint64(i), time.Minute)
 			if err := be.Open(ctx, p); err != nil {
 				b.Fatal(err)
 			}

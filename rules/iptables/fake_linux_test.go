@@ -11,9 +11,9 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/internal/backendtest"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 	"github.com/ftpalg/ftpalg/rules/internal/xtables"
 )
 
@@ -112,8 +112,8 @@ const (
 )
 
 var (
-	p4 = backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 5, 30*time.Second)
-	p6 = backendtest.Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50001, 6, 30*time.Second)
+	p4 = backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 5, 30*time.Second)
+	p6 = backendtest.Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50001, 6, 30*time.Second)
 )
 
 // TestFakeSetupOpenCloseTeardown: on a default-DROP host, Setup hooks our
@@ -202,7 +202,7 @@ func TestFakeKeepHooksAndInstances(t *testing.T) {
 	x := withHost(t)
 	web := onFake(t, x, rules.Options{Instance: "web"})
 	do(t, "Setup web", web.Setup)
-	pw := backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50009, 9, time.Minute)
+	pw := backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50009, 9, time.Minute)
 	do(t, "Open web", func(ctx context.Context) error { return web.Open(ctx, pw) })
 	ruleWeb := `-s 192.0.2.2/32 -d 192.0.2.1/32 -p tcp -m tcp --dport 50009 -m comment --comment "ftpalg session 9" -j ACCEPT`
 	webOnly := filterWith("-web", ruleWeb)

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/internal/backendtest"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 	"github.com/ftpalg/ftpalg/rules/internal/xtables"
 )
 
@@ -27,7 +27,7 @@ func config(variant string) backendtest.Config {
 
 // each runs f once per installed iptables variant.
 func each(t *testing.T, f func(t *testing.T, c backendtest.Config)) {
-	for _, v := range netnstest.Variants(t) {
+	for _, v := range nstest.Variants(t) {
 		t.Run(v, func(t *testing.T) { f(t, config(v)) })
 	}
 }
@@ -45,19 +45,19 @@ func hookRules(extra ...string) []string {
 	return r
 }
 
-func checkRules(t *testing.T, ns *netnstest.NS, fam, variant string, extra ...string) {
+func checkRules(t *testing.T, ns *nstest.NS, fam, variant string, extra ...string) {
 	t.Helper()
 	got := ns.Rules(t, fam, variant)
 	slices.Sort(got)
 	if want := hookRules(extra...); !slices.Equal(got, want) {
-		t.Errorf("%s -S:\n%s\nwant:\n%s", netnstest.Cmd(fam, variant), strings.Join(got, "\n"), strings.Join(want, "\n"))
+		t.Errorf("%s -S:\n%s\nwant:\n%s", nstest.Cmd(fam, variant), strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
 func TestSetupCreatesExactlyOurs(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		c.SetUp(t, ns, c.Options(t))
 		checkRules(t, ns, "4", c.Variant)
 		checkRules(t, ns, "6", c.Variant)
@@ -67,10 +67,10 @@ func TestSetupCreatesExactlyOurs(t *testing.T) {
 func TestOpenCloseRule(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		b := c.SetUp(t, ns, c.Options(t))
-		p4 := backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 5, 30*time.Second)
-		p6 := backendtest.Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50001, 6, 30*time.Second)
+		p4 := backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 5, 30*time.Second)
+		p6 := backendtest.Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50001, 6, 30*time.Second)
 		for _, p := range []rules.Pinhole{p4, p6, p4} { // the second Open of p4 adds nothing
 			backendtest.Do(t, ns, "Open", func(ctx context.Context) error { return b.Open(ctx, p) })
 		}
@@ -90,9 +90,9 @@ func TestOpenCloseRule(t *testing.T) {
 func TestSetupReconcilesLeftovers(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
+		ns := nstest.New(t)
 		for _, fam := range []string{"4", "6"} {
-			ipt := netnstest.Cmd(fam, c.Variant)
+			ipt := nstest.Cmd(fam, c.Variant)
 			src := "198.51.100.7"
 			if fam == "6" {
 				src = "2001:db8:ff::7"
@@ -130,8 +130,8 @@ func TestConcurrent(t *testing.T) {
 func TestProbe(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) {
 		c.Require(t)
-		ns := netnstest.New(t)
-		netnstest.DefaultDrop(t, ns, c.Variant)
+		ns := nstest.New(t)
+		nstest.DefaultDrop(t, ns, c.Variant)
 		before := ns.Save(t, "4", c.Variant)
 		var err error
 		ns.Do(t, func() { err = Probe(context.Background(), c.Options(t)) })
@@ -214,7 +214,7 @@ func latencyN() int {
 // BenchmarkLatency measures Open and Close per iptables variant (see
 // backendtest.Latency): go test -run '^$' -bench Latency ./rules/iptables
 func BenchmarkLatency(b *testing.B) {
-	for _, v := range netnstest.Variants(b) {
+	for _, v := range nstest.Variants(b) {
 		b.Run(v, func(b *testing.B) { backendtest.Latency(b, config(v), latencyN(), 64) })
 	}
 }
@@ -222,13 +222,13 @@ func BenchmarkLatency(b *testing.B) {
 func BenchmarkOpenClose(b *testing.B) {
 	c := config("")
 	c.Require(b)
-	ns := netnstest.New(b)
+	ns := nstest.New(b)
 	be := c.SetUp(b, ns, c.Options(b))
 	ns.Do(b, func() {
 		ctx := context.Background()
 		i := 0
 		for b.Loop() {
-			p := backendtest.Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, uint16(10000+i%50000), uint64(i), time.Minute)
+			p := backendtest.Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, uint16(10000+i%50000), uint64(i), time.Minute)
 			if err := be.Open(ctx, p); err != nil {
 				b.Fatal(err)
 			}

@@ -1,53 +1,16 @@
 package main
 
 import (
-	"crypto/rand"
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
-	"slices"
-	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ftpalg/ftpalg/test/internal/benchftp"
+	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
-
-const (
-	bigFile   = "big.bin"
-	smallFile = "small.bin"
-	smallSize = 4 << 10
-)
-
-// makeFiles writes the files the server serves: bigFile of size bytes (a
-// 1 MiB random block repeated, so every page is real data, not a hole) and
-// smallFile of 4 KiB.
-func makeFiles(dir string, size int64) error {
-	block := make([]byte, 1<<20)
-	if _, err := rand.Read(block); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, smallFile), block[:smallSize], 0o644); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(filepath.Join(dir, bigFile), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	for left := size; left > 0; {
-		n := min(left, int64(len(block)))
-		if _, err := f.Write(block[:n]); err != nil {
-			f.Close()
-			return err
-		}
-		left -= n
-	}
-	return f.Close()
-}
 
 // ---- 1. throughput ----
 
@@ -62,34 +25,6 @@ type xferRun struct {
 
 func (r xferRun) mbps() float64 { return float64(r.bytes) / r.secs / 1e6 }
 
-// download fetches bigFile from addr once and times it from RETR to 226.
-func download(addr string, size int64, bufSize int, timeout time.Duration) (int64, float64, error) {
-	deadline := time.Now().Add(timeout)
-	c, err := benchftp.Dial(addr, deadline)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer c.Close()
-	if err := c.Login(); err != nil {
-		return 0, 0, err
-	}
-	if _, _, err := c.Cmd(2, "TYPE I"); err != nil {
-		return 0, 0, benchftp.StepErr("TYPE", err)
-	}
-	buf := make([]byte, bufSize)
-	start := time.Now()
-	n, _, err := c.Transfer("RETR "+bigFile, deadline, 0, buf)
-	secs := time.Since(start).Seconds()
-	if err != nil {
-		return n, secs, err
-	}
-	if n != size {
-		return n, secs, fmt.Errorf("RETR: got %d bytes, want %d", n, size)
-	}
-	c.Quit()
-	return n, secs, nil
-}
-
 type throughputResult struct {
 	runs          []xferRun
 	direct, proxy float64 // median MB/s
@@ -100,24 +35,25 @@ type throughputResult struct {
 
 func runThroughput(o *options, serverAddr, proxyAddr string, proxyPID int) (*throughputResult, error) {
 	res := &throughputResult{}
-	fmt.Printf("\n== 1. Throughput: RETR of %s (EPSV, TYPE I), %d runs each, alternating ==\n", fmtBytes(o.size), o.runs)
+	fmt.Printf("\n== 1. Throughput: RETR of %s (EPSV, TYPE I), %d runs each, alternating ==\n", benchkit.FormatSize(o.Size), o.Runs)
 	var cpuTotal float64
 	var proxBytes int64
-	for i := range o.runs {
+	for i := range o.Runs {
 		for _, via := range []string{"direct", "proxy"} {
 			addr := serverAddr
 			if via == "proxy" {
 				addr = proxyAddr
 			}
-			cpu0, _ := cpuSeconds(proxyPID)
-			m0, _ := machineCPU()
-			n, secs, err := download(addr, o.size, o.bufSize, o.xferTimeout)
-			m1, _ := machineCPU()
-			cpu1, _ := cpuSeconds(proxyPID)
+			cpu0, _ := benchkit.CPUSeconds(proxyPID)
+			m0, _ := benchkit.MachineCPU()
+			n, secs, err := benchkit.Download(addr, o.Size, make([]byte, o.BufSize), o.XferTimeout, nil)
+			m1, _ := benchkit.MachineCPU()
+			cpu1, _ := benchkit.CPUSeconds(proxyPID)
 			if err != nil {
 				return nil, fmt.Errorf("run %d %s: %w", i+1, via, err)
 			}
-			r := xferRun{via: via, bytes: n, secs: secs, busy: m1.busyCPUs(m0), mach: m1.busySecs(m0)}
+			r := xferRun{via: via, bytes: n, secs: secs}
+			r.mach, r.busy = busy(m1.Sub(m0))
 			if via == "proxy" {
 				r.cpu = cpu1 - cpu0
 				cpuTotal += r.cpu
@@ -141,10 +77,10 @@ func runThroughput(o *options, serverAddr, proxyAddr string, proxyPID int) (*thr
 			p, mp = append(p, r.mbps()), append(mp, perGiB)
 		}
 	}
-	res.direct, res.proxy = median(d), median(p)
-	res.machDirect, res.machProxy = median(md), median(mp)
+	res.direct, res.proxy = benchkit.Median(d), benchkit.Median(p)
+	res.machDirect, res.machProxy = benchkit.Median(md), benchkit.Median(mp)
 	res.cpuPerGiB = cpuTotal / (float64(proxBytes) / (1 << 30))
-	fmt.Printf("  median: direct %.1f MB/s, proxy %.1f MB/s, ratio proxy/direct %s\n", res.direct, res.proxy, ratio(res.proxy, res.direct, 3))
+	fmt.Printf("  median: direct %.1f MB/s, proxy %.1f MB/s, ratio proxy/direct %s\n", res.direct, res.proxy, benchkit.Ratio(res.proxy, res.direct, 3))
 	fmt.Printf("  proxy CPU time (utime+stime) during proxied runs: %.2f s per GiB\n", res.cpuPerGiB)
 	fmt.Printf("  whole machine CPU time per GiB (median): direct %.2f s, proxy %.2f s\n", res.machDirect, res.machProxy)
 	return res, nil
@@ -163,109 +99,29 @@ type rateResult struct {
 	errKinds map[string]int
 }
 
-// oneSession is connect, login, EPSV, LIST, EPSV, RETR of the 4 KiB file,
-// QUIT.
-func oneSession(addr string, timeout time.Duration, buf []byte) error {
-	deadline := time.Now().Add(timeout)
-	c, err := benchftp.Dial(addr, deadline)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Login(); err != nil {
-		return err
-	}
-	n, _, err := c.Transfer("LIST", deadline, 0, buf)
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return benchftp.StepErr("LIST", errors.New("empty listing"))
-	}
-	n, _, err = c.Transfer("RETR "+smallFile, deadline, 0, buf)
-	if err != nil {
-		return err
-	}
-	// ASCII mode (no TYPE I in this session) lets a server turn LF into
-	// CRLF: ftpserverlib does, vsftpd does not.
-	if n < smallSize || n > 2*smallSize {
-		return benchftp.StepErr("RETR", fmt.Errorf("got %d bytes, want %d", n, smallSize))
-	}
-	return c.Quit()
-}
-
 // runRate runs the session loop against addr; proxyPID, when not zero, is
 // the proxy whose CPU time is counted.
 func runRate(o *options, label, addr string, proxyPID int) *rateResult {
-	var (
-		mu    sync.Mutex
-		lats  []time.Duration
-		kinds = map[string]int{}
-		nerr  atomic.Int64
-		wg    sync.WaitGroup
-	)
-	m0, _ := machineCPU()
-	var cpu0 float64
-	if proxyPID != 0 {
-		cpu0, _ = cpuSeconds(proxyPID)
-	}
-	start := time.Now()
-	stopAt := start.Add(o.duration)
-	for range o.clients {
-		wg.Go(func() {
-			buf := make([]byte, 32<<10)
-			var mine []time.Duration
-			for time.Now().Before(stopAt) {
-				t0 := time.Now()
-				err := oneSession(addr, o.sessionTimeout, buf)
-				if err != nil {
-					nerr.Add(1)
-					mu.Lock()
-					kinds[benchftp.ErrKind(err)]++
-					mu.Unlock()
-					// Back off a little so that a failing path does not
-					// spin.
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				mine = append(mine, time.Since(t0))
-			}
-			mu.Lock()
-			lats = append(lats, mine...)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	secs := time.Since(start).Seconds()
-	m1, _ := machineCPU()
-	slices.Sort(lats)
-	r := &rateResult{sessions: len(lats), secs: secs, rate: float64(len(lats)) / secs,
-		p50: percentile(lats, 50), p99: percentile(lats, 99), errors: int(nerr.Load()), errKinds: kinds, busy: m1.busyCPUs(m0)}
+	m0, _ := benchkit.MachineCPU()
+	cpu0, _ := benchkit.CPUSeconds(proxyPID)
+	rr := benchkit.RunRate(addr, o.Clients, o.Duration, o.SessionTimeout)
+	m1, _ := benchkit.MachineCPU()
+	r := &rateResult{sessions: len(rr.Latencies), secs: rr.Secs, rate: float64(len(rr.Latencies)) / rr.Secs,
+		p50: benchkit.Percentile(rr.Latencies, 50), p99: benchkit.Percentile(rr.Latencies, 99), errors: rr.Errors, errKinds: rr.ErrKinds}
+	_, r.busy = busy(m1.Sub(m0))
 	extra := ""
 	if proxyPID != 0 && r.sessions > 0 {
-		cpu1, _ := cpuSeconds(proxyPID)
+		cpu1, _ := benchkit.CPUSeconds(proxyPID)
 		r.proxyCPU = (cpu1 - cpu0) * 1000 / float64(r.sessions)
 		extra = fmt.Sprintf(", proxy CPU %.2f ms/session", r.proxyCPU)
 	}
 	fmt.Printf("  %-6s %7d sessions in %.1f s = %8.1f sessions/s  p50 %7.2f ms  p99 %7.2f ms  errors %d\n",
-		label, r.sessions, secs, r.rate, ms(r.p50), ms(r.p99), r.errors)
+		label, r.sessions, r.secs, r.rate, benchkit.Ms(r.p50), benchkit.Ms(r.p99), r.errors)
 	fmt.Printf("         machine %.2f of %d CPUs busy%s\n", r.busy, runtime.NumCPU(), extra)
-	for _, k := range topKinds(kinds, 5) {
-		fmt.Printf("         %6d × %s\n", kinds[k], k)
+	for _, k := range benchkit.TopKinds(rr.ErrKinds, 5) {
+		fmt.Printf("         %6d × %s\n", rr.ErrKinds[k], k)
 	}
 	return r
-}
-
-func topKinds(m map[string]int, n int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return m[keys[i]] > m[keys[j]] })
-	if len(keys) > n {
-		keys = keys[:n]
-	}
-	return keys
 }
 
 // ---- 3. memory per idle session ----
@@ -286,16 +142,16 @@ type idleResult struct {
 }
 
 func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
-	res := &idleResult{nofileProxy: nofileLimit(proxyPID), nofileBench: nofileLimit(os.Getpid())}
+	res := &idleResult{nofileProxy: benchkit.NofileLimit(proxyPID), nofileBench: benchkit.NofileLimit(os.Getpid())}
 	fmt.Printf("\n== 3. Memory per idle session: %d logged-in control sessions through the proxy to internal/ftpd ==\n", o.idle)
 	fmt.Printf("  open-file limit: bench %s, proxy %s\n", res.nofileBench, res.nofileProxy)
 	time.Sleep(o.settle)
-	st, err := procStatus(proxyPID)
+	st, err := benchkit.ProcStatus(proxyPID)
 	if err != nil {
 		return nil, err
 	}
 	res.rssBefore, res.anonBefore = st["VmRSS"], st["RssAnon"]
-	res.fdBefore, _ = fdCount(proxyPID)
+	res.fdBefore, _ = benchkit.FDCount(proxyPID)
 	fmt.Printf("  before: VmRSS %d KiB (RssAnon %d KiB), %d fds\n", res.rssBefore, res.anonBefore, res.fdBefore)
 
 	conns := make([]*benchftp.Client, o.idle)
@@ -312,14 +168,7 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 				if i >= o.idle {
 					return
 				}
-				deadline := time.Now().Add(o.sessionTimeout)
-				c, err := benchftp.Dial(proxyAddr, deadline)
-				if err == nil {
-					err = c.Login()
-					if err != nil {
-						c.Close()
-					}
-				}
+				c, err := benchftp.Open(proxyAddr, time.Now().Add(o.SessionTimeout))
 				if err != nil {
 					failed.Add(1)
 					mu.Lock()
@@ -337,16 +186,16 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 	res.failed = int(failed.Load())
 	res.sessions = o.idle - res.failed
 	fmt.Printf("  opened %d sessions in %.1f s (%d failed)\n", res.sessions, res.openSecs, res.failed)
-	for _, k := range topKinds(kinds, 5) {
+	for _, k := range benchkit.TopKinds(kinds, 5) {
 		fmt.Printf("         %6d × %s\n", kinds[k], k)
 	}
 	time.Sleep(o.settle)
-	st, err = procStatus(proxyPID)
+	st, err = benchkit.ProcStatus(proxyPID)
 	if err != nil {
 		return nil, err
 	}
 	res.rssAfter, res.anonAfter, res.hwm = st["VmRSS"], st["RssAnon"], st["VmHWM"]
-	res.fdAfter, _ = fdCount(proxyPID)
+	res.fdAfter, _ = benchkit.FDCount(proxyPID)
 	if res.sessions > 0 {
 		res.perSession = float64(res.rssAfter-res.rssBefore) / float64(res.sessions)
 		res.anonPerSess = float64(res.anonAfter-res.anonBefore) / float64(res.sessions)
@@ -365,15 +214,15 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 	}
 	end := time.Now().Add(30 * time.Second)
 	for time.Now().Before(end) {
-		if n, _ := fdCount(proxyPID); n <= res.fdBefore {
+		if n, _ := benchkit.FDCount(proxyPID); n <= res.fdBefore {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	res.closeSecs = time.Since(t0).Seconds()
-	res.fdClosed, _ = fdCount(proxyPID)
+	res.fdClosed, _ = benchkit.FDCount(proxyPID)
 	time.Sleep(o.settle)
-	rss, _ := rssKiB(proxyPID)
+	rss, _ := benchkit.RSSKiB(proxyPID)
 	fmt.Printf("  closed all: %d fds after %.1f s (baseline %d); VmRSS %d KiB %s later (baseline %d KiB, %+d KiB)\n",
 		res.fdClosed, res.closeSecs, res.fdBefore, rss, o.settle, res.rssBefore, rss-res.rssBefore)
 	// The Go runtime gives freed memory back to the kernel only after a
@@ -387,7 +236,7 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 	t1 := time.Now()
 	for rss > near && time.Since(t1) < o.releaseWait {
 		time.Sleep(time.Second)
-		if rss, err = rssKiB(proxyPID); err != nil {
+		if rss, err = benchkit.RSSKiB(proxyPID); err != nil {
 			return nil, err
 		}
 	}
@@ -402,49 +251,4 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 			rss, res.releaseSecs, rss-res.rssBefore, kept)
 	}
 	return res, nil
-}
-
-// ---- helpers ----
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// percentile returns the nearest-rank percentile of sorted d.
-func percentile(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	i := (len(d)*p + 99) / 100
-	return d[max(i-1, 0)]
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-// ratio formats a/b, or "-" when b is zero.
-func ratio(a, b float64, prec int) string {
-	if b == 0 {
-		return "-"
-	}
-	return strconv.FormatFloat(a/b, 'f', prec, 64)
 }

@@ -28,36 +28,22 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/ftpd"
+	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
 
 type options struct {
-	size           int64
-	runs           int
-	bufSize        int
-	xferTimeout    time.Duration
-	clients        int
-	duration       time.Duration
-	sessionTimeout time.Duration
-	idle           int
-	settle         time.Duration
-	releaseWait    time.Duration
-	only           map[string]bool
-	server         string
-	vsftpd         string
-	proxyBin       string
-	serverPasv     string
-	proxyData      string
-	keep           bool
-	markdown       string
+	benchkit.Flags
+	idle        int
+	settle      time.Duration
+	releaseWait time.Duration
+	server      string
 }
 
 func main() {
@@ -74,139 +60,27 @@ func main() {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	var size, bufSize, only string
-	flag.StringVar(&size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB suffixes)")
-	flag.IntVar(&o.runs, "runs", 3, "throughput runs each, direct and through the proxy, alternating")
-	flag.StringVar(&bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
-	flag.DurationVar(&o.xferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
-	flag.IntVar(&o.clients, "clients", 32, "concurrent clients in the session-rate test")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long each session-rate measurement runs")
-	flag.DurationVar(&o.sessionTimeout, "session-timeout", 10*time.Second, "time limit of one session (rate test) or one login (idle test)")
+	o.Define(32, []string{"throughput", "rate", "idle"}, "which measurements to run, comma-separated")
 	flag.IntVar(&o.idle, "idle", 5000, "idle sessions held open through the proxy in the memory test")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "wait before reading memory figures")
 	flag.DurationVar(&o.releaseWait, "release-wait", 300*time.Second, "after closing the idle sessions, how long to wait for the proxy's RSS to come back near the baseline")
-	flag.StringVar(&only, "only", "throughput,rate,idle", "which measurements to run, comma-separated")
 	flag.StringVar(&o.server, "server", "auto", "server for throughput and rate: auto (vsftpd if present), vsftpd or ftpd (in-process internal/ftpd)")
-	flag.StringVar(&o.vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
-	flag.StringVar(&o.proxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
-	flag.StringVar(&o.serverPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
-	flag.StringVar(&o.proxyData, "proxy-data-ports", "28000-30999", "proxy --data-ports (keep it out of net.ipv4.ip_local_port_range)")
-	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (files, configs, logs)")
-	flag.StringVar(&o.markdown, "markdown", "", "also write the results as Markdown to this file")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", flag.Arg(0))
-	}
-	var err error
-	if o.size, err = parseSize(size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	n, err := parseSize(bufSize)
-	if err != nil || n < 1 || n > 1<<30 {
-		return nil, fmt.Errorf("--bufsize %q: want a size up to 1GiB", bufSize)
-	}
-	o.bufSize = int(n)
-	o.only = map[string]bool{}
-	for _, w := range strings.Split(only, ",") {
-		switch w = strings.TrimSpace(w); w {
-		case "throughput", "rate", "idle":
-			o.only[w] = true
-		case "":
-		default:
-			return nil, fmt.Errorf("--only: unknown measurement %q (throughput, rate, idle)", w)
-		}
+	if err := o.Parse(); err != nil {
+		return nil, err
 	}
 	switch o.server {
 	case "auto", "vsftpd", "ftpd":
 	default:
 		return nil, fmt.Errorf("--server %q: want auto, vsftpd or ftpd", o.server)
 	}
-	if o.runs < 1 || o.clients < 1 || o.idle < 1 || o.size < 1 {
-		return nil, fmt.Errorf("--runs, --clients, --idle and --size must be positive")
+	if o.idle < 1 {
+		return nil, fmt.Errorf("--idle must be positive")
 	}
 	return o, nil
 }
 
-// parseSize parses "1GiB", "64MiB", "4KiB", "1G", "1048576".
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3},
-		{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mult, nil
-}
-
-// facts describes the machine.
-type facts struct {
-	date, host, nproc, kernel, goVersion, cpu, mem string
-}
-
-func machineFacts() facts {
-	out := func(name string, args ...string) string {
-		b, err := exec.Command(name, args...).Output()
-		if err != nil {
-			return "?"
-		}
-		return strings.TrimSpace(string(b))
-	}
-	f := facts{
-		date:      time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		nproc:     out("nproc"),
-		kernel:    out("uname", "-r"),
-		goVersion: out("go", "version"),
-		cpu:       "?",
-		mem:       "?",
-	}
-	f.host, _ = os.Hostname()
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				f.cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if m, err := procStatusFile("/proc/meminfo"); err == nil {
-		f.mem = fmt.Sprintf("%.1f GiB", float64(m["MemTotal"])/(1<<20))
-	}
-	return f
-}
-
-// procStatusFile reads a "Key: number ..." file such as /proc/meminfo.
-func procStatusFile(path string) (map[string]int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]int64{}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		if f := strings.Fields(v); len(f) > 0 {
-			if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-				m[k] = n
-			}
-		}
-	}
-	return m, nil
-}
-
 type results struct {
-	facts      facts
+	facts      benchkit.Facts
 	background float64 // CPUs busy before the benchmark started
 	serverName string
 	thr        *throughputResult
@@ -219,8 +93,8 @@ func run(o *options) error {
 	if runtime.GOOS != "linux" {
 		return fmt.Errorf("needs Linux (/proc), not %s", runtime.GOOS)
 	}
-	res := &results{facts: machineFacts()}
-	limit, err := raiseNofile(uint64(2*o.idle + 4096))
+	res := &results{facts: benchkit.MachineFacts()}
+	limit, err := benchkit.RaiseNofile(uint64(2*o.idle + 4096))
 	if err != nil {
 		return fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
 	}
@@ -232,7 +106,7 @@ func run(o *options) error {
 	if err != nil {
 		return err
 	}
-	if o.keep {
+	if o.Keep {
 		fmt.Println("temporary directory (kept):", dir)
 	} else {
 		defer os.RemoveAll(dir)
@@ -248,76 +122,64 @@ func run(o *options) error {
 	}
 
 	fmt.Printf("ftpalg benchmark — %s — %s CPUs (%s), %s RAM, kernel %s, %s\n",
-		res.facts.date, res.facts.nproc, res.facts.cpu, res.facts.mem, res.facts.kernel, res.facts.goVersion)
-	if m0, err := machineCPU(); err == nil {
-		time.Sleep(time.Second)
-		if m1, err := machineCPU(); err == nil {
-			res.background = m1.busyCPUs(m0)
-			note := ""
-			if res.background > 0.2 {
-				note = " — other work is running; the figures will be noisy"
-			}
-			fmt.Printf("background load before starting: %.2f of %d CPUs busy%s\n", res.background, runtime.NumCPU(), note)
+		res.facts.Date, res.facts.NProc, res.facts.CPU, res.facts.Mem, res.facts.Kernel, res.facts.GoVersion)
+	if d, err := benchkit.Background(); err == nil {
+		_, res.background = busy(d)
+		note := ""
+		if res.background > 0.2 {
+			note = " — other work is running; the figures will be noisy"
 		}
+		fmt.Printf("background load before starting: %.2f of %d CPUs busy%s\n", res.background, runtime.NumCPU(), note)
 	}
-	modRoot, err := moduleRoot()
-	if err != nil {
-		return err
-	}
-	bin := o.proxyBin
+	bin := o.ProxyBin
 	if bin == "" {
 		fmt.Println("building ./cmd/ftpalg ...")
-		if bin, err = buildProxy(modRoot, dir); err != nil {
+		if bin, err = benchkit.BuildProxy(dir); err != nil {
 			return err
 		}
 	}
-	needFiles := o.only["throughput"] || o.only["rate"]
-	size := o.size
-	if !o.only["throughput"] {
+	needFiles := o.Only["throughput"] || o.Only["rate"]
+	size := o.Size
+	if !o.Only["throughput"] {
 		size = 0
 	}
 	if needFiles {
 		t0 := time.Now()
-		if err := makeFiles(root, size); err != nil {
+		if err := benchkit.MakeFiles(root, size); err != nil {
 			return fmt.Errorf("writing test files: %w", err)
 		}
 		if size > 0 {
-			fmt.Printf("wrote %s test file (1 MiB random block repeated) in %.1f s\n", fmtBytes(size), time.Since(t0).Seconds())
+			fmt.Printf("wrote %s test file (1 MiB random block repeated) in %.1f s\n", benchkit.FormatSize(size), time.Since(t0).Seconds())
 		}
 	}
 
-	// The children run in process groups of their own (see startProc),
+	// The children run in process groups of their own (see benchkit.Start),
 	// so an interrupt at the terminal does not reach them: stop them here.
-	defer stopAll()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		s := <-sig
-		fmt.Fprintf(os.Stderr, "\nbench: %v: stopping the server and proxy\n", s)
-		stopAll()
-		if !o.keep {
+	defer benchkit.StopAll(stopGrace)
+	benchkit.OnSignal("bench", "stopping the server and proxy", func() {
+		benchkit.StopAll(stopGrace)
+		if !o.Keep {
 			os.RemoveAll(dir)
 		}
-		os.Exit(130)
-	}()
+	})
 
 	if needFiles {
 		useVsftpd := o.server == "vsftpd"
 		if o.server == "auto" {
-			_, err := os.Stat(o.vsftpd)
+			_, err := os.Stat(o.Vsftpd)
 			useVsftpd = err == nil
 			if !useVsftpd {
-				fmt.Printf("NOTE: %s not found: falling back to the in-process internal/ftpd server (it shares this process's CPU with the clients)\n", o.vsftpd)
+				fmt.Printf("NOTE: %s not found: falling back to the in-process internal/ftpd server (it shares this process's CPU with the clients)\n", o.Vsftpd)
 			}
 		}
 		var serverAddr string
-		var vs *proc
+		var vs *nstest.Proc
 		if useVsftpd {
 			var err error
-			if vs, serverAddr, err = startVsftpd(o.vsftpd, dir, root, o.serverPasv, 100000); err != nil {
+			if vs, serverAddr, err = startVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000); err != nil {
 				return err
 			}
-			res.serverName = "vsftpd (" + o.vsftpd + ", separate process)"
+			res.serverName = "vsftpd (" + o.Vsftpd + ", separate process)"
 		} else {
 			srv, err := ftpd.Start(ftpd.Options{Dir: root, Listen: "127.0.0.1:0"})
 			if err != nil {
@@ -327,35 +189,35 @@ func run(o *options) error {
 			serverAddr = srv.Addr()
 			res.serverName = "internal/ftpd (in the bench process)"
 		}
-		px, proxyAddr, err := startProxy(bin, dir, "proxy", serverAddr, o.proxyData, 100000)
+		px, proxyAddr, err := startProxy(bin, dir, "proxy", serverAddr, o.ProxyData, 100000)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("server: %s on %s; proxy pid %d on %s (--log-level warn)\n", res.serverName, serverAddr, px.pid(), proxyAddr)
+		fmt.Printf("server: %s on %s; proxy pid %d on %s (--log-level warn)\n", res.serverName, serverAddr, px.PID(), proxyAddr)
 
-		if o.only["throughput"] {
-			if res.thr, err = runThroughput(o, serverAddr, proxyAddr, px.pid()); err != nil {
+		if o.Only["throughput"] {
+			if res.thr, err = runThroughput(o, serverAddr, proxyAddr, px.PID()); err != nil {
 				return err
 			}
 		}
-		if o.only["rate"] {
+		if o.Only["rate"] {
 			fmt.Printf("\n== 2. Session rate: %d clients × %s, each session = connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT ==\n",
-				o.clients, o.duration)
+				o.Clients, o.Duration)
 			res.rateDirect = runRate(o, "direct", serverAddr, 0)
 			time.Sleep(time.Second)
-			res.rateProxy = runRate(o, "proxy", proxyAddr, px.pid())
+			res.rateProxy = runRate(o, "proxy", proxyAddr, px.PID())
 			d, p := res.rateDirect, res.rateProxy
 			fmt.Printf("  ratio proxy/direct: rate %s, p50 latency %s, p99 latency %s\n",
-				ratio(p.rate, d.rate, 3), ratio(ms(p.p50), ms(d.p50), 2), ratio(ms(p.p99), ms(d.p99), 2))
+				benchkit.Ratio(p.rate, d.rate, 3), benchkit.Ratio(benchkit.Ms(p.p50), benchkit.Ms(d.p50), 2), benchkit.Ratio(benchkit.Ms(p.p99), benchkit.Ms(d.p99), 2))
 		}
-		if n := px.logLines(); n > 0 {
-			fmt.Printf("  proxy wrote %d log lines (warn and above); last ones:\n%s\n", n, indent(px.logTail(5)))
+		logTail(px)
+		px.Stop(stopGrace)
+		if vs != nil {
+			vs.Stop(stopGrace)
 		}
-		px.stop()
-		vs.stop()
 	}
 
-	if o.only["idle"] {
+	if o.Only["idle"] {
 		fdir := dir + "/ftpd"
 		if err := os.Mkdir(fdir, 0o755); err != nil {
 			return err
@@ -365,32 +227,28 @@ func run(o *options) error {
 			return err
 		}
 		defer srv.Close()
-		px, proxyAddr, err := startProxy(bin, dir, "proxy-idle", srv.Addr(), o.proxyData, o.idle+1000)
+		px, proxyAddr, err := startProxy(bin, dir, "proxy-idle", srv.Addr(), o.ProxyData, o.idle+1000)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("\nproxy pid %d on %s in front of internal/ftpd on %s\n", px.pid(), proxyAddr, srv.Addr())
-		if res.idle, err = runIdle(o, proxyAddr, px.pid()); err != nil {
+		fmt.Printf("\nproxy pid %d on %s in front of internal/ftpd on %s\n", px.PID(), proxyAddr, srv.Addr())
+		if res.idle, err = runIdle(o, proxyAddr, px.PID()); err != nil {
 			return err
 		}
-		if n := px.logLines(); n > 0 {
-			fmt.Printf("  proxy wrote %d log lines (warn and above); last ones:\n%s\n", n, indent(px.logTail(5)))
-		}
+		logTail(px)
 	}
 
 	table := summary(o, res)
-	fmt.Print("\n== Summary ==\n", table)
-	if o.markdown != "" {
-		if err := os.WriteFile(o.markdown, []byte(markdown(o, res, table)), 0o644); err != nil {
-			return err
-		}
-		fmt.Println("wrote", o.markdown)
-	}
-	return nil
+	return o.Report(table, func() string { return markdown(o, res, table) })
 }
 
-func indent(s string) string {
-	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+// logTail prints how many lines the proxy logged (at --log-level warn:
+// none, normally) and the last ones.
+func logTail(px *nstest.Proc) {
+	if log := px.Log(); log != "" {
+		fmt.Printf("  proxy wrote %d log lines (warn and above); last ones:\n%s\n",
+			strings.Count(log, "\n"), benchkit.Indent(nstest.Tail(log, 5)))
+	}
 }
 
 // summary is the compact table printed at the end and put in the Markdown.
@@ -402,23 +260,23 @@ func summary(o *options, r *results) string {
 	}
 	row("measurement", "direct", "proxy", "ratio")
 	if t := r.thr; t != nil {
-		row(fmt.Sprintf("throughput, %s RETR, median MB/s", fmtBytes(o.size)), f1(t.direct), f1(t.proxy), ratio(t.proxy, t.direct, 3))
-		row("machine CPU s per GiB (all processes)", f3(t.machDirect), f3(t.machProxy), ratio(t.machProxy, t.machDirect, 3))
-		row("proxy CPU s per GiB relayed", "", f3(t.cpuPerGiB), "")
+		row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.Size)), benchkit.F1(t.direct), benchkit.F1(t.proxy), benchkit.Ratio(t.proxy, t.direct, 3))
+		row("machine CPU s per GiB (all processes)", benchkit.F3(t.machDirect), benchkit.F3(t.machProxy), benchkit.Ratio(t.machProxy, t.machDirect, 3))
+		row("proxy CPU s per GiB relayed", "", benchkit.F3(t.cpuPerGiB), "")
 	}
 	if d, p := r.rateDirect, r.rateProxy; d != nil && p != nil {
-		row(fmt.Sprintf("sessions/s (%d clients)", o.clients), f1(d.rate), f1(p.rate), ratio(p.rate, d.rate, 3))
-		row("session latency p50, ms", f2(ms(d.p50)), f2(ms(p.p50)), ratio(ms(p.p50), ms(d.p50), 2))
-		row("session latency p99, ms", f2(ms(d.p99)), f2(ms(p.p99)), ratio(ms(p.p99), ms(d.p99), 2))
+		row(fmt.Sprintf("sessions/s (%d clients)", o.Clients), benchkit.F1(d.rate), benchkit.F1(p.rate), benchkit.Ratio(p.rate, d.rate, 3))
+		row("session latency p50, ms", benchkit.F2(benchkit.Ms(d.p50)), benchkit.F2(benchkit.Ms(p.p50)), benchkit.Ratio(benchkit.Ms(p.p50), benchkit.Ms(d.p50), 2))
+		row("session latency p99, ms", benchkit.F2(benchkit.Ms(d.p99)), benchkit.F2(benchkit.Ms(p.p99)), benchkit.Ratio(benchkit.Ms(p.p99), benchkit.Ms(d.p99), 2))
 		row("session errors", strconv.Itoa(d.errors), strconv.Itoa(p.errors), "")
 		if d.rate > 0 && p.rate > 0 {
 			md, mp := d.busy/d.rate*1000, p.busy/p.rate*1000
-			row("machine CPU ms per session", f2(md), f2(mp), ratio(mp, md, 3))
+			row("machine CPU ms per session", benchkit.F2(md), benchkit.F2(mp), benchkit.Ratio(mp, md, 3))
 		}
-		row("proxy CPU ms per session", "", f2(p.proxyCPU), "")
+		row("proxy CPU ms per session", "", benchkit.F2(p.proxyCPU), "")
 	}
 	if i := r.idle; i != nil {
-		row(fmt.Sprintf("proxy VmRSS per idle session, KiB (%d)", i.sessions), "", f1(i.perSession), "")
+		row(fmt.Sprintf("proxy VmRSS per idle session, KiB (%d)", i.sessions), "", benchkit.F1(i.perSession), "")
 		row("proxy VmRSS before/open/closed, MiB", "", fmt.Sprintf("%.1f/%.1f/%.1f", mib(i.rssBefore), mib(i.rssAfter), mib(i.rssClosed)), "")
 		row("proxy fds before/open/closed", "", fmt.Sprintf("%d/%d/%d", i.fdBefore, i.fdAfter, i.fdClosed), "")
 		if i.failed > 0 {
@@ -431,9 +289,6 @@ func summary(o *options, r *results) string {
 	return b.String()
 }
 
-func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
-func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
-func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 func mib(kib int64) float64 {
 	return float64(kib) / 1024
 }
@@ -442,9 +297,9 @@ func mib(kib int64) float64 {
 func markdown(o *options, r *results, table string) string {
 	var b strings.Builder
 	f := r.facts
-	fmt.Fprintf(&b, "### Run of %s\n\n", f.date)
-	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.nproc, f.cpu, f.mem)
-	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n", f.kernel, f.goVersion)
+	fmt.Fprintf(&b, "### Run of %s\n\n", f.Date)
+	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.NProc, f.CPU, f.Mem)
+	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n", f.Kernel, f.GoVersion)
 	fmt.Fprintf(&b, "- command: `go run ./test/bench %s`\n", strings.Join(os.Args[1:], " "))
 	fmt.Fprintf(&b, "- background load before the run: %.2f CPUs busy\n", r.background)
 	if r.serverName != "" {
@@ -452,7 +307,7 @@ func markdown(o *options, r *results, table string) string {
 	}
 	fmt.Fprintf(&b, "\n```\n%s```\n", table)
 	if t := r.thr; t != nil {
-		fmt.Fprintf(&b, "\nThroughput runs (MB/s = 10^6 bytes/s; \"busy\" = CPUs of the whole machine busy during the run, of %s):\n\n", f.nproc)
+		fmt.Fprintf(&b, "\nThroughput runs (MB/s = 10^6 bytes/s; \"busy\" = CPUs of the whole machine busy during the run, of %s):\n\n", f.NProc)
 		b.WriteString("| run | direct MB/s | busy | proxy MB/s | busy | proxy CPU s |\n|---|---|---|---|---|---|\n")
 		for i := 0; i+1 < len(t.runs); i += 2 {
 			d, p := t.runs[i], t.runs[i+1]
@@ -466,7 +321,7 @@ func markdown(o *options, r *results, table string) string {
 			label string
 			r     *rateResult
 		}{{"direct", d}, {"proxy", p}} {
-			for _, k := range topKinds(x.r.errKinds, 5) {
+			for _, k := range benchkit.TopKinds(x.r.errKinds, 5) {
 				fmt.Fprintf(&b, "- %s error ×%d: `%s`\n", x.label, x.r.errKinds[k], k)
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 const hugeFile = "huge.bin" // 200 MiB, sparse
@@ -104,9 +106,9 @@ func runAbort(t *testing.T, topo *Topology, srv *Server, p *Proxy, tgt Target, m
 		}
 	}
 	if t.Failed() {
-		t.Logf("--- python transcript ---\n%s", tail(res.Log, 80))
+		t.Logf("--- python transcript ---\n%s", nstest.Tail(res.Log, 80))
 		if p != nil {
-			t.Logf("--- ftpalg log during this case ---\n%s", tail(p.LogSince(off), 100))
+			t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(p.LogSince(off), 100))
 		}
 		t.Logf("--- server ---\n%s", srv.Logs())
 	} else {

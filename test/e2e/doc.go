@@ -12,12 +12,12 @@
 //	sudo test/deps.sh
 //	sudo go test ./test/e2e/ -v -count=1
 //
-// The firewall pinhole tests (pinhole_test.go, topology in pinhole_topo.go)
-// use a second topology: one host namespace running both the FTP server (on
-// loopback) and ftpalg behind a default-DROP INPUT chain, and a client and
-// an "intruder" namespace on a bridge. They run ftpalg with --firewall
-// ipset, iptables and none and read the sets and chains back with ipset and
-// iptables.
+// The firewall pinhole tests (pinhole_test.go, topology in
+// pinhole_topo_test.go) use a second topology: one host namespace running
+// both the FTP server (on loopback) and ftpalg behind a default-DROP INPUT
+// chain, and a client and an "intruder" namespace on a bridge. They run
+// ftpalg with --firewall ipset, iptables and none and read the sets and
+// chains back with ipset and iptables.
 //
 // Binary locations can be overridden with FTPALG_VSFTPD, FTPALG_PROFTPD,
 // FTPALG_PUREFTPD and FTPALG_PUREPW.
@@ -27,4 +27,7 @@
 // have only connected routes (plus routes to each other where a test needs
 // them), and every namespace, firewall rule and process is removed in
 // t.Cleanup, also when a test fails.
+//
+// The whole harness is in _test.go files (this file is the package's only
+// other one), so that `go build ./...` never compiles half of it.
 package e2e

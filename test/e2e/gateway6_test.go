@@ -10,9 +10,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
-// The gateway topology of gateway_topo.go with IPv6 added (one router):
+// The gateway topology of gateway_topo_test.go with IPv6 added (one router):
 //
 //	client ns 2001:db8:1::10/64 ── lan0 2001:db8:1::1/64 [router] wan0 2001:db8:2::1/64 ── br0 2001:db8:2::10/64 [server ns]
 //
@@ -41,7 +43,7 @@ func gw6Enable(t *testing.T, g *Gateway, r *GwRouter) {
 	// No link-local addresses: the kernel adds them (and their local
 	// routes) asynchronously, after the state comparisons' "before".
 	// Neighbour discovery works with the global addresses alone.
-	for ns, devs := range map[*Netns][]string{
+	for ns, devs := range map[*nstest.NS][]string{
 		g.Server: {"br0", "wan-" + r.Name},
 		r.Router: {gwLANDev, gwWANDev},
 		r.Client: {"eth0"},
@@ -50,20 +52,15 @@ func gw6Enable(t *testing.T, g *Gateway, r *GwRouter) {
 			ns.IP(t, "link", "set", "dev", dev, "addrgenmode", "none")
 		}
 	}
-	for _, ns := range []*Netns{g.Server, r.Router, r.Client} {
-		for _, dev := range []string{"all", "default"} {
-			ns.Sysctl(t, "net.ipv6.conf."+dev+".accept_dad", "0")
-			ns.Sysctl(t, "net.ipv6.conf."+dev+".accept_ra", "0")
-			ns.Sysctl(t, "net.ipv6.conf."+dev+".router_solicitations", "0")
-			ns.Sysctl(t, "net.ipv6.conf."+dev+".disable_ipv6", "0")
-		}
+	for _, ns := range []*nstest.NS{g.Server, r.Router, r.Client} {
+		ns.StaticIPv6(t)
 	}
 	r.Router.Sysctl(t, "net.ipv6.conf.all.forwarding", "1")
-	r.Client.IP(t, "-6", "addr", "add", GwClientIP6+"/64", "dev", "eth0", "nodad")
+	r.Client.Addr(t, "eth0", GwClientIP6+"/64")
 	r.Client.IP(t, "-6", "route", "add", "default", "via", GwLANIP6)
-	r.Router.IP(t, "-6", "addr", "add", GwLANIP6+"/64", "dev", gwLANDev, "nodad")
-	r.Router.IP(t, "-6", "addr", "add", GwWANIP6+"/64", "dev", gwWANDev, "nodad")
-	g.Server.IP(t, "-6", "addr", "add", GwServerIP6+"/64", "dev", "br0", "nodad")
+	r.Router.Addr(t, gwLANDev, GwLANIP6+"/64")
+	r.Router.Addr(t, gwWANDev, GwWANIP6+"/64")
+	g.Server.Addr(t, "br0", GwServerIP6+"/64")
 	g.Server.IP(t, "-6", "route", "add", "default", "via", GwWANIP6)
 }
 
@@ -86,7 +83,7 @@ func ip6tRule(table, chain string, spec ...string) gwRule {
 //	ip6tables -A INPUT -p ipv6-icmp --icmpv6-type neighbour-advertisement -j ACCEPT
 func gw6Firewall(t *testing.T, r *GwRouter) {
 	t.Helper()
-	ipt := func(args ...string) { r.Router.Exec(t, append([]string{"ip6tables", "-w"}, args...)...) }
+	ipt := func(args ...string) { r.Router.Run(t, append([]string{"ip6tables", "-w"}, args...)...) }
 	ipt("-P", "FORWARD", "DROP")
 	ipt("-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
 	ipt("-A", "FORWARD", "-i", gwLANDev, "-o", gwWANDev, "-p", "tcp", "--dport", "21",
@@ -146,11 +143,11 @@ func TestGatewayIPv6(t *testing.T) {
 			}
 			p := r.LaunchGatewayProxy(t, GwProxyOpts{Mode: mode, FtpalgDivert: true, Intercept: gwLANNet6, Listen: gw6ProxyListen})
 			addr := net.JoinHostPort(GwServerIP6, "21")
-			if err := r.Client.waitBanner(addr, 15*time.Second, p.Alive); err != nil {
+			if err := waitBanner(r.Client, addr, 15*time.Second, p.Alive); err != nil {
 				t.Fatalf("no greeting from %s through ftpalg: %v", addr, err)
 			}
 			if !strings.Contains(p.Log(), `"session started"`) {
-				t.Fatalf("the client got a greeting from %s but ftpalg logged no session: interception does not work\n%s", addr, tail(p.Log(), 30))
+				t.Fatalf("the client got a greeting from %s but ftpalg logged no session: interception does not work\n%s", addr, nstest.Tail(p.Log(), 30))
 			}
 			t.Run("rules-while-running", func(t *testing.T) { gw6RequireOwnInterception(t, r, mode) })
 			hung := 0
@@ -180,10 +177,10 @@ func TestGatewayIPv6(t *testing.T) {
 // gw6RequireOwnInterception checks ftpalg's IPv6 interception objects while
 // it runs (rules/intercept/README.md), and that it touched no IPv4 one.
 func gw6RequireOwnInterception(t *testing.T, r *GwRouter, mode Interception) {
-	nat := r.Router.Exec(t, "ip6tables", "-w", "-t", "nat", "-S")
-	mangle := r.Router.Exec(t, "ip6tables", "-w", "-t", "mangle", "-S")
-	rule := r.Router.Exec(t, "ip", "-6", "rule", "show")
-	route := r.Router.Exec(t, "ip", "-6", "route", "show", "table", gwTable)
+	nat := r.Router.Run(t, "ip6tables", "-w", "-t", "nat", "-S")
+	mangle := r.Router.Run(t, "ip6tables", "-w", "-t", "mangle", "-S")
+	rule := r.Router.Run(t, "ip", "-6", "rule", "show")
+	route := r.Router.Run(t, "ip", "-6", "route", "show", "table", gwTable)
 	t.Logf("ip6tables -t nat -S:\n%s\nip6tables -t mangle -S:\n%s\nip -6 rule:\n%s\nip -6 route show table %s:\n%s", nat, mangle, rule, gwTable, route)
 
 	divertHook := "-A PREROUTING -p tcp -j FTPALG-DIVERT"
@@ -223,11 +220,11 @@ func gw6RequireOwnInterception(t *testing.T, r *GwRouter, mode Interception) {
 		t.Errorf("ip -6 route show table %s: %q, want only `local default dev lo proto 70 metric 1024 pref medium`", gwTable, strings.TrimSpace(route))
 	}
 	// Sources are IPv6 only: nothing of ftpalg's interception in IPv4.
-	v4 := r.Router.Exec(t, "iptables", "-w", "-t", "nat", "-S") + r.Router.Exec(t, "iptables", "-w", "-t", "mangle", "-S")
+	v4 := r.Router.Run(t, "iptables", "-w", "-t", "nat", "-S") + r.Router.Run(t, "iptables", "-w", "-t", "mangle", "-S")
 	if strings.Contains(v4, "FTPALG") {
 		t.Errorf("IPv6-only --intercept, yet iptables nat/mangle has ftpalg's chains:\n%s", v4)
 	}
-	if rule4 := r.Router.Exec(t, "ip", "-4", "rule", "show"); strings.Contains(rule4, "proto 70") {
+	if rule4 := r.Router.Run(t, "ip", "-4", "rule", "show"); strings.Contains(rule4, "proto 70") {
 		t.Errorf("IPv6-only --intercept, yet ip -4 rule has ftpalg's rule:\n%s", rule4)
 	}
 }
@@ -291,8 +288,8 @@ func gw6Transfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase) e
 		t.Error(err)
 	}
 	if t.Failed() {
-		t.Logf("--- %s transcript ---\n%s", c.client.Name(), tail(res.Log, 150))
-		t.Logf("--- ftpalg log during this case ---\n%s", tail(plog, 150))
+		t.Logf("--- %s transcript ---\n%s", c.client.Name(), nstest.Tail(res.Log, 150))
+		t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(plog, 150))
 		t.Logf("--- server logs ---\n%s", srv.Logs())
 	} else {
 		t.Logf("ok in %v, data commands %v", elapsed.Round(time.Millisecond), dataCommands(res.Log))

@@ -8,10 +8,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // ftpalg's own interception (ftpalg run --intercept, rules/intercept) on
-// the gateway router of gateway_topo.go.
+// the gateway router of gateway_topo_test.go.
 
 // gwOperatorInput are the INPUT accepts rules/intercept/README.md ("Your
 // INPUT chain") tells the operator of a default-DROP router to add when
@@ -41,8 +43,8 @@ var gwOwnCases = []gwCase{
 }
 
 // TestGatewayOwnInterception: ftpalg installs the interception itself. On
-// the router of gateway_topo.go, with only its own firewall and the INPUT
-// accepts of rules/intercept/README.md (no REDIRECT, TPROXY, divert or
+// the router of gateway_topo_test.go, with only its own firewall and the
+// INPUT accepts of rules/intercept/README.md (no REDIRECT, TPROXY, divert or
 // policy routing of the test's), for --interception redirect and tproxy,
 //
 //	ftpalg run --mode transparent --interception MODE --intercept 198.51.100.0/24
@@ -91,10 +93,10 @@ func TestGatewayOwnInterception(t *testing.T) {
 // gwRequireOwnInterception checks ftpalg's interception objects in the
 // router while it runs, against rules/intercept/README.md.
 func gwRequireOwnInterception(t *testing.T, r *GwRouter, mode Interception) {
-	nat := r.Router.Exec(t, "iptables", "-w", "-t", "nat", "-S")
-	mangle := r.Router.Exec(t, "iptables", "-w", "-t", "mangle", "-S")
-	rule := r.Router.Exec(t, "ip", "rule", "show")
-	route := r.Router.Exec(t, "ip", "route", "show", "table", gwTable)
+	nat := r.Router.Run(t, "iptables", "-w", "-t", "nat", "-S")
+	mangle := r.Router.Run(t, "iptables", "-w", "-t", "mangle", "-S")
+	rule := r.Router.Run(t, "ip", "rule", "show")
+	route := r.Router.Run(t, "ip", "route", "show", "table", gwTable)
 	t.Logf("iptables -t nat -S:\n%s\niptables -t mangle -S:\n%s\nip rule:\n%s\nip route show table %s:\n%s", nat, mangle, rule, gwTable, route)
 
 	divertHook := "-A PREROUTING -p tcp -j FTPALG-DIVERT"
@@ -138,11 +140,11 @@ func gwRequireOwnInterception(t *testing.T, r *GwRouter, mode Interception) {
 		t.Errorf("ip route show table %s: %q, want only `local default dev lo proto 70 scope host`", gwTable, strings.TrimSpace(route))
 	}
 	// Sources are IPv4 only: nothing of ftpalg's in IPv6.
-	v6 := r.Router.Exec(t, "ip6tables", "-w", "-t", "nat", "-S") + r.Router.Exec(t, "ip6tables", "-w", "-t", "mangle", "-S")
+	v6 := r.Router.Run(t, "ip6tables", "-w", "-t", "nat", "-S") + r.Router.Run(t, "ip6tables", "-w", "-t", "mangle", "-S")
 	if strings.Contains(v6, "FTPALG") {
 		t.Errorf("IPv4-only --intercept, yet ip6tables has ftpalg's chains:\n%s", v6)
 	}
-	if rule6 := r.Router.Exec(t, "ip", "-6", "rule", "show"); strings.Contains(rule6, "proto 70") {
+	if rule6 := r.Router.Run(t, "ip", "-6", "rule", "show"); strings.Contains(rule6, "proto 70") {
 		t.Errorf("IPv4-only --intercept, yet ip -6 rule has ftpalg's rule:\n%s", rule6)
 	}
 }
@@ -191,12 +193,12 @@ func gwNoIntercept(t *testing.T, r *GwRouter) {
 	p := r.LaunchGatewayProxy(t, GwProxyOpts{Mode: Redirect, FtpalgDivert: true})
 	const want = "no --intercept: expecting your own interception rules (see rules/intercept/README.md)"
 	if !strings.Contains(p.Log(), want) {
-		t.Errorf("ftpalg did not log %q:\n%s", want, tail(p.Log(), 20))
+		t.Errorf("ftpalg did not log %q:\n%s", want, nstest.Tail(p.Log(), 20))
 	} else {
 		t.Logf("ftpalg: %s", gwLogLine(p.Log(), "expecting your own interception rules"))
 	}
-	nat := r.Router.Exec(t, "iptables", "-w", "-t", "nat", "-S")
-	mangle := r.Router.Exec(t, "iptables", "-w", "-t", "mangle", "-S")
+	nat := r.Router.Run(t, "iptables", "-w", "-t", "nat", "-S")
+	mangle := r.Router.Run(t, "iptables", "-w", "-t", "mangle", "-S")
 	if strings.Contains(nat+mangle, "FTPALG-REDIRECT") || strings.Contains(nat+mangle, "FTPALG-TPROXY") {
 		t.Errorf("without --intercept ftpalg installed interception rules:\n%s%s", nat, mangle)
 	}
@@ -204,7 +206,7 @@ func gwNoIntercept(t *testing.T, r *GwRouter) {
 		"-A PREROUTING -p tcp -j FTPALG-DIVERT",
 		"-A FTPALG-DIVERT -p tcp -m socket --transparent -j MARK --set-xmark 0x1/0x1",
 	})
-	if rule := r.Router.Exec(t, "ip", "rule", "show"); !strings.Contains(rule, "fwmark 0x1/0x1 lookup "+gwTable+" proto 70") {
+	if rule := r.Router.Run(t, "ip", "rule", "show"); !strings.Contains(rule, "fwmark 0x1/0x1 lookup "+gwTable+" proto 70") {
 		t.Errorf("no divert policy rule:\n%s", rule)
 	}
 	t.Logf("ftpalg: %s", gwLogLine(p.Log(), gwReadyLine))

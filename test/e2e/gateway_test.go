@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,10 +19,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // Tests of the transparent gateway mode (issue #4) on a NAT router: see
-// gateway_topo.go for the topology and the router's rules.
+// gateway_topo_test.go for the topology and the router's rules.
 
 // requireGatewayPrereqs checks root, the clients, iptables, ipset and the
 // ftpalg binary.
@@ -35,7 +38,7 @@ func requireGatewayPrereqs(t testing.TB) {
 		}
 	}
 	if len(missing) > 0 {
-		skipOrFail(t, "missing: %s", strings.Join(missing, ", "))
+		nstest.Unmet(t, "missing: %s", strings.Join(missing, ", "))
 	}
 	requireProxy(t)
 }
@@ -196,8 +199,8 @@ func gwTransfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, fu
 		t.Error(err)
 	}
 	if t.Failed() {
-		t.Logf("--- %s transcript ---\n%s", c.client.Name(), tail(res.Log, 150))
-		t.Logf("--- ftpalg log during this case ---\n%s", tail(plog, 150))
+		t.Logf("--- %s transcript ---\n%s", c.client.Name(), nstest.Tail(res.Log, 150))
+		t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(plog, 150))
 		t.Logf("--- server logs ---\n%s", srv.Logs())
 	} else {
 		t.Logf("ok in %v, data commands %v", elapsed.Round(time.Millisecond), dataCommands(res.Log))
@@ -265,7 +268,7 @@ func TestGatewayTransparent(t *testing.T) {
 // proxy again.
 func gwDirectRefused(t *testing.T, r *GwRouter, p *GwProxy) {
 	off := p.LogSize()
-	c, err := r.Client.Dial("tcp", GwLANIP4+":"+gwProxyPort, 3*time.Second)
+	c, err := dial(r.Client, GwLANIP4+":"+gwProxyPort, 3*time.Second)
 	if err != nil {
 		t.Fatalf("connect to ftpalg's own port: %v", err)
 	}
@@ -354,7 +357,7 @@ func gwRequireSymptom(t *testing.T, res Result, elapsed time.Duration, srv *Serv
 		}
 	}
 	if t.Failed() {
-		t.Logf("--- transcript ---\n%s\n--- server ---\n%s", tail(res.Log, 80), srv.Logs())
+		t.Logf("--- transcript ---\n%s\n--- server ---\n%s", nstest.Tail(res.Log, 80), srv.Logs())
 	} else {
 		t.Logf("classic symptom in %v: login ok, LIST failed: %v\n%s", elapsed.Round(time.Millisecond), res.Err, lastLines(res.Log, 3))
 	}
@@ -481,11 +484,11 @@ func TestGatewayUpstreamSourceClient(t *testing.T) {
 func gwSourcePortCollision(t *testing.T, r *GwRouter, p *GwProxy) {
 	// A fresh port each time: the last one may be in TIME_WAIT.
 	port := strconv.Itoa(int(40500 + gwUploadSeq.Add(1)%500))
-	old := strings.TrimSpace(r.Router.Exec(t, "sysctl", "-n", "net.ipv4.ip_local_port_range"))
+	old := strings.TrimSpace(r.Router.Run(t, "sysctl", "-n", "net.ipv4.ip_local_port_range"))
 	r.Router.Sysctl(t, "net.ipv4.ip_local_port_range", port+" "+port)
 	defer r.Router.Sysctl(t, "net.ipv4.ip_local_port_range", strings.Join(strings.Fields(old), " "))
 	off := p.LogSize()
-	c, err := dialFrom(r.Client, GwClientIP4+":"+port, GwServerIP4+":21", 5*time.Second)
+	c, err := r.Client.DialFrom(netip.MustParseAddrPort(GwClientIP4+":"+port), netip.MustParseAddrPort(GwServerIP4+":21"), 5*time.Second)
 	if err != nil {
 		t.Fatalf("connect from port %s: %v", port, err)
 	}
@@ -722,8 +725,8 @@ wait:
 			t.Errorf("router %s: ftpalg listened on %v, want [%s]", r.Name, listens, want)
 		}
 		if t.Failed() {
-			t.Logf("--- router %s: ftplib transcript ---\n%s", r.Name, tail(rn.res.Log, 60))
-			t.Logf("--- router %s: ftpalg log ---\n%s", r.Name, tail(plog, 60))
+			t.Logf("--- router %s: ftplib transcript ---\n%s", r.Name, nstest.Tail(rn.res.Log, 60))
+			t.Logf("--- router %s: ftpalg log ---\n%s", r.Name, nstest.Tail(plog, 60))
 		}
 	}
 }
@@ -807,6 +810,6 @@ func gwDivertCase(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, m Mode, wo
 		t.Logf("as expected, %s works", m.Command())
 	}
 	if t.Failed() {
-		t.Logf("--- transcript ---\n%s\n--- ftpalg ---\n%s", tail(res.Log, 40), tail(p.LogSince(off), 40))
+		t.Logf("--- transcript ---\n%s\n--- ftpalg ---\n%s", nstest.Tail(res.Log, 40), nstest.Tail(p.LogSince(off), 40))
 	}
 }

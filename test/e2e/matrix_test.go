@@ -10,15 +10,20 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // Proxy addresses used by the matrix.
+var (
+	proxyListen4   = FrontClientIP4 + ":21"
+	proxyUpstream4 = ServerIP4 + ":21"
+	proxyListen6   = "[" + FrontClientIP6 + "]:21"
+	proxyUpstream6 = "[" + ServerIP6 + "]:21"
+)
+
 const (
-	proxyListen4    = FrontClientIP4 + ":21"
-	proxyUpstream4  = ServerIP4 + ":21"
 	proxyDataPorts4 = "50000-50999"
-	proxyListen6    = "[" + FrontClientIP6 + "]:21"
-	proxyUpstream6  = "[" + ServerIP6 + "]:21"
 	proxyDataPorts6 = "51000-51999"
 )
 
@@ -185,10 +190,10 @@ func runTransferCase(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Clie
 		}
 	}
 	if t.Failed() {
-		t.Logf("--- %s transcript ---\n%s", c.Name(), tail(res.Log, 150))
+		t.Logf("--- %s transcript ---\n%s", c.Name(), nstest.Tail(res.Log, 150))
 		t.Logf("--- listing ---\n%s", res.Listing)
 		if p != nil {
-			t.Logf("--- ftpalg log during this case ---\n%s", tail(p.LogSince(logOff), 150))
+			t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(p.LogSince(logOff), 150))
 		}
 		t.Logf("--- server logs ---\n%s", srv.Logs())
 	} else {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // TestNaiveForwardShowsClassicSymptom reproduces the problem ftpalg
@@ -76,7 +78,7 @@ func naiveList(t *testing.T, topo *Topology, srv *Server, c Client, tgt Target, 
 		t.Error(err)
 	}
 	if t.Failed() {
-		t.Logf("--- transcript ---\n%s\n--- server ---\n%s", tail(res.Log, 80), srv.Logs())
+		t.Logf("--- transcript ---\n%s\n--- server ---\n%s", nstest.Tail(res.Log, 80), srv.Logs())
 	} else {
 		t.Logf("classic symptom reproduced in %v: login ok, LIST failed: %v", elapsed.Round(time.Millisecond), res.Err)
 		t.Logf("client error output:\n%s", lastLines(res.Log, 4))
@@ -100,11 +102,11 @@ func lastLines(s string, n int) string {
 func setupNaiveDNAT(t *testing.T, topo *Topology) {
 	t.Helper()
 	f := topo.Front
-	f.Exec(t, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", FrontClientIP4, "-p", "tcp", "--dport", "21",
+	f.Run(t, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", FrontClientIP4, "-p", "tcp", "--dport", "21",
 		"-j", "DNAT", "--to-destination", ServerIP4+":21")
-	f.Exec(t, "iptables", "-w", "-P", "FORWARD", "DROP")
-	f.Exec(t, "iptables", "-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-	f.Exec(t, "iptables", "-w", "-A", "FORWARD", "-d", ServerIP4, "-p", "tcp", "--dport", "21",
+	f.Run(t, "iptables", "-w", "-P", "FORWARD", "DROP")
+	f.Run(t, "iptables", "-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+	f.Run(t, "iptables", "-w", "-A", "FORWARD", "-d", ServerIP4, "-p", "tcp", "--dport", "21",
 		"-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
 
 	rules := requireNoFTPHelper(t, f)
@@ -114,29 +116,21 @@ func setupNaiveDNAT(t *testing.T, topo *Topology) {
 // requireNoFTPHelper fails the test if the kernel's FTP conntrack helper
 // could be attached to connections in ns (a CT --helper rule, an nftables
 // ct helper, or automatic helper assignment). It returns iptables-save.
-func requireNoFTPHelper(t testing.TB, ns *Netns) string {
+func requireNoFTPHelper(t testing.TB, ns *nstest.NS) string {
 	t.Helper()
-	rules := ns.Exec(t, "iptables-save")
+	rules := ns.Run(t, "iptables-save")
 	if strings.Contains(rules, "helper") || strings.Contains(rules, "-j CT") {
 		t.Fatalf("netns %s has an FTP helper / CT rule, the test setup must not:\n%s", ns.Name, rules)
 	}
-	if out, err := runQuiet(ns, "ip6tables-save"); err == nil && (strings.Contains(out, "helper") || strings.Contains(out, "-j CT")) {
+	if out, err := ns.Try("ip6tables-save"); err == nil && (strings.Contains(out, "helper") || strings.Contains(out, "-j CT")) {
 		t.Fatalf("netns %s has an IPv6 FTP helper / CT rule:\n%s", ns.Name, out)
 	}
-	if out, err := runQuiet(ns, "nft", "list", "ruleset"); err == nil && strings.Contains(out, "helper") {
+	if out, err := ns.Try("nft", "list", "ruleset"); err == nil && strings.Contains(out, "helper") {
 		t.Fatalf("netns %s has an nftables ct helper:\n%s", ns.Name, out)
 	}
 	// Pre-6.0 kernels could attach helpers automatically.
-	if out, err := runQuiet(ns, "sysctl", "-n", "net.netfilter.nf_conntrack_helper"); err == nil && strings.TrimSpace(out) == "1" {
+	if out, err := ns.Try("sysctl", "-n", "net.netfilter.nf_conntrack_helper"); err == nil && strings.TrimSpace(out) == "1" {
 		t.Fatalf("net.netfilter.nf_conntrack_helper=1: the kernel would attach the FTP helper automatically")
 	}
 	return rules
-}
-
-// runQuiet runs a command in ns and returns its output and error.
-func runQuiet(ns *Netns, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := ns.Command(ctx, args[0], args[1:]...).CombinedOutput()
-	return string(out), err
 }

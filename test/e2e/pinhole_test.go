@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // The firewall pinhole tests (issue #3) run in a HostTopology: the FTP
@@ -131,8 +133,8 @@ func TestPinholeFirewallNoneShowsSymptom(t *testing.T) {
 				t.Errorf("ftpalg logged an established data connection")
 			}
 			if t.Failed() {
-				t.Logf("--- transcript ---\n%s", tail(res.Log, 60))
-				t.Logf("--- ftpalg log ---\n%s", tail(p.LogSince(off), 40))
+				t.Logf("--- transcript ---\n%s", nstest.Tail(res.Log, 60))
+				t.Logf("--- ftpalg log ---\n%s", nstest.Tail(p.LogSince(off), 40))
 			} else {
 				t.Logf("classic symptom in %v: login ok, %s timed out: %s", elapsed.Round(time.Millisecond), name, lastLines(res.Log, 2))
 			}
@@ -311,7 +313,7 @@ func pinholeIntruderCase(t *testing.T, h *HostTopology, srv *Server, p *Proxy, b
 	off := p.LogSize()
 	defer func() {
 		if t.Failed() {
-			t.Logf("--- ftpalg log during this case ---\n%s", tail(p.LogSince(off), 60))
+			t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(p.LogSince(off), 60))
 		}
 	}()
 	c, data := announce(t, h, srv, p, mode)
@@ -379,7 +381,7 @@ func pinholeReplacedCase(t *testing.T, h *HostTopology, srv *Server, p *Proxy, b
 	off := p.LogSize()
 	defer func() {
 		if t.Failed() {
-			t.Logf("--- ftpalg log during this case ---\n%s", tail(p.LogSince(off), 60))
+			t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(p.LogSince(off), 60))
 		}
 	}()
 	c, first := announce(t, h, srv, p, EPSV)
@@ -405,7 +407,7 @@ func pinholeExpiryCase(t *testing.T, h *HostTopology, srv *Server, p *Proxy, bac
 	off := p.LogSize()
 	defer func() {
 		if t.Failed() {
-			t.Logf("--- ftpalg log during this case ---\n%s", tail(p.LogSince(off), 60))
+			t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(p.LogSince(off), 60))
 		}
 	}()
 	c, data := announce(t, h, srv, p, EPSV)
@@ -504,7 +506,7 @@ func TestPinholeCrashRecovery(t *testing.T) {
 				WorkDir: work, Timeout: 20 * time.Second,
 			})
 			if res.Err != nil {
-				t.Errorf("transfer after the restart: %v\n%s", res.Err, tail(res.Log, 40))
+				t.Errorf("transfer after the restart: %v\n%s", res.Err, nstest.Tail(res.Log, 40))
 			} else if err := checkFile(local, srv.Files["small.bin"]); err != nil {
 				t.Errorf("transfer after the restart: %v", err)
 			}
@@ -552,7 +554,7 @@ func requireCleanStart(t *testing.T, h *HostTopology, backend string) {
 		}
 	}
 	for _, ipt := range []string{"iptables", "ip6tables"} {
-		rules := h.Host.Exec(t, ipt, "-w", "-S", "INPUT")
+		rules := h.Host.Run(t, ipt, "-w", "-S", "INPUT")
 		if n := strings.Count(rules, "-j "+pinholeChain+"\n"); n != 1 {
 			t.Errorf("%s INPUT has %d jumps to %s after the (re)start, want 1:\n%s", ipt, n, pinholeChain, rules)
 		}
@@ -687,11 +689,11 @@ func TestPinholeConcurrentSessions(t *testing.T) {
 					}
 				}
 				if lines != n {
-					t.Errorf("ftpalg rules show lists %d pinholes for %s, want %d:\n%s", lines, ClientIP4, n, tail(out, 20))
+					t.Errorf("ftpalg rules show lists %d pinholes for %s, want %d:\n%s", lines, ClientIP4, n, nstest.Tail(out, 20))
 				}
 			}
 			if t.Failed() {
-				t.Logf("--- kernel ---\n%s", tail(raw, 30))
+				t.Logf("--- kernel ---\n%s", nstest.Tail(raw, 30))
 			}
 
 			phase("RETR+QUIT", n, func(s *session) error {
@@ -711,7 +713,7 @@ func TestPinholeConcurrentSessions(t *testing.T) {
 			requireNoPinholes(t, h, backend, false, 5*time.Second)
 			checkProxyLog(t, p, 0)
 			if t.Failed() {
-				t.Logf("--- ftpalg log ---\n%s", tail(p.Log(), 60))
+				t.Logf("--- ftpalg log ---\n%s", nstest.Tail(p.Log(), 60))
 			}
 			h.StopProxyClean(t, p)
 		})

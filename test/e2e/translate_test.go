@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // Protocol translation tests (issue #5): ftpalg between clients and servers
@@ -269,8 +271,8 @@ func epsvAllSession(t *testing.T, topo *Topology, srv *Server, p *Proxy, feat bo
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("--- control transcript ---\n%s", c.Transcript())
-			t.Logf("--- ftpalg log ---\n%s", tail(p.LogSince(logOff), 80))
-			t.Logf("--- server command log ---\n%s", tail(srv.cmdLogSince(mark), 60))
+			t.Logf("--- ftpalg log ---\n%s", nstest.Tail(p.LogSince(logOff), 80))
+			t.Logf("--- server command log ---\n%s", nstest.Tail(srv.cmdLogSince(mark), 60))
 		}
 	})
 	if err := c.login(srv.User, srv.Pass); err != nil {
@@ -395,9 +397,9 @@ func runXlatCase(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Client, 
 	x.srvCmds = serverDataCommands(srv.Kind, x.srvLog)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("--- %s transcript ---\n%s", c.Name(), tail(res.Log, 150))
-			t.Logf("--- ftpalg log during this case ---\n%s", tail(x.proxyLog, 150))
-			t.Logf("--- server command log during this case ---\n%s", tail(x.srvLog, 80))
+			t.Logf("--- %s transcript ---\n%s", c.Name(), nstest.Tail(res.Log, 150))
+			t.Logf("--- ftpalg log during this case ---\n%s", nstest.Tail(x.proxyLog, 150))
+			t.Logf("--- server command log during this case ---\n%s", nstest.Tail(x.srvLog, 80))
 			t.Logf("--- server logs ---\n%s", srv.Logs())
 		}
 	})

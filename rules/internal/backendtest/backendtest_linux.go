@@ -27,8 +27,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 )
 
 // Config names the backend under test.
@@ -50,7 +50,7 @@ type Config struct {
 }
 
 // Place is where backend calls run: a network namespace
-// (*netnstest.NS), or anywhere for a fake.
+// (*nstest.NS), or anywhere for a fake.
 type Place interface {
 	// Do runs fn on the calling goroutine inside the place.
 	Do(t testing.TB, fn func())
@@ -73,7 +73,7 @@ func (c Config) state(t testing.TB) (Place, Config) {
 		return anywhere{}, c
 	}
 	c.Require(t)
-	return netnstest.New(t), c
+	return nstest.New(t), c
 }
 
 // enter moves the calling goroutine into n when c needs it.
@@ -92,9 +92,9 @@ func (c Config) Options(t testing.TB) rules.Options {
 // Require skips or fails t unless root and the tools are there.
 func (c Config) Require(t testing.TB) {
 	t.Helper()
-	tools := []string{netnstest.Cmd("4", c.Variant), netnstest.Cmd("6", c.Variant),
-		netnstest.Cmd("4", c.Variant) + "-save", netnstest.Cmd("6", c.Variant) + "-save"}
-	netnstest.Require(t, append(tools, c.Tools...)...)
+	tools := []string{nstest.Cmd("4", c.Variant), nstest.Cmd("6", c.Variant),
+		nstest.Cmd("4", c.Variant) + "-save", nstest.Cmd("6", c.Variant) + "-save"}
+	nstest.Require(t, append(tools, c.Tools...)...)
 }
 
 // SetUp builds a backend and runs Setup inside n; Teardown runs when t ends.
@@ -142,16 +142,16 @@ const dropWait = 600 * time.Millisecond
 // keeps working; and after Teardown nothing of ours lets anything in.
 func Packet(t *testing.T, c Config) {
 	c.Require(t)
-	topo := netnstest.NewTopology(t)
-	netnstest.DefaultDrop(t, topo.Server, c.Variant)
+	topo := nstest.NewTopology(t)
+	nstest.DefaultDrop(t, topo.Server, c.Variant)
 	b := c.SetUp(t, topo.Server, c.Options(t))
 
 	for _, fam := range []struct {
 		name               string
 		server, peer, othr netip.Addr
 	}{
-		{"ipv4", netnstest.ServerAddr4, netnstest.PeerAddr4, netnstest.OtherAddr4},
-		{"ipv6", netnstest.ServerAddr6, netnstest.PeerAddr6, netnstest.OtherAddr6},
+		{"ipv4", nstest.ServerAddr4, nstest.PeerAddr4, nstest.OtherAddr4},
+		{"ipv6", nstest.ServerAddr6, nstest.PeerAddr6, nstest.OtherAddr6},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
 			ln := topo.Server.Listen(t, netip.AddrPortFrom(fam.server, 0))
@@ -190,14 +190,14 @@ func Packet(t *testing.T, c Config) {
 	}
 }
 
-func mustDrop(t *testing.T, topo *netnstest.Topology, from netip.Addr, to netip.AddrPort, when string) {
+func mustDrop(t *testing.T, topo *nstest.Topology, from netip.Addr, to netip.AddrPort, when string) {
 	t.Helper()
 	c, err := topo.Peer.Dial(from, to, dropWait)
 	if err == nil {
 		c.Close()
 		t.Fatalf("%s: connect from %s to %s succeeded, want it dropped", when, from, to)
 	}
-	if !netnstest.IsTimeout(err) {
+	if !nstest.IsTimeout(err) {
 		t.Fatalf("%s: connect from %s to %s: %v, want a timeout (SYN dropped)", when, from, to, err)
 	}
 }
@@ -226,9 +226,9 @@ func Concurrent(t *testing.T, c Config, n int) {
 
 	ps := make([]rules.Pinhole, n)
 	for i := range ps {
-		peer, local := netnstest.PeerAddr4, netnstest.ServerAddr4
+		peer, local := nstest.PeerAddr4, nstest.ServerAddr4
 		if i%4 == 3 {
-			peer, local = netnstest.PeerAddr6, netnstest.ServerAddr6
+			peer, local = nstest.PeerAddr6, nstest.ServerAddr6
 		}
 		ps[i] = Pinhole(peer, local, uint16(40000+i), uint64(i+1), time.Minute)
 	}
@@ -322,11 +322,11 @@ func diff(a, b []string) []string {
 // chains and hooks behind, which a later run reuses without duplicating.
 func Restore(t *testing.T, c Config) {
 	c.Require(t)
-	ns := netnstest.New(t)
+	ns := nstest.New(t)
 	// a host ruleset of its own, in both families, and a set that is not ours
-	netnstest.DefaultDrop(t, ns, c.Variant)
+	nstest.DefaultDrop(t, ns, c.Variant)
 	for _, fam := range []string{"4", "6"} {
-		cmd := netnstest.Cmd(fam, c.Variant)
+		cmd := nstest.Cmd(fam, c.Variant)
 		ns.Run(t, cmd, "-w", "-N", "HOST-SSH")
 		ns.Run(t, cmd, "-w", "-A", "HOST-SSH", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
 		ns.Run(t, cmd, "-w", "-A", "INPUT", "-j", "HOST-SSH")
@@ -349,9 +349,9 @@ func Restore(t *testing.T, c Config) {
 		b := c.New(opts)
 		Do(t, ns, "Setup", b.Setup)
 		for i, p := range []rules.Pinhole{
-			Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 1, time.Minute),
-			Pinhole(netnstest.OtherAddr4, netnstest.ServerAddr4, 50001, 2, time.Minute),
-			Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50002, 3, time.Minute),
+			Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 1, time.Minute),
+			Pinhole(nstest.OtherAddr4, nstest.ServerAddr4, 50001, 2, time.Minute),
+			Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50002, 3, time.Minute),
 		} {
 			Do(t, ns, fmt.Sprint("Open ", i), func(ctx context.Context) error { return b.Open(ctx, p) })
 		}
@@ -407,9 +407,9 @@ func ListFlush(t *testing.T, c Config) {
 	ns, c := c.state(t)
 	daemon := c.SetUp(t, ns, c.Options(t))
 	ps := []rules.Pinhole{
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50010, 41, time.Minute),
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50011, 42, time.Minute),
-		Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50012, 43, time.Minute),
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50010, 41, time.Minute),
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50011, 42, time.Minute),
+		Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50012, 43, time.Minute),
 	}
 	for _, p := range ps {
 		Do(t, ns, "Open", func(ctx context.Context) error { return daemon.Open(ctx, p) })
@@ -445,17 +445,17 @@ func Errors(t *testing.T, c Config) {
 	fresh := c.New(c.Options(t))
 	var err error
 	ns.Do(t, func() {
-		err = fresh.Open(context.Background(), Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50000, 1, time.Second))
+		err = fresh.Open(context.Background(), Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50000, 1, time.Second))
 	})
 	if !errors.Is(err, rules.ErrNotReady) {
 		t.Errorf("Open before Setup: %v, want ErrNotReady", err)
 	}
 	b := c.SetUp(t, ns, c.Options(t))
 	for _, p := range []rules.Pinhole{
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr6, 50000, 1, time.Second),                  // mixed families
-		Pinhole(netnstest.PeerAddr4, netip.IPv4Unspecified(), 50000, 1, time.Second),                // any local address
-		Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 0, 1, time.Second),                      // port 0
-		{Proto: 17, Peer: netnstest.PeerAddr4, Local: netip.AddrPortFrom(netnstest.ServerAddr4, 1)}, // udp
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr6, 50000, 1, time.Second),                  // mixed families
+		Pinhole(nstest.PeerAddr4, netip.IPv4Unspecified(), 50000, 1, time.Second),             // any local address
+		Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 0, 1, time.Second),                      // port 0
+		{Proto: 17, Peer: nstest.PeerAddr4, Local: netip.AddrPortFrom(nstest.ServerAddr4, 1)}, // udp
 	} {
 		ns.Do(t, func() { err = b.Open(context.Background(), p) })
 		if !errors.Is(err, rules.ErrInvalid) {
@@ -465,16 +465,16 @@ func Errors(t *testing.T, c Config) {
 		}
 	}
 	// an IPv4-mapped peer is the IPv4 peer
-	mapped := Pinhole(netip.AddrFrom16(netnstest.PeerAddr4.As16()), netnstest.ServerAddr4, 50003, 1, time.Minute)
+	mapped := Pinhole(netip.AddrFrom16(nstest.PeerAddr4.As16()), nstest.ServerAddr4, 50003, 1, time.Minute)
 	Do(t, ns, "Open mapped", func(ctx context.Context) error { return b.Open(ctx, mapped) })
 	got := mustList(t, ns, b.(rules.Lister))
-	if len(got) != 1 || got[0].Peer != netnstest.PeerAddr4 {
+	if len(got) != 1 || got[0].Peer != nstest.PeerAddr4 {
 		t.Errorf("after opening a pinhole for an IPv4-mapped peer List = %v", got)
 	}
 	Do(t, ns, "Close mapped", func(ctx context.Context) error { return b.Close(ctx, mapped) })
 	// closing what was never opened is fine
 	Do(t, ns, "Close unknown", func(ctx context.Context) error {
-		return b.Close(ctx, Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50009, 1, time.Second))
+		return b.Close(ctx, Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50009, 1, time.Second))
 	})
 }
 
@@ -488,11 +488,11 @@ func Reopen(t *testing.T, c Config) {
 	ns, c := c.state(t)
 	b := c.SetUp(t, ns, c.Options(t))
 	l := b.(rules.Lister)
-	p := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50020, 1, 30*time.Second)
-	again := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50020, 2, time.Minute)
-	mapped := Pinhole(netip.AddrFrom16(netnstest.PeerAddr4.As16()), netnstest.ServerAddr4, 50020, 3, time.Minute)
-	other := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50021, 4, time.Minute)
-	p6 := Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50020, 5, time.Minute)
+	p := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50020, 1, 30*time.Second)
+	again := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50020, 2, time.Minute)
+	mapped := Pinhole(netip.AddrFrom16(nstest.PeerAddr4.As16()), nstest.ServerAddr4, 50020, 3, time.Minute)
+	other := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50021, 4, time.Minute)
+	p6 := Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50020, 5, time.Minute)
 	for _, q := range []rules.Pinhole{p, other, p6, again, mapped, p6} {
 		Do(t, ns, "Open "+q.String(), func(ctx context.Context) error { return b.Open(ctx, q) })
 	}
@@ -534,9 +534,9 @@ func Lifecycle(t *testing.T, c Config) {
 	opts := c.Options(t)
 	otherOpts := c.Options(t)
 	otherOpts.Instance = "other"
-	p1 := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50030, 1, time.Minute)
-	p2 := Pinhole(netnstest.PeerAddr6, netnstest.ServerAddr6, 50031, 2, time.Minute)
-	px := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, 50032, 3, time.Minute)
+	p1 := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50030, 1, time.Minute)
+	p2 := Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, 50031, 2, time.Minute)
+	px := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 50032, 3, time.Minute)
 	open := func(b rules.Backend, ps ...rules.Pinhole) {
 		t.Helper()
 		for _, p := range ps {
@@ -588,11 +588,11 @@ func Lifecycle(t *testing.T, c Config) {
 // pairs per second, and logs them; ns/op is the time of one iteration.
 func Latency(b *testing.B, c Config, n, conc int) Figures {
 	c.Require(b)
-	ns := netnstest.New(b)
+	ns := nstest.New(b)
 	be := c.SetUp(b, ns, c.Options(b))
 	ps := make([]rules.Pinhole, n)
 	for i := range ps {
-		ps[i] = Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, uint16(10000+i), uint64(i), time.Minute)
+		ps[i] = Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, uint16(10000+i), uint64(i), time.Minute)
 	}
 	var (
 		opens, closes []time.Duration
@@ -716,8 +716,8 @@ func NotPermitted(t *testing.T, c Config) {
 		return
 	}
 	c.Require(t)
-	netnstest.Require(t, "setpriv")
-	ns := netnstest.New(t)
+	nstest.Require(t, "setpriv")
+	ns := nstest.New(t)
 	run := "^" + strings.ReplaceAll(t.Name(), "/", "$/^") + "$"
 	cmd := exec.Command("ip", "netns", "exec", ns.Name,
 		"setpriv", "--bounding-set=-all", "--inh-caps=-all",
@@ -740,19 +740,19 @@ func NotPermitted(t *testing.T, c Config) {
 // pinholes — a connection through the second's pinhole still gets in.
 func Instances(t *testing.T, c Config) {
 	c.Require(t)
-	topo := netnstest.NewTopology(t)
-	netnstest.DefaultDrop(t, topo.Server, c.Variant)
+	topo := nstest.NewTopology(t)
+	nstest.DefaultDrop(t, topo.Server, c.Variant)
 	ns := topo.Server
 	optsA, optsB := c.Options(t), c.Options(t)
 	optsA.Instance, optsB.Instance = "a", "b"
 	a, b := c.New(optsA), c.New(optsB)
-	lnA := ns.Listen(t, netip.AddrPortFrom(netnstest.ServerAddr4, 0))
-	lnB := ns.Listen(t, netip.AddrPortFrom(netnstest.ServerAddr4, 0))
+	lnA := ns.Listen(t, netip.AddrPortFrom(nstest.ServerAddr4, 0))
+	lnB := ns.Listen(t, netip.AddrPortFrom(nstest.ServerAddr4, 0))
 	go echo(lnA)
 	go echo(lnB)
 	portA, portB := lnA.Addr().(*net.TCPAddr).AddrPort(), lnB.Addr().(*net.TCPAddr).AddrPort()
-	pa := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, portA.Port(), 1, time.Minute)
-	pb := Pinhole(netnstest.PeerAddr4, netnstest.ServerAddr4, portB.Port(), 2, time.Minute)
+	pa := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, portA.Port(), 1, time.Minute)
+	pb := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, portB.Port(), 2, time.Minute)
 
 	Do(t, ns, "Setup a", a.Setup)
 	Do(t, ns, "Open a", func(ctx context.Context) error { return a.Open(ctx, pa) })
@@ -762,8 +762,8 @@ func Instances(t *testing.T, c Config) {
 	expect(t, ns, b.(rules.Lister), []rules.Pinhole{pb}, []int{0}, "b's pinholes")
 
 	Do(t, ns, "Teardown a", a.Teardown)
-	mustDrop(t, topo, netnstest.PeerAddr4, portA, "a's pinhole after a's Teardown")
-	conn, err := topo.Peer.Dial(netnstest.PeerAddr4, portB, 2*time.Second)
+	mustDrop(t, topo, nstest.PeerAddr4, portA, "a's pinhole after a's Teardown")
+	conn, err := topo.Peer.Dial(nstest.PeerAddr4, portB, 2*time.Second)
 	if err != nil {
 		t.Fatalf("b's pinhole after a's Teardown: %v", err)
 	}
@@ -771,13 +771,13 @@ func Instances(t *testing.T, c Config) {
 	for _, fam := range []string{"4", "6"} {
 		rs := strings.Join(ns.Rules(t, fam, c.Variant), "\n")
 		if strings.Contains(rs, "FTPALG-INPUT-a") || !strings.Contains(rs, "-j FTPALG-INPUT-b") {
-			t.Errorf("after a's Teardown, %s -S:\n%s", netnstest.Cmd(fam, c.Variant), rs)
+			t.Errorf("after a's Teardown, %s -S:\n%s", nstest.Cmd(fam, c.Variant), rs)
 		}
 	}
 	Do(t, ns, "Teardown b", b.Teardown)
 	for _, fam := range []string{"4", "6"} {
 		if rs := strings.Join(ns.Rules(t, fam, c.Variant), "\n"); strings.Contains(rs, "FTPALG") {
-			t.Errorf("after both Teardowns, %s -S:\n%s", netnstest.Cmd(fam, c.Variant), rs)
+			t.Errorf("after both Teardowns, %s -S:\n%s", nstest.Cmd(fam, c.Variant), rs)
 		}
 	}
 }

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/rules"
-	"github.com/ftpalg/ftpalg/rules/internal/netnstest"
 )
 
 // open returns family f's Tables of x, failing t on error.
@@ -456,10 +456,10 @@ var crossCheck = []struct {
 // with the same tables. This is what makes the fake's other tests, and the
 // backends' tests that use it, worth something.
 func TestFakeMatchesIptables(t *testing.T) {
-	for _, v := range netnstest.Variants(t) {
+	for _, v := range nstest.Variants(t) {
 		t.Run(v, func(t *testing.T) {
-			netnstest.Require(t, netnstest.Cmd("4", v), netnstest.Cmd("6", v), "ipset")
-			n := netnstest.New(t)
+			nstest.Require(t, nstest.Cmd("4", v), nstest.Cmd("6", v), "ipset")
+			n := nstest.New(t)
 			n.Run(t, "ipset", "create", "ftpalg-xcheck", "hash:ip,port,ip")
 			x := &Fake{Mode: map[string]string{"nft": "nf_tables", "legacy": "legacy"}[v]}
 			fam := map[Family]string{IPv4: "4", IPv6: "6"}
@@ -471,7 +471,7 @@ func TestFakeMatchesIptables(t *testing.T) {
 				var stdout, stderr bytes.Buffer
 				status := 0
 				n.Do(t, func() {
-					cmd := exec.Command(netnstest.Cmd(fam[c.f], v), append([]string{"-w"}, args...)...)
+					cmd := exec.Command(nstest.Cmd(fam[c.f], v), append([]string{"-w"}, args...)...)
 					cmd.Stdout, cmd.Stderr = &stdout, &stderr
 					if err := cmd.Run(); err != nil {
 						e, ok := errors.AsType[*exec.ExitError](err)
@@ -497,7 +497,7 @@ func TestFakeMatchesIptables(t *testing.T) {
 			}
 			for f, arg := range fam {
 				for _, table := range []string{"filter", "nat", "mangle"} {
-					got := strings.TrimSpace(n.Run(t, netnstest.Cmd(arg, v), "-w", "-t", table, "-S"))
+					got := strings.TrimSpace(n.Run(t, nstest.Cmd(arg, v), "-w", "-t", table, "-S"))
 					if want := strings.Join(x.Rules(f, table), "\n"); got != want {
 						t.Errorf("%s -t %s -S:\n%s\nfake:\n%s", f, table, got, want)
 					}

@@ -34,37 +34,24 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
 
 type options struct {
-	size           int64
-	runs           int
-	bufSize        int
-	xferTimeout    time.Duration
-	clients        int
-	duration       time.Duration
-	sessionTimeout time.Duration
-	verifyTimeout  time.Duration
-	interception   string
-	firewall       string
-	logLevel       string
-	only           map[string]bool
-	vsftpd         string
-	proxyBin       string
-	serverPasv     string
-	proxyData      string
-	keep           bool
-	showRules      bool
-	markdown       string
+	benchkit.Flags
+	verifyTimeout time.Duration
+	interception  string
+	firewall      string
+	logLevel      string
+	showRules     bool
 }
 
 func main() {
@@ -87,48 +74,14 @@ func main() {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	var size, bufSize, only string
-	flag.StringVar(&size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
-	flag.IntVar(&o.runs, "runs", 3, "throughput runs per configuration")
-	flag.StringVar(&bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
-	flag.DurationVar(&o.xferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
-	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the session-rate test")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each session-rate measurement")
-	flag.DurationVar(&o.sessionTimeout, "session-timeout", 10*time.Second, "time limit of one session in the rate test")
+	o.Define(16, []string{"plain", "helper", "ftpalg"}, "configurations to measure, comma-separated (always in the order plain, helper, ftpalg)")
 	flag.DurationVar(&o.verifyTimeout, "verify-timeout", 2*time.Second, "how long a verification waits for a data connection (longer: it failed)")
 	flag.StringVar(&o.interception, "interception", "redirect", "ftpalg --interception: redirect or tproxy")
 	flag.StringVar(&o.firewall, "firewall", "ipset", "ftpalg --firewall: ipset (pinholes) or none")
 	flag.StringVar(&o.logLevel, "ftpalg-log-level", "warn", "ftpalg --log-level during the measurements (the verification runs at info)")
-	flag.StringVar(&only, "only", "plain,helper,ftpalg", "configurations to measure, comma-separated (always in the order plain, helper, ftpalg)")
-	flag.StringVar(&o.vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
-	flag.StringVar(&o.proxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
-	flag.StringVar(&o.serverPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
-	flag.StringVar(&o.proxyData, "proxy-data-ports", "28000-30999", "ftpalg --data-ports (keep it out of net.ipv4.ip_local_port_range and apart from the server's)")
-	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (files, configs, logs)")
 	flag.BoolVar(&o.showRules, "show-rules", false, "print the router's iptables-save in each configuration")
-	flag.StringVar(&o.markdown, "markdown", "", "also write the results as Markdown to this file")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", flag.Arg(0))
-	}
-	var err error
-	if o.size, err = parseSize(size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	n, err := parseSize(bufSize)
-	if err != nil || n < 1 || n > 1<<30 {
-		return nil, fmt.Errorf("--bufsize %q: want a size up to 1GiB", bufSize)
-	}
-	o.bufSize = int(n)
-	o.only = map[string]bool{}
-	for _, w := range strings.Split(only, ",") {
-		switch w = strings.TrimSpace(w); w {
-		case "plain", "helper", "ftpalg":
-			o.only[w] = true
-		case "":
-		default:
-			return nil, fmt.Errorf("--only: unknown configuration %q (plain, helper, ftpalg)", w)
-		}
+	if err := o.Parse(); err != nil {
+		return nil, err
 	}
 	if o.interception != "redirect" && o.interception != "tproxy" {
 		return nil, fmt.Errorf("--interception %q: want redirect or tproxy", o.interception)
@@ -136,50 +89,12 @@ func parseFlags() (*options, error) {
 	if o.firewall != "ipset" && o.firewall != "none" {
 		return nil, fmt.Errorf("--firewall %q: want ipset or none", o.firewall)
 	}
-	for _, r := range []string{o.serverPasv, o.proxyData} {
-		if _, _, err := parseRange(r); err != nil {
-			return nil, err
-		}
-	}
-	if o.runs < 1 || o.clients < 1 || o.size < 1 || o.duration <= 0 {
-		return nil, errors.New("--runs, --clients, --size and --duration must be positive")
-	}
 	return o, nil
 }
 
-// parseSize parses "1GiB", "128MiB", "4KiB", "1048576".
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3},
-		{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mult, nil
-}
-
-func parseRange(s string) (int, int, error) {
-	a, b, ok := strings.Cut(s, "-")
-	lo, err1 := strconv.Atoi(a)
-	hi, err2 := strconv.Atoi(b)
-	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
-		return 0, 0, fmt.Errorf("port range %q: want LO-HI", s)
-	}
-	return lo, hi, nil
-}
-
+// inRange reports whether port is in the range "LO-HI".
 func inRange(port int, r string) bool {
-	lo, hi, _ := parseRange(r)
+	lo, hi, _ := benchkit.ParseRange(r)
 	return port >= lo && port <= hi
 }
 
@@ -203,7 +118,7 @@ func cleanup() {
 	}
 	cleaned = true
 	shutdownWorkers()
-	stopAll()
+	benchkit.StopAll(stopGrace)
 	cleanTopo.destroy()
 	if cleanDir != "" && !keepDir {
 		os.RemoveAll(cleanDir)
@@ -212,61 +127,11 @@ func cleanup() {
 
 // ---- the run ----
 
+// facts describe the machine and the server.
 type facts struct {
-	date, nproc, cpu, mem, kernel, goVersion, loadavg, vsftpd string
-	background                                                float64
-}
-
-func machineFacts(vsftpdBin string) facts {
-	out := func(name string, args ...string) string {
-		b, err := exec.Command(name, args...).Output()
-		if err != nil {
-			return "?"
-		}
-		return strings.TrimSpace(string(b))
-	}
-	f := facts{
-		date:      time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		nproc:     out("nproc"),
-		kernel:    out("uname", "-r"),
-		goVersion: out("go", "version"),
-		cpu:       "?",
-		mem:       "?",
-		loadavg:   loadavg(),
-		// vsftpd -v writes its version to file descriptor 0.
-		vsftpd: out("sh", "-c", vsftpdBin+" -v 0>&1"),
-	}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				f.cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && k == "MemTotal" {
-				if kb, err := strconv.ParseFloat(strings.Fields(v)[0], 64); err == nil {
-					f.mem = fmt.Sprintf("%.1f GiB", kb/(1<<20))
-				}
-			}
-		}
-	}
-	return f
-}
-
-// loadavg returns the three load averages of /proc/loadavg.
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	fs := strings.Fields(string(b))
-	if len(fs) < 3 {
-		return "?"
-	}
-	return strings.Join(fs[:3], " ")
+	benchkit.Facts
+	vsftpd     string  // its version
+	background float64 // CPUs busy before the run
 }
 
 // env is the state of one run.
@@ -280,36 +145,22 @@ type env struct {
 }
 
 func run(o *options) error {
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, iptables, vsftpd)")
+	if missing := nstest.Missing("iptables", "iptables-save", "sysctl", o.Vsftpd); len(missing) > 0 {
+		return fmt.Errorf("needs %s", strings.Join(missing, ", "))
 	}
-	for _, tool := range []string{"ip", "iptables", "iptables-save", "sysctl", o.vsftpd} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found: %w", tool, err)
-		}
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	go func() {
-		s := <-sig
-		fmt.Fprintf(os.Stderr, "\ngateway: %v: stopping the processes and deleting the namespaces\n", s)
-		cleanup()
-		os.Exit(130)
-	}()
+	benchkit.OnSignal("gateway", "stopping the processes and deleting the namespaces", cleanup)
 
-	e := &env{o: o, facts: machineFacts(o.vsftpd)}
+	// vsftpd -v writes its version to file descriptor 0.
+	e := &env{o: o, facts: facts{Facts: benchkit.MachineFacts(), vsftpd: benchkit.Output("sh", "-c", o.Vsftpd+" -v 0>&1")}}
 	f := &e.facts
 	fmt.Printf("ftpalg gateway benchmark — %s — %s CPUs (%s), %s RAM, kernel %s, %s\n",
-		f.date, f.nproc, f.cpu, f.mem, f.kernel, f.goVersion)
-	fmt.Printf("load average %s", f.loadavg)
-	if m0, err := machineCPU(); err == nil {
-		time.Sleep(time.Second)
-		if m1, err := machineCPU(); err == nil {
-			f.background = m1.sub(m0).CPUs()
-			fmt.Printf("; background load: %.2f of %d CPUs busy", f.background, runtime.NumCPU())
-			if f.background > 0.2 {
-				fmt.Print(" — other work is running; the figures will be noisy")
-			}
+		f.Date, f.NProc, f.CPU, f.Mem, f.Kernel, f.GoVersion)
+	fmt.Printf("load average %s", f.LoadAvg)
+	if d, err := benchkit.Background(); err == nil {
+		f.background = d.CPUs()
+		fmt.Printf("; background load: %.2f of %d CPUs busy", f.background, runtime.NumCPU())
+		if f.background > 0.2 {
+			fmt.Print(" — other work is running; the figures will be noisy")
 		}
 	}
 	fmt.Println()
@@ -319,10 +170,10 @@ func run(o *options) error {
 		return err
 	}
 	cleanMu.Lock()
-	cleanDir, keepDir = dir, o.keep
+	cleanDir, keepDir = dir, o.Keep
 	cleanMu.Unlock()
 	e.dir = dir
-	if o.keep {
+	if o.Keep {
 		fmt.Println("temporary directory (kept):", dir)
 	}
 	// vsftpd serves as the unprivileged ftp user: the path must be
@@ -337,22 +188,18 @@ func run(o *options) error {
 			return err
 		}
 	}
-	e.bin = o.proxyBin
-	if e.bin == "" && o.only["ftpalg"] {
-		modRoot, err := moduleRoot()
-		if err != nil {
-			return err
-		}
+	e.bin = o.ProxyBin
+	if e.bin == "" && o.Only["ftpalg"] {
 		fmt.Println("building ./cmd/ftpalg ...")
-		if e.bin, err = buildProxy(modRoot, dir); err != nil {
+		if e.bin, err = benchkit.BuildProxy(dir); err != nil {
 			return err
 		}
 	}
 	t0 := time.Now()
-	if err := makeFiles(root, o.size); err != nil {
+	if err := benchkit.MakeFiles(root, o.Size); err != nil {
 		return fmt.Errorf("writing test files: %w", err)
 	}
-	fmt.Printf("wrote the %s test file (1 MiB random block repeated) in %.1f s\n", fmtBytes(o.size), time.Since(t0).Seconds())
+	fmt.Printf("wrote the %s test file (1 MiB random block repeated) in %.1f s\n", benchkit.FormatSize(o.Size), time.Since(t0).Seconds())
 
 	t, err := newTopo()
 	cleanMu.Lock()
@@ -363,7 +210,7 @@ func run(o *options) error {
 	}
 	e.t = t
 	fmt.Printf("\nnamespaces %s (client %s), %s (router %s | %s), %s (server %s)\n",
-		t.client, clientIP, t.router, lanIP, wanIP, t.server, serverIP)
+		t.client.Name, clientIP, t.router.Name, lanIP, wanIP, t.server.Name, serverIP)
 	if err := t.setup(); err != nil {
 		return err
 	}
@@ -374,61 +221,58 @@ func run(o *options) error {
 	if err := t.baseFirewall(); err != nil {
 		return err
 	}
-	pasvLo, pasvHi, _ := strings.Cut(o.serverPasv, "-")
-	confPath := filepath.Join(dir, "vsftpd.conf")
-	if err := os.WriteFile(confPath, []byte(vsftpdConf(serverIP, root, empty, pasvLo, pasvHi)), 0o600); err != nil {
-		return err
-	}
-	vs, err := startInNetns(t.server, "vsftpd", filepath.Join(dir, "vsftpd.log"), o.vsftpd, confPath)
+	// Active mode allowed, for the verification.
+	conf, err := benchkit.Vsftpd{Addr: serverIP, Port: 21, Root: root, Empty: empty, PasvPorts: o.ServerPasv,
+		Active: true, MaxClients: 100000}.Config()
 	if err != nil {
 		return err
 	}
-	vs.group = true
+	confPath := filepath.Join(dir, "vsftpd.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	vs, err := benchkit.Start(t.server, "vsftpd", filepath.Join(dir, "vsftpd.log"), o.Vsftpd, confPath)
+	if err != nil {
+		return err
+	}
 	// Ready when the router itself can fetch a file.
 	if err := waitReady(t.router, vs, func(r result) bool { return true }, o.verifyTimeout); err != nil {
 		return fmt.Errorf("vsftpd: %w", err)
 	}
-	fmt.Printf("  server: %s (pid %d) on %s:21, passive ports %s\n", f.vsftpd, vs.pid(), serverIP, o.serverPasv)
+	fmt.Printf("  server: %s (pid %d) on %s:21, passive ports %s\n", f.vsftpd, vs.PID(), serverIP, o.ServerPasv)
 
 	var res []*cfgResult
 	for _, c := range []struct {
 		key string
 		fn  func(*env, *cfgResult) error
 	}{{"plain", runPlain}, {"helper", runHelper}, {"ftpalg", runFtpalg}} {
-		if !o.only[c.key] {
+		if !o.Only[c.key] {
 			continue
 		}
-		r := &cfgResult{key: c.key, loadBefore: loadavg()}
+		r := &cfgResult{key: c.key, loadBefore: benchkit.LoadAvg()}
 		if err := c.fn(e, r); err != nil {
 			return fmt.Errorf("%s: %w", c.key, err)
 		}
-		r.loadAfter = loadavg()
+		r.loadAfter = benchkit.LoadAvg()
 		fmt.Printf("  load average before %s, after %s\n", r.loadBefore, r.loadAfter)
 		res = append(res, r)
-		if !vs.alive() {
-			return fmt.Errorf("vsftpd exited: %v\n%s", vs.err, vs.logTail(10))
+		if err := vs.Alive(); err != nil {
+			return err
 		}
 	}
 
 	table := summary(o, res)
-	fmt.Print("\n== Summary ==\n", table)
-	if o.markdown != "" {
-		if err := os.WriteFile(o.markdown, []byte(markdown(e, res, table)), 0o644); err != nil {
-			return err
-		}
-		fmt.Println("wrote", o.markdown)
-	}
-	return nil
+	return o.Report(table, func() string { return markdown(e, res, table) })
 }
 
 // waitReady runs verification sessions from namespace ns until one
 // succeeds and ok accepts it (10 s at most).
-func waitReady(ns string, p *proc, ok func(result) bool, dataTimeout time.Duration) error {
+func waitReady(ns *nstest.NS, p *nstest.Proc, ok func(result) bool, dataTimeout time.Duration) error {
 	end := time.Now().Add(10 * time.Second)
 	var last string
 	for time.Now().Before(end) {
-		if p != nil && !p.alive() {
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.logTail(20))
+		if err := p.Alive(); err != nil {
+			return err
 		}
 		r, err := runWorker(ns, job{Mode: "verify", Addr: serverIP + ":21", Timeout: 5 * time.Second, ConnectTimeout: dataTimeout}, 30*time.Second)
 		switch {
@@ -500,10 +344,10 @@ func runPlain(e *env, r *cfgResult) error {
 	if v.PassiveErr != "" {
 		return fmt.Errorf("passive transfer failed on the open router: %s", v.PassiveErr)
 	}
-	if !inRange(v.EPSVPort, e.o.serverPasv) {
-		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s: something else answered", v.EPSVPort, e.o.serverPasv)
+	if !inRange(v.EPSVPort, e.o.ServerPasv) {
+		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s: something else answered", v.EPSVPort, e.o.ServerPasv)
 	}
-	r.check("EPSV: port %d, in vsftpd's passive range %s: the client talks to the server itself", v.EPSVPort, e.o.serverPasv)
+	r.check("EPSV: port %d, in vsftpd's passive range %s: the client talks to the server itself", v.EPSVPort, e.o.ServerPasv)
 	if v.ActiveErr != "" {
 		r.check("PORT fails without an ALG (%s): vsftpd sees the masqueraded control connection from %s and refuses the client's own address", v.ActiveErr, wanIP)
 	} else {
@@ -557,8 +401,8 @@ func runHelper(e *env, r *cfgResult) error {
 	if v.PassiveErr != "" {
 		return fmt.Errorf("passive transfer failed with the helper: %s", v.PassiveErr)
 	}
-	if !inRange(v.EPSVPort, e.o.serverPasv) {
-		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s", v.EPSVPort, e.o.serverPasv)
+	if !inRange(v.EPSVPort, e.o.ServerPasv) {
+		return fmt.Errorf("EPSV port %d is not in vsftpd's range %s", v.EPSVPort, e.o.ServerPasv)
 	}
 	r.check("EPSV: port %d (vsftpd's range), data connection through the DROP FORWARD chain as RELATED", v.EPSVPort)
 	if v.ActiveErr != "" {
@@ -602,7 +446,7 @@ func (e *env) ftpalgArgs(level string) []string {
 		"--interception", e.o.interception,
 		"--intercept", lanNet,
 		"--listen", "0.0.0.0:" + proxyPort,
-		"--data-ports", e.o.proxyData,
+		"--data-ports", e.o.ProxyData,
 		"--firewall", e.o.firewall,
 		"--log-level", level,
 		"--max-sessions", "100000",
@@ -613,10 +457,10 @@ func (e *env) ftpalgArgs(level string) []string {
 
 // startFtpalg starts ftpalg in the router and waits until its interception
 // rules exist and a session gets an EPSV port from ftpalg's range.
-func (e *env) startFtpalg(name, level string) (*proc, error) {
+func (e *env) startFtpalg(name, level string) (*nstest.Proc, error) {
 	args := e.ftpalgArgs(level)
 	fmt.Printf("    router# %s\n", strings.Join(append([]string{"ftpalg"}, args[1:]...), " "))
-	p, err := startInNetns(e.t.router, name, filepath.Join(e.dir, name+".log"), args...)
+	p, err := benchkit.Start(e.t.router, name, filepath.Join(e.dir, name+".log"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -626,17 +470,17 @@ func (e *env) startFtpalg(name, level string) (*proc, error) {
 	}
 	end := time.Now().Add(15 * time.Second)
 	for !strings.Contains(e.t.ruleset(), "-j "+hook) {
-		if !p.alive() {
-			return nil, fmt.Errorf("ftpalg exited: %v\n%s", p.err, p.logTail(20))
+		if err := p.Alive(); err != nil {
+			return nil, err
 		}
 		if time.Now().After(end) {
-			p.stop()
-			return nil, fmt.Errorf("ftpalg installed no %s hook in 15 s\n%s", hook, p.logTail(20))
+			stop(p)
+			return nil, fmt.Errorf("ftpalg installed no %s hook in 15 s\n%s", hook, nstest.Tail(p.Log(), 20))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := waitReady(e.t.client, p, func(r result) bool { return inRange(r.EPSVPort, e.o.proxyData) }, e.o.verifyTimeout); err != nil {
-		p.stop()
+	if err := waitReady(e.t.client, p, func(r result) bool { return inRange(r.EPSVPort, e.o.ProxyData) }, e.o.verifyTimeout); err != nil {
+		stop(p)
 		return nil, fmt.Errorf("through ftpalg: %w", err)
 	}
 	return p, nil
@@ -653,7 +497,7 @@ func runFtpalg(e *env, r *cfgResult) error {
 	}
 	in := proxyInputRules
 	if e.o.firewall == "none" {
-		in = append(in, proxyDataInputRule(e.o.proxyData))
+		in = append(in, proxyDataInputRule(e.o.ProxyData))
 	}
 	for _, rule := range in {
 		if err := t.ipt(ruleOp("-A", rule)...); err != nil {
@@ -673,18 +517,18 @@ func runFtpalg(e *env, r *cfgResult) error {
 	e.showRules()
 	v, err := e.verify(true)
 	if err != nil {
-		p.stop()
+		stop(p)
 		return err
 	}
 	if v.PassiveErr != "" || v.ActiveErr != "" {
-		p.stop()
-		return fmt.Errorf("through ftpalg: passive %q, active %q\n%s", v.PassiveErr, v.ActiveErr, p.logTail(20))
+		stop(p)
+		return fmt.Errorf("through ftpalg: passive %q, active %q\n%s", v.PassiveErr, v.ActiveErr, nstest.Tail(p.Log(), 20))
 	}
-	if !inRange(v.EPSVPort, e.o.proxyData) {
-		p.stop()
-		return fmt.Errorf("EPSV port %d is not in ftpalg's range %s", v.EPSVPort, e.o.proxyData)
+	if !inRange(v.EPSVPort, e.o.ProxyData) {
+		stop(p)
+		return fmt.Errorf("EPSV port %d is not in ftpalg's range %s", v.EPSVPort, e.o.ProxyData)
 	}
-	r.check("EPSV: port %d, in ftpalg's --data-ports %s (vsftpd's are %s): the client's data connection ends at ftpalg", v.EPSVPort, e.o.proxyData, e.o.serverPasv)
+	r.check("EPSV: port %d, in ftpalg's --data-ports %s (vsftpd's are %s): the client's data connection ends at ftpalg", v.EPSVPort, e.o.ProxyData, e.o.ServerPasv)
 	// With REDIRECT ftpalg dials the client from the router's LAN address;
 	// with TPROXY from the server's address (transparent socket).
 	want := lanIP
@@ -692,7 +536,7 @@ func runFtpalg(e *env, r *cfgResult) error {
 		want = serverIP
 	}
 	if h, _, _ := net.SplitHostPort(v.ActiveFrom); h != want {
-		p.stop()
+		stop(p)
 		return fmt.Errorf("active data connection came from %s, want ftpalg's %s", v.ActiveFrom, want)
 	}
 	if want == lanIP {
@@ -700,7 +544,7 @@ func runFtpalg(e *env, r *cfgResult) error {
 	} else {
 		r.check("PORT works; the data connection comes from %s (ftpalg's transparent dial with the server's address)", v.ActiveFrom)
 	}
-	log := p.logText()
+	log := p.Log()
 	for _, msg := range []string{"passive mode rewritten", "active mode rewritten"} {
 		line := ""
 		for l := range strings.SplitSeq(log, "\n") {
@@ -710,23 +554,23 @@ func runFtpalg(e *env, r *cfgResult) error {
 			}
 		}
 		if line == "" {
-			p.stop()
-			return fmt.Errorf("ftpalg logged no %q:\n%s", msg, p.logTail(30))
+			stop(p)
+			return fmt.Errorf("ftpalg logged no %q:\n%s", msg, nstest.Tail(p.Log(), 30))
 		}
 		r.check("ftpalg log: %s", strings.Join(strings.Fields(line), " "))
 	}
 	ct, err := t.conntrack()
 	if err != nil {
-		p.stop()
+		stop(p)
 		return err
 	}
 	if ct.anyHelper > 0 || ct.expect > 0 {
-		p.stop()
+		stop(p)
 		return fmt.Errorf("conntrack shows a helper at work: %s", ct.sample)
 	}
 	r.check("conntrack table: %s", e.ctLine(ct))
-	if err := p.stop(); err != nil {
-		return fmt.Errorf("ftpalg exited with %v after SIGTERM\n%s", err, p.logTail(20))
+	if err := stop(p); err != nil {
+		return fmt.Errorf("ftpalg exited with %v after SIGTERM\n%s", err, nstest.Tail(p.Log(), 20))
 	}
 	if rs := t.ruleset(); strings.Contains(rs, "FTPALG") {
 		return fmt.Errorf("ftpalg left rules behind:\n%s", rs)
@@ -742,8 +586,8 @@ func runFtpalg(e *env, r *cfgResult) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("  ftpalg pid %d\n", p.pid())
-	merr := e.measure(r, p.pid())
+	fmt.Printf("  ftpalg pid %d\n", p.PID())
+	merr := e.measure(r, p.PID())
 	if merr == nil {
 		if r.after, merr = t.conntrack(); merr == nil {
 			if r.after.anyHelper > 0 || r.after.expect > 0 {
@@ -753,13 +597,13 @@ func runFtpalg(e *env, r *cfgResult) error {
 			}
 		}
 	}
-	if log := strings.TrimSpace(p.logText()); log != "" {
+	if log := strings.TrimSpace(p.Log()); log != "" {
 		n := strings.Count(log, "\n") + 1
-		r.notes = append(r.notes, fmt.Sprintf("ftpalg wrote %d log lines at level %s; the last ones:\n%s", n, e.o.logLevel, indent(p.logTail(5))))
-		fmt.Printf("  ftpalg wrote %d log lines at level %s; last ones:\n%s\n", n, e.o.logLevel, indent(p.logTail(5)))
+		r.notes = append(r.notes, fmt.Sprintf("ftpalg wrote %d log lines at level %s; the last ones:\n%s\n", n, e.o.logLevel, benchkit.Indent(nstest.Tail(p.Log(), 5))))
+		fmt.Printf("  ftpalg wrote %d log lines at level %s; last ones:\n%s\n\n", n, e.o.logLevel, benchkit.Indent(nstest.Tail(p.Log(), 5)))
 	}
-	if err := p.stop(); err != nil && merr == nil {
-		merr = fmt.Errorf("ftpalg exited with %v after SIGTERM\n%s", err, p.logTail(20))
+	if err := stop(p); err != nil && merr == nil {
+		merr = fmt.Errorf("ftpalg exited with %v after SIGTERM\n%s", err, nstest.Tail(p.Log(), 20))
 	}
 	if merr != nil {
 		return merr
@@ -784,24 +628,20 @@ func (e *env) ctLine(ct ctStats) string {
 
 func (e *env) showRules() {
 	if e.o.showRules {
-		fmt.Printf("  router iptables-save:\n%s", indent(e.t.ruleset()))
+		fmt.Printf("  router iptables-save:\n%s\n", benchkit.Indent(e.t.ruleset()))
 	}
-}
-
-func indent(s string) string {
-	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
 }
 
 // measure runs the throughput runs and the session-rate run from the
 // client namespace; watchPID (ftpalg) has its CPU time measured.
 func (e *env) measure(r *cfgResult, watchPID int) error {
 	o := e.o
-	fmt.Printf("  throughput: RETR of %s (EPSV, TYPE I), %d runs\n", fmtBytes(o.size), o.runs)
+	fmt.Printf("  throughput: RETR of %s (EPSV, TYPE I), %d runs\n", benchkit.FormatSize(o.Size), o.Runs)
 	var mb, mach, soft []float64
 	var watch float64
-	for i := range o.runs {
-		d, err := runWorker(e.t.client, job{Mode: "download", Addr: serverIP + ":21", Size: o.size, BufSize: o.bufSize,
-			Timeout: o.xferTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.xferTimeout+time.Minute)
+	for i := range o.Runs {
+		d, err := runWorker(e.t.client, job{Mode: "download", Addr: serverIP + ":21", Size: o.Size, BufSize: o.BufSize,
+			Timeout: o.XferTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.XferTimeout+time.Minute)
 		if err != nil {
 			return fmt.Errorf("throughput run %d: %w", i+1, err)
 		}
@@ -826,16 +666,16 @@ func (e *env) measure(r *cfgResult, watchPID int) error {
 			i+1, mbps, d.Secs, d.CPU.CPUs(), runtime.NumCPU(), d.CPU.Busy/gib, d.CPU.Softirq/gib, extra)
 		time.Sleep(500 * time.Millisecond)
 	}
-	r.mbps, r.machGiB, r.softGiB = median(mb), median(mach), median(soft)
+	r.mbps, r.machGiB, r.softGiB = benchkit.Median(mb), benchkit.Median(mach), benchkit.Median(soft)
 	if watchPID != 0 {
-		r.proxyGiB = watch / (float64(o.size) * float64(o.runs) / (1 << 30))
+		r.proxyGiB = watch / (float64(o.Size) * float64(o.Runs) / (1 << 30))
 	}
 	fmt.Printf("    median %.1f MB/s, machine %.2f CPU-s per GiB\n", r.mbps, r.machGiB)
 
-	fmt.Printf("  session rate: %d clients × %s (connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT)\n", o.clients, o.duration)
+	fmt.Printf("  session rate: %d clients × %s (connect, login, EPSV+LIST, EPSV+RETR 4 KiB, QUIT)\n", o.Clients, o.Duration)
 	time.Sleep(time.Second)
-	rr, err := runWorker(e.t.client, job{Mode: "rate", Addr: serverIP + ":21", Clients: o.clients, Duration: o.duration,
-		Timeout: o.sessionTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.duration+o.sessionTimeout+time.Minute)
+	rr, err := runWorker(e.t.client, job{Mode: "rate", Addr: serverIP + ":21", Clients: o.Clients, Duration: o.Duration,
+		Timeout: o.SessionTimeout, WatchPID: watchPID, OurNetns: e.ours, OurPID: os.Getpid()}, o.Duration+o.SessionTimeout+time.Minute)
 	if err != nil {
 		return fmt.Errorf("session rate: %w", err)
 	}
@@ -846,7 +686,7 @@ func (e *env) measure(r *cfgResult, watchPID int) error {
 		extra = fmt.Sprintf(", ftpalg %.2f ms CPU/session", rr.WatchCPU*1000/float64(rr.Sessions))
 	}
 	fmt.Printf("    %d sessions in %.1f s = %.1f sessions/s  p50 %.2f ms  p99 %.2f ms  errors %d\n",
-		rr.Sessions, rr.CPU.Wall, rate, ms(rr.P50), ms(rr.P99), rr.Errors)
+		rr.Sessions, rr.CPU.Wall, rate, benchkit.Ms(rr.P50), benchkit.Ms(rr.P99), rr.Errors)
 	if rr.OtherCPU > 0 {
 		extra += fmt.Sprintf("; other processes %.2f CPU-s", rr.OtherCPU)
 	}
@@ -855,7 +695,7 @@ func (e *env) measure(r *cfgResult, watchPID int) error {
 	}
 	fmt.Printf("    machine %.2f of %d CPUs busy, %.2f ms CPU/session (softirq %.2f)%s\n",
 		rr.CPU.CPUs(), runtime.NumCPU(), r.machPerSession(), r.softPerSession(), extra)
-	for _, k := range topKinds(rr.ErrKinds, 5) {
+	for _, k := range benchkit.TopKinds(rr.ErrKinds, 5) {
 		fmt.Printf("    %6d × %s\n", rr.ErrKinds[k], k)
 	}
 	return nil
@@ -891,32 +731,6 @@ func (r *cfgResult) proxyPerSession() float64 {
 
 // ---- output ----
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-// ratio formats a/b, or "-" when b is zero.
-func ratio(a, b float64, prec int) string {
-	if b == 0 {
-		return "-"
-	}
-	return strconv.FormatFloat(a/b, 'f', prec, 64)
-}
-
-func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
-func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
-func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
-
 // summary is the table printed at the end: one column per configuration,
 // then the ratios.
 func summary(o *options, res []*cfgResult) string {
@@ -940,33 +754,33 @@ func summary(o *options, res []*cfgResult) string {
 				cells = append(cells, "")
 				continue
 			}
-			cells = append(cells, ratio(val(a), val(c), prec))
+			cells = append(cells, benchkit.Ratio(val(a), val(c), prec))
 		}
 		line := fmt.Sprintf("%-38s %9s %9s %9s %13s %13s %13s", append([]any{name}, toAny(cells)...)...)
 		b.WriteString(strings.TrimRight(line, " ") + "\n")
 	}
 	b.WriteString(strings.TrimRight(fmt.Sprintf("%-38s %9s %9s %9s %13s %13s %13s", "measurement", "plain", "helper", "ftpalg",
 		"helper/plain", "ftpalg/plain", "ftpalg/helper"), " ") + "\n")
-	row(fmt.Sprintf("throughput, %s RETR, median MB/s", fmtBytes(o.size)), func(r *cfgResult) float64 { return r.mbps }, f1, 3)
-	row("machine CPU s per GiB", func(r *cfgResult) float64 { return r.machGiB }, f3, 3)
-	row("  of which irq+softirq", func(r *cfgResult) float64 { return r.softGiB }, f3, -1)
+	row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.Size)), func(r *cfgResult) float64 { return r.mbps }, benchkit.F1, 3)
+	row("machine CPU s per GiB", func(r *cfgResult) float64 { return r.machGiB }, benchkit.F3, 3)
+	row("  of which irq+softirq", func(r *cfgResult) float64 { return r.softGiB }, benchkit.F3, -1)
 	if by["ftpalg"] != nil {
-		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU s per GiB relayed", "", "", f3(by["ftpalg"].proxyGiB)))
+		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU s per GiB relayed", "", "", benchkit.F3(by["ftpalg"].proxyGiB)))
 	}
-	row(fmt.Sprintf("sessions/s (%d clients)", o.clients), (*cfgResult).sessionsPerSec, f1, 3)
-	row("session latency p50, ms", func(r *cfgResult) float64 { return ms(r.rate.P50) }, f2, 2)
-	row("session latency p99, ms", func(r *cfgResult) float64 { return ms(r.rate.P99) }, f2, 2)
+	row(fmt.Sprintf("sessions/s (%d clients)", o.Clients), (*cfgResult).sessionsPerSec, benchkit.F1, 3)
+	row("session latency p50, ms", func(r *cfgResult) float64 { return benchkit.Ms(r.rate.P50) }, benchkit.F2, 2)
+	row("session latency p99, ms", func(r *cfgResult) float64 { return benchkit.Ms(r.rate.P99) }, benchkit.F2, 2)
 	row("session errors", func(r *cfgResult) float64 { return float64(r.rate.Errors) }, func(v float64) string { return strconv.Itoa(int(v)) }, -1)
-	row("machine CPU ms per session", (*cfgResult).machPerSession, f2, 3)
-	row("  of which irq+softirq", (*cfgResult).softPerSession, f2, -1)
-	row("machine CPUs busy (session rate)", func(r *cfgResult) float64 { return r.rate.CPU.CPUs() }, f2, -1)
+	row("machine CPU ms per session", (*cfgResult).machPerSession, benchkit.F2, 3)
+	row("  of which irq+softirq", (*cfgResult).softPerSession, benchkit.F2, -1)
+	row("machine CPUs busy (session rate)", func(r *cfgResult) float64 { return r.rate.CPU.CPUs() }, benchkit.F2, -1)
 	if by["ftpalg"] != nil {
-		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU ms per session", "", "", f2(by["ftpalg"].proxyPerSession())))
+		b.WriteString(fmt.Sprintf("%-38s %9s %9s %9s\n", "ftpalg CPU ms per session", "", "", benchkit.F2(by["ftpalg"].proxyPerSession())))
 	}
-	row("other processes' CPU-s (throughput)", func(r *cfgResult) float64 { return r.otherThr }, f2, -1)
-	row("other processes' CPU-s (session rate)", func(r *cfgResult) float64 { return r.rate.OtherCPU }, f2, -1)
-	row("steal CPU-s (throughput)", func(r *cfgResult) float64 { return r.stealThr }, f2, -1)
-	row("steal CPU-s (session rate)", func(r *cfgResult) float64 { return r.rate.CPU.Steal }, f2, -1)
+	row("other processes' CPU-s (throughput)", func(r *cfgResult) float64 { return r.otherThr }, benchkit.F2, -1)
+	row("other processes' CPU-s (session rate)", func(r *cfgResult) float64 { return r.rate.OtherCPU }, benchkit.F2, -1)
+	row("steal CPU-s (throughput)", func(r *cfgResult) float64 { return r.stealThr }, benchkit.F2, -1)
+	row("steal CPU-s (session rate)", func(r *cfgResult) float64 { return r.rate.CPU.Steal }, benchkit.F2, -1)
 	fmt.Fprintf(&b, "ftpalg: --interception %s --firewall %s --log-level %s; for reference, the aims are ftpalg/helper ≥ 0.9 (throughput) and ≥ 0.8 (session rate)\n",
 		o.interception, o.firewall, o.logLevel)
 	return b.String()
@@ -984,19 +798,19 @@ func toAny(s []string) []any {
 func markdown(e *env, res []*cfgResult, table string) string {
 	var b strings.Builder
 	f := e.facts
-	fmt.Fprintf(&b, "### Run of %s\n\n", f.date)
-	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.nproc, f.cpu, f.mem)
-	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n- server: %s\n", f.kernel, f.goVersion, f.vsftpd)
+	fmt.Fprintf(&b, "### Run of %s\n\n", f.Date)
+	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.NProc, f.CPU, f.Mem)
+	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n- server: %s\n", f.Kernel, f.GoVersion, f.vsftpd)
 	fmt.Fprintf(&b, "- command: `go run ./test/bench/gateway %s`\n", strings.Join(os.Args[1:], " "))
-	fmt.Fprintf(&b, "- load average before the run: %s; background load: %.2f CPUs busy\n", f.loadavg, f.background)
+	fmt.Fprintf(&b, "- load average before the run: %s; background load: %.2f CPUs busy\n", f.LoadAvg, f.background)
 	fmt.Fprintf(&b, "\n```\n%s```\n", table)
-	fmt.Fprintf(&b, "\nThroughput runs (MB/s = 10^6 bytes/s; busy = CPUs of the whole machine busy during the run, of %s):\n\n", f.nproc)
+	fmt.Fprintf(&b, "\nThroughput runs (MB/s = 10^6 bytes/s; busy = CPUs of the whole machine busy during the run, of %s):\n\n", f.NProc)
 	b.WriteString("| configuration | run | MB/s | s | busy | CPU-s/GiB | ftpalg CPU s |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range res {
 		for i, d := range r.downloads {
 			pc := ""
 			if r.key == "ftpalg" {
-				pc = f2(d.WatchCPU)
+				pc = benchkit.F2(d.WatchCPU)
 			}
 			fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %.2f | %.2f | %s |\n", r.key, i+1, float64(d.Bytes)/d.Secs/1e6, d.Secs,
 				d.CPU.CPUs(), d.CPU.Busy/(float64(d.Bytes)/(1<<30)), pc)
@@ -1009,7 +823,7 @@ func markdown(e *env, res []*cfgResult, table string) string {
 	b.WriteString("\nSession rate:\n\n")
 	for _, r := range res {
 		fmt.Fprintf(&b, "- %s: %d sessions in %.1f s, %.2f CPUs busy, errors %d", r.key, r.rate.Sessions, r.rate.CPU.Wall, r.rate.CPU.CPUs(), r.rate.Errors)
-		for _, k := range topKinds(r.rate.ErrKinds, 3) {
+		for _, k := range benchkit.TopKinds(r.rate.ErrKinds, 3) {
 			fmt.Fprintf(&b, "; %d × `%s`", r.rate.ErrKinds[k], k)
 		}
 		b.WriteString("\n")

@@ -3,18 +3,15 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // The topology (documentation addresses only):
@@ -39,27 +36,27 @@ const (
 
 // topo is the three namespaces.
 type topo struct {
-	id                     string
-	client, router, server string
+	client, router, server *nstest.NS
 
 	mu      sync.Mutex
-	created []string // namespaces to delete
+	created []*nstest.NS // namespaces to delete
 }
 
 func newTopo() (*topo, error) {
-	var b [3]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, err
-	}
-	id := hex.EncodeToString(b[:])
-	t := &topo{id: id, client: "ftpalg-gwb-" + id + "-c", router: "ftpalg-gwb-" + id + "-r", server: "ftpalg-gwb-" + id + "-s"}
-	for _, ns := range []string{t.client, t.router, t.server} {
-		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			return t, fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
+	prefix := nstest.RandomName("ftpalg-gwb")
+	t := &topo{}
+	for _, ns := range []struct {
+		n    **nstest.NS
+		role string
+	}{{&t.client, "c"}, {&t.router, "r"}, {&t.server, "s"}} {
+		n, err := nstest.Create(prefix + "-" + ns.role)
+		if err != nil {
+			return t, err
 		}
 		t.mu.Lock()
-		t.created = append(t.created, ns)
+		t.created = append(t.created, n)
 		t.mu.Unlock()
+		*ns.n = n
 	}
 	return t, nil
 }
@@ -67,19 +64,19 @@ func newTopo() (*topo, error) {
 // inodes returns the namespaces' inode numbers (as in /proc/PID/ns/net).
 func (t *topo) inodes() ([]uint64, error) {
 	var ns []uint64
-	for _, n := range []string{t.client, t.router, t.server} {
-		var st unix.Stat_t
-		if err := unix.Stat("/run/netns/"+n, &st); err != nil {
+	for _, n := range []*nstest.NS{t.client, t.router, t.server} {
+		ino, err := n.Inode()
+		if err != nil {
 			return nil, err
 		}
-		ns = append(ns, st.Ino)
+		ns = append(ns, ino)
 	}
 	return ns, nil
 }
 
 // destroy deletes the namespaces (and with them the veths, addresses,
-// routes and netfilter rules in them). The processes in them must be
-// stopped first, or a namespace lives on, nameless, until they exit.
+// routes and netfilter rules in them), after killing what still runs in
+// them (by PID).
 func (t *topo) destroy() {
 	if t == nil {
 		return
@@ -89,27 +86,16 @@ func (t *topo) destroy() {
 	t.created = nil
 	t.mu.Unlock()
 	for _, n := range ns {
-		if out, err := exec.Command("ip", "netns", "del", n).CombinedOutput(); err != nil {
-			fmt.Printf("warning: ip netns del %s: %v: %s\n", n, err, strings.TrimSpace(string(out)))
+		if err := n.Delete(); err != nil {
+			fmt.Printf("warning: %v\n", err)
 		}
 	}
 }
 
-// exec runs argv in namespace ns and returns its combined output.
-func (t *topo) exec(ns string, argv ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s: %s: %v: %s", ns, strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
-	}
-	return string(out), nil
-}
-
-// run runs several commands in ns, stopping at the first error.
-func (t *topo) run(ns string, cmds ...[]string) error {
+// runAll runs several commands in ns, stopping at the first error.
+func runAll(ns *nstest.NS, cmds ...[]string) error {
 	for _, c := range cmds {
-		if _, err := t.exec(ns, c...); err != nil {
+		if _, err := ns.Try(c...); err != nil {
 			return err
 		}
 	}
@@ -119,21 +105,20 @@ func (t *topo) run(ns string, cmds ...[]string) error {
 // ipt runs iptables -w in the router and prints the command.
 func (t *topo) ipt(args ...string) error {
 	fmt.Printf("    router# iptables %s\n", strings.Join(args, " "))
-	_, err := t.exec(t.router, append([]string{"iptables", "-w"}, args...)...)
+	_, err := t.router.Try(append([]string{"iptables", "-w"}, args...)...)
 	return err
 }
 
 // setup builds links, addresses, routes and sysctls.
 func (t *topo) setup() error {
-	for _, ns := range []string{t.client, t.router, t.server} {
+	for _, ns := range []*nstest.NS{t.client, t.router, t.server} {
 		fwd := "0"
 		if ns == t.router {
 			fwd = "1"
 		}
 		// IPv4 only; no reverse-path filter on the router (the divert
 		// delivers packets for foreign addresses to local sockets).
-		if err := t.run(ns,
-			[]string{"ip", "link", "set", "lo", "up"},
+		if err := runAll(ns,
 			[]string{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"},
 			[]string{"sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"},
 			[]string{"sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"},
@@ -143,20 +128,20 @@ func (t *topo) setup() error {
 			return err
 		}
 	}
-	if err := t.run(t.client, []string{"ip", "link", "add", "eth0", "type", "veth", "peer", "name", lanDev, "netns", t.router}); err != nil {
+	if err := runAll(t.client, []string{"ip", "link", "add", "eth0", "type", "veth", "peer", "name", lanDev, "netns", t.router.Name}); err != nil {
 		return err
 	}
-	if err := t.run(t.router, []string{"ip", "link", "add", wanDev, "type", "veth", "peer", "name", "eth0", "netns", t.server}); err != nil {
+	if err := runAll(t.router, []string{"ip", "link", "add", wanDev, "type", "veth", "peer", "name", "eth0", "netns", t.server.Name}); err != nil {
 		return err
 	}
-	if err := t.run(t.client,
+	if err := runAll(t.client,
 		[]string{"ip", "addr", "add", clientIP + "/24", "dev", "eth0"},
 		[]string{"ip", "link", "set", "eth0", "up"},
 		[]string{"ip", "route", "add", "default", "via", lanIP},
 	); err != nil {
 		return err
 	}
-	if err := t.run(t.router,
+	if err := runAll(t.router,
 		[]string{"ip", "addr", "add", lanIP + "/24", "dev", lanDev},
 		[]string{"ip", "link", "set", lanDev, "up"},
 		[]string{"ip", "addr", "add", wanIP + "/24", "dev", wanDev},
@@ -164,7 +149,7 @@ func (t *topo) setup() error {
 	); err != nil {
 		return err
 	}
-	return t.run(t.server,
+	return runAll(t.server,
 		[]string{"ip", "addr", "add", serverIP + "/24", "dev", "eth0"},
 		[]string{"ip", "link", "set", "eth0", "up"},
 		[]string{"ip", "route", "add", "default", "via", wanIP},
@@ -243,12 +228,7 @@ func proxyDataInputRule(ports string) []string {
 // it the expectations), so that each configuration starts clean and its
 // verification sees only its own connections.
 func (t *topo) flushConntrack() error {
-	h, err := netns.GetFromName(t.router)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h, unix.NETLINK_NETFILTER)
+	nl, err := netlink.NewHandleAt(t.router.Handle(), unix.NETLINK_NETFILTER)
 	if err != nil {
 		return err
 	}
@@ -280,7 +260,7 @@ func (t *topo) conntrack() (ctStats, error) {
 	for _, n := range d.Helpers {
 		s.anyHelper += n
 	}
-	exp, err := t.exec(t.router, "cat", "/proc/net/nf_conntrack_expect")
+	exp, err := t.router.Try("cat", "/proc/net/nf_conntrack_expect")
 	if err != nil {
 		return s, err
 	}
@@ -292,18 +272,12 @@ func (t *topo) conntrack() (ctStats, error) {
 	return s, nil
 }
 
-// ruleset is the router's iptables-save without counters and comments.
+// ruleset is the router's iptables-save, normalized (nstest.Normalize:
+// no comments, counters zeroed).
 func (t *topo) ruleset() string {
-	out, err := t.exec(t.router, "iptables-save")
+	out, err := t.router.Try("iptables-save")
 	if err != nil {
 		return err.Error()
 	}
-	var b strings.Builder
-	for l := range strings.SplitSeq(out, "\n") {
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		b.WriteString(l + "\n")
-	}
-	return b.String()
+	return nstest.Normalize(out) + "\n"
 }

@@ -56,6 +56,19 @@ func Dial(addr string, deadline time.Time) (*Client, error) {
 	return c, nil
 }
 
+// Open dials addr and logs in anonymously (see Dial and Login).
+func Open(addr string, deadline time.Time) (*Client, error) {
+	c, err := Dial(addr, deadline)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 func (c *Client) Close() error { return c.tp.Close() }
 
 // NoDeadline lifts the control connection's deadline, for a session that
@@ -88,6 +101,14 @@ func (c *Client) Login() error {
 	default:
 		return StepErr("USER", fmt.Errorf("unexpected reply %d", code))
 	}
+}
+
+// Binary switches to TYPE I.
+func (c *Client) Binary() error {
+	if _, _, err := c.Cmd(2, "TYPE I"); err != nil {
+		return StepErr("TYPE", err)
+	}
+	return nil
 }
 
 // EPSV asks for a passive data port and returns the address to dial.

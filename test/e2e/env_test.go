@@ -3,13 +3,13 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // Fixed locations of the third-party binaries (see test/deps.sh).
@@ -33,20 +33,6 @@ func proftpdPath() string  { return envOr("FTPALG_PROFTPD", defaultProftpd) }
 func pureFTPdPath() string { return envOr("FTPALG_PUREFTPD", defaultPureFTPd) }
 func purePwPath() string   { return envOr("FTPALG_PUREPW", defaultPurePw) }
 
-// strict reports whether missing prerequisites are failures (CI) rather
-// than reasons to skip.
-func strict() bool { return os.Getenv("FTPALG_E2E") == "1" }
-
-// skipOrFail skips the test, or fails it when FTPALG_E2E=1.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if strict() {
-		t.Fatalf("e2e prerequisite missing (FTPALG_E2E=1, so this is a failure): %s", msg)
-	}
-	t.Skipf("skipping e2e test: %s (run test/deps.sh and go test as root; FTPALG_E2E=1 turns this into a failure)", msg)
-}
-
 // Requirement names understood by requirePrereqs.
 const (
 	reqCurl     = "curl"
@@ -58,40 +44,29 @@ const (
 	reqPureFTPd = "pure-ftpd"
 )
 
-// requirePrereqs checks root, iproute2 and the named tools.
+// requirePrereqs checks root, iproute2 and the named tools (nstest.Require
+// with the servers' and clients' paths), and for a server the system user
+// ftp.
 func requirePrereqs(t testing.TB, reqs ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root (network namespaces), running as uid %d", os.Geteuid())
-	}
-	var missing []string
-	need := func(path string) {
-		if _, err := exec.LookPath(path); err != nil {
-			missing = append(missing, path)
-		}
-	}
-	need("ip")
+	var tools []string
 	for _, r := range reqs {
 		switch r {
-		case reqCurl:
-			need("curl")
-		case reqLftp:
-			need("lftp")
+		case reqCurl, reqLftp, reqIptables:
+			tools = append(tools, r)
 		case reqPython:
-			need(pythonPath)
-		case reqIptables:
-			need("iptables")
+			tools = append(tools, pythonPath)
 		case reqVsftpd:
-			need(vsftpdPath())
+			tools = append(tools, vsftpdPath())
 		case reqProftpd:
-			need(proftpdPath())
+			tools = append(tools, proftpdPath())
 		case reqPureFTPd:
-			need(pureFTPdPath())
-			need(purePwPath())
+			tools = append(tools, pureFTPdPath(), purePwPath())
 		default:
 			t.Fatalf("unknown requirement %q", r)
 		}
 	}
+	missing := nstest.Missing(tools...)
 	for _, r := range reqs {
 		if r == reqVsftpd || r == reqProftpd || r == reqPureFTPd {
 			if u, err := ftpUser(); err != nil {
@@ -104,7 +79,7 @@ func requirePrereqs(t testing.TB, reqs ...string) {
 		}
 	}
 	if len(missing) > 0 {
-		skipOrFail(t, "missing: %s", strings.Join(missing, ", "))
+		nstest.Unmet(t, "needs %s", strings.Join(missing, ", "))
 	}
 }
 
@@ -177,13 +152,4 @@ func writeFile(t testing.TB, path, content string, mode os.FileMode) {
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) <= n {
-		return s
-	}
-	return fmt.Sprintf("[... %d lines omitted ...]\n%s", len(lines)-n, strings.Join(lines[len(lines)-n:], "\n"))
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // proxyBinary is the ftpalg binary built by TestMain ("" if the build
@@ -49,7 +51,7 @@ func requireProxy(t testing.TB) {
 		if proxyBuildErr != nil {
 			msg += ": " + proxyBuildErr.Error()
 		}
-		if strict() {
+		if nstest.Strict() {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
@@ -58,7 +60,7 @@ func requireProxy(t testing.TB) {
 
 // Proxy is a running "ftpalg run" instance.
 type Proxy struct {
-	*Proc
+	*nstest.Proc
 	Listen    string
 	Advertise string
 }
@@ -92,20 +94,20 @@ func StartProxy(t testing.TB, topo *Topology, cfg ProxyConfig) *Proxy {
 		"--log-level", "debug",
 	}
 	args = append(args, cfg.Extra...)
-	p := &Proxy{Proc: startProc(t, topo.Front, "ftpalg", logPath, args...), Listen: cfg.Listen, Advertise: cfg.Advertise}
+	p := &Proxy{Proc: nstest.Start(t, topo.Front, "ftpalg", logPath, clientEnv(os.TempDir()), args...), Listen: cfg.Listen, Advertise: cfg.Advertise}
 	t.Logf("started (pid %d): %s", p.PID(), strings.Join(args, " "))
 	t.Cleanup(func() {
 		err := p.Stop(5 * time.Second)
-		if errors.Is(err, errNoGracefulExit) {
+		if errors.Is(err, nstest.ErrKilled) {
 			t.Errorf("ftpalg (%s) %v", cfg.Listen, err)
 		} else if err != nil {
 			t.Errorf("ftpalg (%s): %v", cfg.Listen, err)
 		}
 		if t.Failed() {
-			t.Logf("--- ftpalg log (%s, listen %s) ---\n%s", logPath, cfg.Listen, tail(p.Log(), 80))
+			t.Logf("--- ftpalg log (%s, listen %s) ---\n%s", logPath, cfg.Listen, nstest.Tail(p.Log(), 80))
 		}
 	})
-	if err := topo.Client.waitBanner(cfg.Listen, 15*time.Second, p.Alive); err != nil {
+	if err := waitBanner(topo.Client, cfg.Listen, 15*time.Second, p.Alive); err != nil {
 		t.Fatalf("ftpalg not serving: %v", err)
 	}
 	return p

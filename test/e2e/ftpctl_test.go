@@ -17,15 +17,17 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // ctlConn is a minimal FTP control client for tests that must stop between
 // two commands: announce a data port with PASV/EPSV, then look at the
 // firewall (or let a third party knock) before connecting. It runs in a
 // test's own process; its sockets live in the namespace they were dialled
-// from (see Netns.Dial). Every read and write has a deadline.
+// from (see dial). Every read and write has a deadline.
 type ctlConn struct {
-	ns   *Netns
+	ns   *nstest.NS
 	c    net.Conn
 	r    *bufio.Reader
 	mu   sync.Mutex
@@ -34,8 +36,8 @@ type ctlConn struct {
 }
 
 // dialCtl connects from ns to addr and reads the greeting.
-func dialCtl(ns *Netns, addr string, wait time.Duration) (*ctlConn, error) {
-	c, err := ns.Dial("tcp", addr, wait)
+func dialCtl(ns *nstest.NS, addr string, wait time.Duration) (*ctlConn, error) {
+	c, err := dial(ns, addr, wait)
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +57,7 @@ func dialCtl(ns *Netns, addr string, wait time.Duration) (*ctlConn, error) {
 // dialData connects the data connection to addr from the control
 // connection's namespace.
 func (f *ctlConn) dialData(addr netip.AddrPort) (net.Conn, error) {
-	return f.ns.Dial("tcp", addr.String(), f.wait)
+	return dial(f.ns, addr.String(), f.wait)
 }
 
 // Close closes the control connection without QUIT.
@@ -227,8 +229,8 @@ func (f *ctlConn) quit() error {
 // classifies the outcome: "connected", "timeout" (no answer to the SYN:
 // dropped by a firewall), "refused" (RST: the port is reachable but
 // nobody listens) or "error: ...".
-func knock(ns *Netns, addr netip.AddrPort, timeout time.Duration) (string, net.Conn) {
-	c, err := ns.Dial("tcp", addr.String(), timeout)
+func knock(ns *nstest.NS, addr netip.AddrPort, timeout time.Duration) (string, net.Conn) {
+	c, err := dial(ns, addr.String(), timeout)
 	switch {
 	case err == nil:
 		return "connected", c
@@ -242,4 +244,50 @@ func knock(ns *Netns, addr netip.AddrPort, timeout time.Duration) (string, net.C
 		return "timeout", nil
 	}
 	return "error: " + err.Error(), nil
+}
+
+// dial opens a TCP connection from inside ns to addr (HOST:PORT).
+func dial(ns *nstest.NS, addr string, timeout time.Duration) (net.Conn, error) {
+	to, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ns.Dial(netip.Addr{}, to, timeout)
+	if err != nil {
+		return nil, err // not a nil *net.TCPConn in a non-nil net.Conn
+	}
+	return c, nil
+}
+
+// waitBanner polls addr from inside ns until something answers with an
+// FTP 220 greeting, the deadline passes, or alive reports the serving
+// process died.
+func waitBanner(ns *nstest.NS, addr string, deadline time.Duration, alive func() error) error {
+	end := time.Now().Add(deadline)
+	var last error
+	for time.Now().Before(end) {
+		if err := alive(); err != nil {
+			return err
+		}
+		c, err := dial(ns, addr, time.Second)
+		if err == nil {
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+			line, rerr := bufio.NewReader(c).ReadString('\n')
+			if rerr == nil && strings.HasPrefix(line, "220") {
+				// Be polite: say goodbye so servers do not log errors.
+				_, _ = c.Write([]byte("QUIT\r\n"))
+				c.Close()
+				return nil
+			}
+			c.Close()
+			if rerr != nil {
+				err = fmt.Errorf("connected but no greeting: %w", rerr)
+			} else {
+				err = fmt.Errorf("unexpected greeting %q", strings.TrimSpace(line))
+			}
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s (from netns %s) not ready after %v: %v", addr, ns.Name, deadline, last)
 }

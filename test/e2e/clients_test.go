@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // Mode is the data connection setup command a client must use.
@@ -93,7 +95,7 @@ type Client interface {
 	// Supports reports whether the client can use mode over the family;
 	// reason says why not.
 	Supports(mode Mode, ipv6 bool) (ok bool, reason string)
-	Run(ctx context.Context, ns *Netns, s Session) Result
+	Run(ctx context.Context, ns *nstest.NS, s Session) Result
 }
 
 var allClients = []Client{curlClient{}, lftpClient{}, pythonClient{}}
@@ -115,7 +117,7 @@ var errHardTimeout = errors.New("killed after hard timeout")
 
 // runClient runs argv inside ns with a hard timeout and minimal
 // environment; stdout and stderr are returned separately.
-func runClient(ctx context.Context, ns *Netns, home string, timeout time.Duration, argv ...string) (stdout, stderr string, err error) {
+func runClient(ctx context.Context, ns *nstest.NS, home string, timeout time.Duration, argv ...string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := ns.Command(ctx, argv[0], argv[1:]...)
@@ -164,7 +166,7 @@ func (curlClient) modeArgs(s Session) []string {
 
 // Run performs all operations in one curl invocation (one control
 // connection, like the other clients), separated by --next.
-func (c curlClient) Run(ctx context.Context, ns *Netns, s Session) Result {
+func (c curlClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	common := []string{"--silent", "--show-error", "--verbose", "--globoff",
 		"--connect-timeout", "5", "--user", s.User + ":" + s.Pass}
 	common = append(common, c.modeArgs(s)...)
@@ -213,7 +215,7 @@ func (lftpClient) Supports(m Mode, ipv6 bool) (bool, string) {
 
 func lftpQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-func (c lftpClient) Run(ctx context.Context, ns *Netns, s Session) Result {
+func (c lftpClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	passive, epsv := "on", "no"
 	switch s.Mode {
 	case EPSV:
@@ -281,7 +283,7 @@ func (pythonClient) Supports(m Mode, ipv6 bool) (bool, string) {
 	return true, ""
 }
 
-func (c pythonClient) Run(ctx context.Context, ns *Netns, s Session) Result {
+func (c pythonClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	var actions []string
 	for _, op := range s.Ops {
 		switch op.Kind {
@@ -298,7 +300,7 @@ func (c pythonClient) Run(ctx context.Context, ns *Netns, s Session) Result {
 
 // runPython runs ftpclient.py with raw actions (also used by the abort
 // test).
-func runPython(ctx context.Context, ns *Netns, s Session, actions ...string) Result {
+func runPython(ctx context.Context, ns *nstest.NS, s Session, actions ...string) Result {
 	script, err := filepath.Abs(filepath.Join("testdata", "ftpclient.py"))
 	if err != nil {
 		return Result{Err: err}

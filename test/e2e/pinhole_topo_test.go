@@ -4,17 +4,15 @@ package e2e
 
 import (
 	"cmp"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // The pinhole topology: one L2 segment (a bridge in the host namespace),
@@ -26,10 +24,13 @@ import (
 //	client ns  198.51.100.10/24  2001:db8:1::10/64 ─┐
 //	                                               br0 (host ns) 198.51.100.1/24  2001:db8:1::1/64
 //	intruder ns 198.51.100.20/24 2001:db8:1::20/64 ─┘   ftpalg :21 → FTP server 127.0.0.1:2121 / [::1]:2121
+var (
+	HostIP4 = FrontClientIP4 // 198.51.100.1
+	HostIP6 = FrontClientIP6 // 2001:db8:1::1
+)
+
 const (
-	HostIP4     = FrontClientIP4 // 198.51.100.1
 	IntruderIP4 = "198.51.100.20"
-	HostIP6     = FrontClientIP6 // 2001:db8:1::1
 	IntruderIP6 = "2001:db8:1::20"
 
 	// Where the FTP server listens inside the host namespace.
@@ -53,7 +54,7 @@ var pinholeBackends = []string{"ipset", "iptables"}
 // HostTopology is the host / client / intruder network.
 type HostTopology struct {
 	ID                     string
-	Host, Client, Intruder *Netns
+	Host, Client, Intruder *nstest.NS
 	baseline               string // FilterRuleset before ftpalg ever ran
 }
 
@@ -61,15 +62,7 @@ type HostTopology struct {
 func requirePinholePrereqs(t testing.TB) {
 	t.Helper()
 	requirePrereqs(t, reqIptables)
-	var missing []string
-	for _, tool := range []string{"ip6tables", "iptables-save", "ip6tables-save", "ipset"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) > 0 {
-		skipOrFail(t, "missing: %s", strings.Join(missing, ", "))
-	}
+	nstest.Require(t, "ip6tables", "iptables-save", "ip6tables-save", "ipset")
 }
 
 // NewHostTopology builds the namespaces, the bridge, the addresses and the
@@ -77,30 +70,21 @@ func requirePinholePrereqs(t testing.TB) {
 // in the namespaces).
 func NewHostTopology(t testing.TB) *HostTopology {
 	t.Helper()
-	var b [3]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	id := hex.EncodeToString(b[:])
+	id := nstest.RandomName("fa")
 	h := &HostTopology{
 		ID:       id,
-		Host:     newNetns(t, "fa-"+id+"-h"),
-		Client:   newNetns(t, "fa-"+id+"-c"),
-		Intruder: newNetns(t, "fa-"+id+"-i"),
+		Host:     nstest.NewNamed(t, "fa-"+id+"-h"),
+		Client:   nstest.NewNamed(t, "fa-"+id+"-c"),
+		Intruder: nstest.NewNamed(t, "fa-"+id+"-i"),
 	}
-	for _, ns := range []*Netns{h.Host, h.Client, h.Intruder} {
-		ns.Sysctl(t, "net.ipv6.conf.all.accept_dad", "0")
-		ns.Sysctl(t, "net.ipv6.conf.default.accept_dad", "0")
-		ns.Sysctl(t, "net.ipv6.conf.all.accept_ra", "0")
-		ns.Sysctl(t, "net.ipv6.conf.default.accept_ra", "0")
-		ns.Sysctl(t, "net.ipv6.conf.all.disable_ipv6", "0")
-		ns.Sysctl(t, "net.ipv6.conf.default.disable_ipv6", "0")
+	for _, ns := range []*nstest.NS{h.Host, h.Client, h.Intruder} {
+		ns.StaticIPv6(t)
 		ns.Sysctl(t, "net.ipv4.ip_forward", "0")
 		ns.Sysctl(t, "net.ipv6.conf.all.forwarding", "0")
 	}
 	h.Host.IP(t, "link", "add", "br0", "type", "bridge")
 	for _, peer := range []struct {
-		ns   *Netns
+		ns   *nstest.NS
 		port string
 		a4   string
 		a6   string
@@ -108,31 +92,17 @@ func NewHostTopology(t testing.TB) *HostTopology {
 		{h.Client, "cli0", ClientIP4, ClientIP6},
 		{h.Intruder, "int0", IntruderIP4, IntruderIP6},
 	} {
-		// Created inside the namespaces: no interface ever appears in the
-		// root namespace.
-		peer.ns.IP(t, "link", "add", "eth0", "type", "veth", "peer", "name", peer.port, "netns", h.Host.Name)
+		nstest.Veth(t, peer.ns, "eth0", h.Host, peer.port)
 		h.Host.IP(t, "link", "set", peer.port, "master", "br0")
-		h.Host.IP(t, "link", "set", peer.port, "up")
-		peer.ns.IP(t, "addr", "add", peer.a4+"/24", "dev", "eth0")
-		peer.ns.IP(t, "-6", "addr", "add", peer.a6+"/64", "dev", "eth0", "nodad")
-		peer.ns.IP(t, "link", "set", "eth0", "up")
+		peer.ns.Addr(t, "eth0", peer.a4+"/24", peer.a6+"/64")
 	}
-	h.Host.IP(t, "addr", "add", HostIP4+"/24", "dev", "br0")
-	h.Host.IP(t, "-6", "addr", "add", HostIP6+"/64", "dev", "br0", "nodad")
+	h.Host.Addr(t, "br0", HostIP4+"/24", HostIP6+"/64")
 	h.Host.IP(t, "link", "set", "br0", "up")
 
 	// The host's own firewall: default DROP; loopback (the FTP server and
-	// ftpalg's upstream side), replies, and the FTP control port. IPv6
-	// also needs neighbour discovery. No conntrack helper anywhere.
-	for _, ipt := range []string{"iptables", "ip6tables"} {
-		h.Host.Exec(t, ipt, "-w", "-P", "INPUT", "DROP")
-		h.Host.Exec(t, ipt, "-w", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
-		h.Host.Exec(t, ipt, "-w", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-		h.Host.Exec(t, ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "21", "-j", "ACCEPT")
-	}
-	for _, typ := range []string{"neighbour-solicitation", "neighbour-advertisement"} {
-		h.Host.Exec(t, "ip6tables", "-w", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", typ, "-j", "ACCEPT")
-	}
+	// ftpalg's upstream side), replies, ICMPv6 (neighbour discovery), and
+	// the FTP control port. No conntrack helper anywhere.
+	nstest.DefaultDrop(t, h.Host, "", []string{"-p", "tcp", "--dport", "21"})
 	requireNoFTPHelper(t, h.Host)
 	h.baseline = h.FilterRuleset(t)
 	if names := h.IpsetNames(t); len(names) > 0 {
@@ -187,7 +157,7 @@ func (h *HostTopology) StopProxyClean(t testing.TB, p *Proxy) {
 	if err := p.Stop(15 * time.Second); err != nil {
 		t.Errorf("ftpalg did not exit on SIGTERM: %v", err)
 	} else if err := p.ExitErr(); err != nil {
-		t.Errorf("ftpalg exited with %v after SIGTERM:\n%s", err, tail(p.Log(), 20))
+		t.Errorf("ftpalg exited with %v after SIGTERM:\n%s", err, nstest.Tail(p.Log(), 20))
 	}
 	h.RequirePristine(t)
 }
@@ -217,29 +187,18 @@ func hostTarget(v6 bool) Target {
 // ---------------------------------------------------------------- firewall state
 
 // FilterRuleset returns iptables-save and ip6tables-save of the host's
-// filter table with comments and counters removed, for before/after
+// filter table, normalized (nstest.Normalize), for before/after
 // comparisons.
 func (h *HostTopology) FilterRuleset(t testing.TB) string {
 	t.Helper()
-	var b strings.Builder
-	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		fmt.Fprintf(&b, "### %s\n", save)
-		for _, l := range strings.Split(h.Host.Exec(t, save, "-t", "filter"), "\n") {
-			if l == "" || strings.HasPrefix(l, "#") {
-				continue
-			}
-			b.WriteString(counterRE.ReplaceAllString(l, "[0:0]") + "\n")
-		}
-	}
-	return b.String()
+	return "### iptables-save\n" + h.Host.Save(t, "4", "", "-t", "filter") +
+		"\n### ip6tables-save\n" + h.Host.Save(t, "6", "", "-t", "filter") + "\n"
 }
-
-var counterRE = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // IpsetNames lists the ipsets in the host namespace.
 func (h *HostTopology) IpsetNames(t testing.TB) []string {
 	t.Helper()
-	return strings.Fields(h.Host.Exec(t, "ipset", "list", "-n"))
+	return h.Host.Sets(t)
 }
 
 // kernelPinhole is one pinhole as the kernel holds it: a set element or a
@@ -263,9 +222,8 @@ func (h *HostTopology) KernelPinholes(backend string, v6 bool) (ps []kernelPinho
 		if v6 {
 			set = pinholeSet6
 		}
-		raw, err = runQuiet(h.Host, "ipset", "list", set)
-		if err != nil {
-			return nil, raw, fmt.Errorf("ipset list %s: %v: %s", set, err, strings.TrimSpace(raw))
+		if raw, err = h.Host.Try("ipset", "list", set); err != nil {
+			return nil, raw, err
 		}
 		ps, err = parseIpsetMembers(raw)
 	case "iptables":
@@ -273,9 +231,8 @@ func (h *HostTopology) KernelPinholes(backend string, v6 bool) (ps []kernelPinho
 		if v6 {
 			ipt = "ip6tables"
 		}
-		raw, err = runQuiet(h.Host, ipt, "-w", "-S", pinholeChain)
-		if err != nil {
-			return nil, raw, fmt.Errorf("%s -S %s: %v: %s", ipt, pinholeChain, err, strings.TrimSpace(raw))
+		if raw, err = h.Host.Try(ipt, "-w", "-S", pinholeChain); err != nil {
+			return nil, raw, err
 		}
 		ps, err = parseChainRules(raw)
 	default:
@@ -284,19 +241,15 @@ func (h *HostTopology) KernelPinholes(backend string, v6 bool) (ps []kernelPinho
 	return ps, raw, err
 }
 
-// parseIpsetMembers reads "LOCAL,tcp:PORT,PEER timeout N comment ..." lines
-// after "Members:".
+// parseIpsetMembers reads the "LOCAL,tcp:PORT,PEER comment ..." members
+// of `ipset list SET`.
 func parseIpsetMembers(out string) ([]kernelPinhole, error) {
-	_, members, ok := strings.Cut(out, "Members:\n")
-	if !ok {
-		return nil, fmt.Errorf("no Members: in ipset output:\n%s", out)
+	members, err := nstest.Members(out)
+	if err != nil {
+		return nil, err
 	}
 	var ps []kernelPinhole
-	for _, l := range strings.Split(members, "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" {
-			continue
-		}
+	for _, l := range members {
 		parts := strings.Split(strings.Fields(l)[0], ",")
 		if len(parts) != 3 || !strings.HasPrefix(parts[1], "tcp:") {
 			return nil, fmt.Errorf("unexpected set element %q", l)
@@ -397,7 +350,7 @@ func (h *HostTopology) RulesShow(backend string) (string, error) {
 	if proxyBinary == "" {
 		return "", fmt.Errorf("no ftpalg binary")
 	}
-	return runQuiet(h.Host, proxyBinary, "rules", "show", "--firewall", backend)
+	return h.Host.Try(proxyBinary, "rules", "show", "--firewall", backend)
 }
 
 // rulesShowLines returns the lines of `ftpalg rules show` output that name

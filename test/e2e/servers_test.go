@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // ServerKind names one of the FTP server implementations.
@@ -79,7 +81,7 @@ type Server struct {
 	User      string
 	Pass      string
 	Files     map[string]DataFile
-	procs     []*Proc
+	procs     []*nstest.Proc
 	extraLogs []string // log files written by the servers themselves
 	// cmdLogs are the log files in which the server records every command
 	// it receives (vsftpd: log_ftp_protocol; proftpd: ExtendedLog); none
@@ -159,7 +161,7 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 
 	ftp, err := ftpUser()
 	if err != nil {
-		skipOrFail(t, "system user ftp: %v", err)
+		nstest.Unmet(t, "system user ftp: %v", err)
 	}
 
 	switch kind {
@@ -196,7 +198,7 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 		addrs = append(addrs, s.Addr6())
 	}
 	for _, a := range addrs {
-		if err := topo.Server.waitBanner(a, 15*time.Second, s.Alive); err != nil {
+		if err := waitBanner(topo.Server, a, 15*time.Second, s.Alive); err != nil {
 			t.Fatalf("%s did not come up: %v\n%s", kind, err, s.Logs())
 		}
 	}
@@ -222,12 +224,12 @@ func (s *Server) Logs() string {
 	var b strings.Builder
 	for _, p := range s.procs {
 		if out := p.Log(); out != "" {
-			fmt.Fprintf(&b, "--- %s output (%s) ---\n%s\n", p.Name, p.LogPath, tail(out, 20))
+			fmt.Fprintf(&b, "--- %s output (%s) ---\n%s\n", p.Name, p.LogPath, nstest.Tail(out, 20))
 		}
 	}
 	for _, l := range s.extraLogs {
 		out, _ := os.ReadFile(l)
-		fmt.Fprintf(&b, "--- %s ---\n%s\n", l, tail(string(out), 40))
+		fmt.Fprintf(&b, "--- %s ---\n%s\n", l, nstest.Tail(string(out), 40))
 	}
 	return b.String()
 }
@@ -277,8 +279,8 @@ dual_log_enable=NO
 hide_ids=NO
 use_localtime=NO
 `, s.port, s.Root, empty, s.pasvMin, s.pasvMax, logPath)+extra, 0o600)
-	s.procs = append(s.procs, startProc(t, topo.Server, "vsftpd-ipv"+fam,
-		filepath.Join(etc, "vsftpd"+fam+".out"), vsftpdPath(), conf))
+	s.procs = append(s.procs, nstest.Start(t, topo.Server, "vsftpd-ipv"+fam,
+		filepath.Join(etc, "vsftpd"+fam+".out"), clientEnv(os.TempDir()), vsftpdPath(), conf))
 	s.extraLogs = append(s.extraLogs, logPath) // protocol log
 	s.cmdLogs = append(s.cmdLogs, logPath)
 }
@@ -331,8 +333,8 @@ TimeoutIdle 120
 </Anonymous>
 `, s.port, strings.Join(addrs, " "), filepath.Join(etc, "proftpd.scoreboard"), filepath.Join(etc, "proftpd.pid"), logPath,
 		cmdLog, filepath.Join(etc, "proftpd.ctrls"), s.pasvMin, s.pasvMax, s.Root)+extra, 0o600)
-	s.procs = append(s.procs, startProc(t, topo.Server, "proftpd", filepath.Join(etc, "proftpd.out"),
-		proftpdPath(), "-n", "-q", "-c", conf))
+	s.procs = append(s.procs, nstest.Start(t, topo.Server, "proftpd", filepath.Join(etc, "proftpd.out"),
+		clientEnv(os.TempDir()), proftpdPath(), "-n", "-q", "-c", conf))
 	s.extraLogs = append(s.extraLogs, logPath, cmdLog)
 	s.cmdLogs = append(s.cmdLogs, cmdLog)
 }
@@ -358,9 +360,9 @@ func (s *Server) startPureFTPd(t testing.TB, topo *Topology, etc, pdb string, v6
 	if v6 {
 		fam, bind = "6", s.addr6+","+strconv.Itoa(s.port)
 	}
-	s.procs = append(s.procs, startProc(t, topo.Server, "pure-ftpd-ipv"+fam,
+	s.procs = append(s.procs, nstest.Start(t, topo.Server, "pure-ftpd-ipv"+fam,
 		filepath.Join(etc, "pure-ftpd"+fam+".log"),
-		pureFTPdPath(),
+		clientEnv(os.TempDir()), pureFTPdPath(),
 		"--bind", bind,
 		"--passiveportrange", fmt.Sprintf("%d:%d", s.pasvMin, s.pasvMax),
 		"--noanonymous",

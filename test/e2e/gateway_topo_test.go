@@ -5,21 +5,16 @@ package e2e
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/ftpalg/ftpalg/internal/nstest"
 )
 
 // The gateway topology (issue #4): FTP clients on a private LAN behind a
@@ -72,14 +67,14 @@ const (
 type GwRouter struct {
 	Name   string // "a", "b"
 	WANIP  string
-	Router *Netns
-	Client *Netns
+	Router *nstest.NS
+	Client *nstest.NS
 }
 
 // Gateway is the server and its routers.
 type Gateway struct {
 	ID      string
-	Server  *Netns
+	Server  *nstest.NS
 	Routers []*GwRouter
 }
 
@@ -88,12 +83,8 @@ type Gateway struct {
 // disappears in t.Cleanup.
 func NewGateway(t testing.TB, n int) *Gateway {
 	t.Helper()
-	var b [3]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	id := hex.EncodeToString(b[:])
-	g := &Gateway{ID: id, Server: newNetns(t, "fa-"+id+"-gs")}
+	id := nstest.RandomName("fa")
+	g := &Gateway{ID: id, Server: nstest.NewNamed(t, id+"-gs")}
 	gwSysctls(t, g.Server, false)
 	g.Server.IP(t, "link", "add", "br0", "type", "bridge")
 	for i := range n {
@@ -101,30 +92,24 @@ func NewGateway(t testing.TB, n int) *Gateway {
 		r := &GwRouter{
 			Name:   name,
 			WANIP:  gwWANIP4(i),
-			Router: newNetns(t, "fa-"+id+"-gr"+name),
-			Client: newNetns(t, "fa-"+id+"-gc"+name),
+			Router: nstest.NewNamed(t, id+"-gr"+name),
+			Client: nstest.NewNamed(t, id+"-gc"+name),
 		}
 		gwSysctls(t, r.Router, true)
 		gwSysctls(t, r.Client, false)
-		// veths are created inside the namespaces: nothing appears in the
-		// root namespace.
-		r.Client.IP(t, "link", "add", "eth0", "type", "veth", "peer", "name", gwLANDev, "netns", r.Router.Name)
+		nstest.Veth(t, r.Client, "eth0", r.Router, gwLANDev)
 		port := "wan-" + name
-		r.Router.IP(t, "link", "add", gwWANDev, "type", "veth", "peer", "name", port, "netns", g.Server.Name)
+		nstest.Veth(t, r.Router, gwWANDev, g.Server, port)
 		g.Server.IP(t, "link", "set", port, "master", "br0")
-		g.Server.IP(t, "link", "set", port, "up")
 
-		r.Client.IP(t, "addr", "add", GwClientIP4+"/24", "dev", "eth0")
-		r.Client.IP(t, "link", "set", "eth0", "up")
+		r.Client.Addr(t, "eth0", GwClientIP4+"/24")
 		r.Client.IP(t, "route", "add", "default", "via", GwLANIP4)
-		r.Router.IP(t, "addr", "add", GwLANIP4+"/24", "dev", gwLANDev)
-		r.Router.IP(t, "link", "set", gwLANDev, "up")
-		r.Router.IP(t, "addr", "add", r.WANIP+"/24", "dev", gwWANDev)
-		r.Router.IP(t, "link", "set", gwWANDev, "up")
+		r.Router.Addr(t, gwLANDev, GwLANIP4+"/24")
+		r.Router.Addr(t, gwWANDev, r.WANIP+"/24")
 		r.setupFirewall(t)
 		g.Routers = append(g.Routers, r)
 	}
-	g.Server.IP(t, "addr", "add", GwServerIP4+"/24", "dev", "br0")
+	g.Server.Addr(t, "br0", GwServerIP4+"/24")
 	g.Server.IP(t, "link", "set", "br0", "up")
 	// The server's gateway is router a: with --upstream-source client the
 	// server must send its replies to the client's (LAN) address there.
@@ -137,7 +122,7 @@ func NewGateway(t testing.TB, n int) *Gateway {
 // reverse-path filtering (rp_filter=1), the most demanding setting a
 // distribution ships (systemd's default is 2, loose): the interception
 // and divert must work with it.
-func gwSysctls(t testing.TB, ns *Netns, router bool) {
+func gwSysctls(t testing.TB, ns *nstest.NS, router bool) {
 	t.Helper()
 	ns.Sysctl(t, "net.ipv6.conf.all.disable_ipv6", "1")
 	ns.Sysctl(t, "net.ipv6.conf.default.disable_ipv6", "1")
@@ -158,7 +143,7 @@ func (g *Gateway) Topology(r *GwRouter) *Topology {
 // iptables runs iptables -w in the router.
 func (r *GwRouter) iptables(t testing.TB, args ...string) {
 	t.Helper()
-	r.Router.Exec(t, append([]string{"iptables", "-w"}, args...)...)
+	r.Router.Run(t, append([]string{"iptables", "-w"}, args...)...)
 }
 
 // setupFirewall installs the router's own rules: a NAT router that lets
@@ -287,7 +272,7 @@ func (r *GwRouter) InstallRules(t testing.TB, what string, rs []gwRule) (remove 
 		}
 		done = true
 		for i := len(rs) - 1; i >= 0; i-- {
-			r.Router.Exec(t, rs[i].del...)
+			r.Router.Run(t, rs[i].del...)
 		}
 		// Only the rules: iptables-nft keeps the (empty) tables and base
 		// chains our rules created; they are harmless and stay.
@@ -296,7 +281,7 @@ func (r *GwRouter) InstallRules(t testing.TB, what string, rs []gwRule) (remove 
 		}
 	}
 	for _, rule := range rs {
-		r.Router.Exec(t, rule.add...)
+		r.Router.Run(t, rule.add...)
 		lines = append(lines, strings.Join(rule.add, " "))
 	}
 	t.Cleanup(remove)
@@ -322,21 +307,16 @@ func (r *GwRouter) State(t testing.TB) RouterState {
 	var rules, full strings.Builder
 	add := func(b *strings.Builder, argv ...string) {
 		fmt.Fprintf(b, "### %s\n", strings.Join(argv, " "))
-		out, err := runQuiet(r.Router, argv...)
+		out, err := r.Router.Try(argv...)
 		if err != nil {
 			if _, lerr := exec.LookPath(argv[0]); lerr != nil {
 				b.WriteString("(not installed)\n")
 				return
 			}
-			t.Fatalf("router %s: %s: %v\n%s", r.Name, strings.Join(argv, " "), err, out)
+			t.Fatalf("router %s: %v", r.Name, err)
 		}
-		for _, l := range strings.Split(out, "\n") {
-			if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
-				continue
-			}
-			l = gwCounterRE.ReplaceAllString(l, "[0:0]")
-			l = gwNftCounterRE.ReplaceAllString(l, "counter")
-			b.WriteString(l + "\n")
+		if out = nstest.Normalize(out); out != "" {
+			b.WriteString(out + "\n")
 		}
 	}
 	for _, ipt := range []string{"iptables", "ip6tables"} {
@@ -355,11 +335,6 @@ func (r *GwRouter) State(t testing.TB) RouterState {
 	add(&full, "nft", "list", "ruleset")
 	return RouterState{Rules: rules.String(), Full: full.String()}
 }
-
-var (
-	gwCounterRE    = regexp.MustCompile(`\[\d+:\d+\]`)
-	gwNftCounterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
-)
 
 // gwDiff is a line diff of a and b ("-" only in a, "+" only in b), with
 // the "### command" header of each changed section.
@@ -432,7 +407,7 @@ func compareState(t testing.TB, what string, before, after RouterState) {
 func (r *GwRouter) RequireNoHelperUsed(t testing.TB) {
 	t.Helper()
 	requireNoFTPHelper(t, r.Router)
-	ct, err := runQuiet(r.Router, "cat", "/proc/net/nf_conntrack")
+	ct, err := r.Router.Try("cat", "/proc/net/nf_conntrack")
 	if err != nil {
 		t.Logf("router %s: /proc/net/nf_conntrack not readable (%v): helper use not checked", r.Name, err)
 		return
@@ -447,7 +422,7 @@ func (r *GwRouter) RequireNoHelperUsed(t testing.TB) {
 		}
 	}
 	t.Logf("router %s: %d tracked FTP control connections (dport=21), none with a conntrack helper", r.Name, ftp)
-	if exp, err := runQuiet(r.Router, "cat", "/proc/net/nf_conntrack_expect"); err == nil && strings.TrimSpace(exp) != "" {
+	if exp, err := r.Router.Try("cat", "/proc/net/nf_conntrack_expect"); err == nil && strings.TrimSpace(exp) != "" {
 		t.Errorf("router %s: conntrack expectations exist (an FTP helper at work?):\n%s", r.Name, exp)
 	}
 }
@@ -491,11 +466,11 @@ type GwProxy struct {
 func (r *GwRouter) StartGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 	t.Helper()
 	p := r.LaunchGatewayProxy(t, o)
-	if err := r.Client.waitBanner(GwServerIP4+":21", 15*time.Second, p.Alive); err != nil {
+	if err := waitBanner(r.Client, GwServerIP4+":21", 15*time.Second, p.Alive); err != nil {
 		t.Fatalf("router %s: no greeting through ftpalg: %v", r.Name, err)
 	}
 	if !strings.Contains(p.Log(), `"session started"`) {
-		t.Fatalf("router %s: the client got a greeting but ftpalg logged no session: interception does not work\n%s", r.Name, tail(p.Log(), 30))
+		t.Fatalf("router %s: the client got a greeting but ftpalg logged no session: interception does not work\n%s", r.Name, nstest.Tail(p.Log(), 30))
 	}
 	// ftpalg's own objects exist while it runs (so the comparison after
 	// it exits means something).
@@ -543,14 +518,14 @@ func (r *GwRouter) LaunchGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 	}
 	args = append(args, o.Extra...)
 	logPath := filepath.Join(t.TempDir(), "ftpalg-"+r.Name+".log")
-	p := &GwProxy{Proxy: &Proxy{Proc: startProc(t, r.Router, "ftpalg-"+r.Name, logPath, args...)}, r: r, before: before}
+	p := &GwProxy{Proxy: &Proxy{Proc: nstest.Start(t, r.Router, "ftpalg-"+r.Name, logPath, clientEnv(os.TempDir()), args...)}, r: r, before: before}
 	t.Logf("router %s: started ftpalg (pid %d): %s", r.Name, p.PID(), strings.Join(args, " "))
 	t.Cleanup(func() {
 		if !p.stopped {
 			p.StopClean(t)
 		}
 		if t.Failed() {
-			t.Logf("--- ftpalg log (router %s, %s) ---\n%s", r.Name, logPath, tail(p.Log(), 120))
+			t.Logf("--- ftpalg log (router %s, %s) ---\n%s", r.Name, logPath, nstest.Tail(p.Log(), 120))
 		}
 	})
 	for deadline := time.Now().Add(15 * time.Second); !strings.Contains(p.Log(), gwReadyLine); time.Sleep(20 * time.Millisecond) {
@@ -558,7 +533,7 @@ func (r *GwRouter) LaunchGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 			t.Fatalf("router %s: ftpalg did not start: %v", r.Name, err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("router %s: ftpalg did not log %s within 15s:\n%s", r.Name, gwReadyLine, tail(p.Log(), 30))
+			t.Fatalf("router %s: ftpalg did not log %s within 15s:\n%s", r.Name, gwReadyLine, nstest.Tail(p.Log(), 30))
 		}
 	}
 	return p
@@ -577,7 +552,7 @@ func (p *GwProxy) StopClean(t testing.TB) {
 	if err := p.Stop(15 * time.Second); err != nil {
 		t.Errorf("router %s: ftpalg did not exit on SIGTERM: %v", p.r.Name, err)
 	} else if err := p.ExitErr(); err != nil {
-		t.Errorf("router %s: ftpalg exited with %v after SIGTERM:\n%s", p.r.Name, err, tail(p.Log(), 20))
+		t.Errorf("router %s: ftpalg exited with %v after SIGTERM:\n%s", p.r.Name, err, nstest.Tail(p.Log(), 20))
 	}
 	compareState(t, "router "+p.r.Name+" after ftpalg exited, compared with before it started", p.before, p.r.State(t))
 }
@@ -589,37 +564,4 @@ var gwTarget = Target{Host: GwServerIP4, Port: 21, ClientIP: GwClientIP4, WantPA
 // runClient runs a client in the router's client namespace.
 func (r *GwRouter) runClient(c Client, s Session) Result {
 	return c.Run(context.Background(), r.Client, s)
-}
-
-// dialFrom opens a TCP connection from inside ns with a fixed local
-// address and port (like Netns.Dial, on a thread that joined ns and is
-// thrown away afterwards).
-func dialFrom(ns *Netns, local, remote string, timeout time.Duration) (net.Conn, error) {
-	laddr, err := net.ResolveTCPAddr("tcp4", local)
-	if err != nil {
-		return nil, err
-	}
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		f, err := os.Open("/run/netns/" + ns.Name)
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns %s: %w", ns.Name, err)}
-			return
-		}
-		d := net.Dialer{Timeout: timeout, LocalAddr: laddr}
-		c, err := d.Dial("tcp4", remote)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
 }

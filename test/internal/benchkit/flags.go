@@ -1,0 +1,103 @@
+package benchkit
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Flags are the command-line options both benchmarks take.
+type Flags struct {
+	Size           int64 // of BigFile
+	Runs           int   // throughput runs per path
+	BufSize        int   // client read buffer for the throughput runs
+	XferTimeout    time.Duration
+	Clients        int // concurrent clients of the session-rate runs
+	Duration       time.Duration
+	SessionTimeout time.Duration
+	Only           map[string]bool // what to measure
+	Vsftpd         string          // binary
+	ProxyBin       string          // ftpalg binary; "": build ./cmd/ftpalg
+	ServerPasv     string          // vsftpd's passive ports, LO-HI
+	ProxyData      string          // ftpalg's --data-ports, LO-HI
+	Keep           bool            // keep the temporary directory
+	Markdown       string          // also write the results here
+
+	size, bufSize, only string
+	choices             []string
+}
+
+// Define registers the flags on flag.CommandLine: clients is the default
+// of --clients; --only picks of choices (all by default), onlyHelp
+// describes it.
+func (f *Flags) Define(clients int, choices []string, onlyHelp string) {
+	f.choices = choices
+	flag.StringVar(&f.size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
+	flag.IntVar(&f.Runs, "runs", 3, "throughput runs of each path measured")
+	flag.StringVar(&f.bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
+	flag.DurationVar(&f.XferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
+	flag.IntVar(&f.Clients, "clients", clients, "concurrent clients in the session-rate test")
+	flag.DurationVar(&f.Duration, "duration", 10*time.Second, "length of each session-rate measurement")
+	flag.DurationVar(&f.SessionTimeout, "session-timeout", 10*time.Second, "time limit of one session in the rate test (and of one login in the idle test)")
+	flag.StringVar(&f.only, "only", strings.Join(choices, ","), onlyHelp)
+	flag.StringVar(&f.Vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
+	flag.StringVar(&f.ProxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
+	flag.StringVar(&f.ServerPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
+	flag.StringVar(&f.ProxyData, "proxy-data-ports", "28000-30999", "ftpalg --data-ports (keep it out of net.ipv4.ip_local_port_range and apart from the server's)")
+	flag.BoolVar(&f.Keep, "keep", false, "keep the temporary directory (files, configs, logs)")
+	flag.StringVar(&f.Markdown, "markdown", "", "also write the results as Markdown to this file")
+}
+
+// Parse parses the command line (flag.Parse), which takes no arguments,
+// and checks the flags Define registered.
+func (f *Flags) Parse() error {
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
+	}
+	var err error
+	if f.Size, err = ParseSize(f.size); err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	n, err := ParseSize(f.bufSize)
+	if err != nil || n < 1 || n > 1<<30 {
+		return fmt.Errorf("--bufsize %q: want a size up to 1GiB", f.bufSize)
+	}
+	f.BufSize = int(n)
+	f.Only = map[string]bool{}
+	for _, w := range strings.Split(f.only, ",") {
+		switch w = strings.TrimSpace(w); {
+		case slices.Contains(f.choices, w):
+			f.Only[w] = true
+		case w != "":
+			return fmt.Errorf("--only: unknown %q (want %s)", w, strings.Join(f.choices, ", "))
+		}
+	}
+	for _, r := range []string{f.ServerPasv, f.ProxyData} {
+		if _, _, err := ParseRange(r); err != nil {
+			return err
+		}
+	}
+	if f.Runs < 1 || f.Clients < 1 || f.Size < 1 || f.Duration <= 0 {
+		return errors.New("--runs, --clients, --size and --duration must be positive")
+	}
+	return nil
+}
+
+// Report prints the summary table and, with --markdown, writes the
+// Markdown that md renders to that file.
+func (f *Flags) Report(table string, md func() string) error {
+	fmt.Print("\n== Summary ==\n", table)
+	if f.Markdown == "" {
+		return nil
+	}
+	if err := os.WriteFile(f.Markdown, []byte(md()), 0o644); err != nil {
+		return err
+	}
+	fmt.Println("wrote", f.Markdown)
+	return nil
+}
