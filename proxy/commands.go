@@ -56,7 +56,7 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 
 	switch {
 	case s.epsvAll.Load() && (cmd.Active() || cmd.Kind == ftp.KindPASV || cmd.Kind == ftp.KindLPSV):
-		s.log.Warn("command refused after EPSV ALL", zap.String("verb", cmd.Verb))
+		s.log.Warn(MsgEPSVAllRefused, zap.String("verb", cmd.Verb))
 		return s.answer(cmd, fmt.Sprintf("501 %s not allowed after EPSV ALL.\r\n", cmd.Verb))
 	case cmd.Active():
 		return s.active(line, cmd)
@@ -68,7 +68,7 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 		case local != "":
 			return s.answer(cmd, local)
 		case send != "":
-			s.log.Info("translated", zap.String("client", cmd.String()), zap.String("server", send))
+			s.log.Info(MsgTranslated, zap.String("client", cmd.String()), zap.String("server", send))
 			out := append(append([]byte(nil), line.Telnet...), send+"\r\n"...)
 			return s.forward(&exchange{cmd: cmd, sent: send}, out, -1, true)
 		}

@@ -78,7 +78,7 @@ func (o *dataOffer) accept() {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				s.log.Info("data connection not made in time", zap.Stringer("listen", o.local),
+				s.log.Info(MsgDataNotMade, zap.Stringer("listen", o.local),
 					zap.Duration("timeout", s.srv.cfg.DataAcceptTimeout))
 			}
 			o.close()
@@ -88,7 +88,7 @@ func (o *dataOffer) accept() {
 		}
 		from := nat.AddrPortOf(c.RemoteAddr())
 		if from.Addr() != o.peer {
-			s.log.Warn("data connection from a foreign address refused", zap.Stringer("from", from),
+			s.log.Warn(MsgDataForeign, zap.Stringer("from", from),
 				zap.Stringer("allowed", o.peer), zap.Stringer("listen", o.local))
 			c.SetLinger(0)
 			c.Close()
@@ -112,7 +112,7 @@ func (o *dataOffer) close() {
 		ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
 		defer cancel()
 		if err := o.s.srv.cfg.Firewall.Close(ctx, o.pinhole); err != nil {
-			o.s.log.Warn("closing pinhole failed", zap.Stringer("pinhole", o.pinhole), zap.Error(err))
+			o.s.log.Warn(MsgPinholeFailed, zap.Stringer("pinhole", o.pinhole), zap.Error(err))
 		}
 	})
 }
@@ -131,7 +131,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	out, err := s.srv.dial(s.srv.dataCtx, o.from, 0, o.target.String())
 	o.settle()
 	if err != nil {
-		s.log.Warn("data connection failed", zap.Stringer("to", o.target), zap.Error(err))
+		s.log.Warn(MsgDataFailed, zap.Stringer("to", o.target), zap.Error(err))
 		in.SetLinger(0)
 		in.Close()
 		return

@@ -154,7 +154,7 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		// the proxy honours EPSV ALL itself, and a port the server opened
 		// is offered to no one. Any other 2xx (pyftpdlib says 220) is the
 		// server's acceptance and goes on as it is.
-		s.log.Info("server did not accept EPSV ALL; the proxy honours it", zap.Int("code", r.Code))
+		s.log.Info(MsgEPSVAllHonoured, zap.Int("code", r.Code))
 		s.reply(x, "200 EPSV ALL command successful.\r\n")
 	case x.cmd.Verb == "FEAT":
 		out := s.featReply(r)

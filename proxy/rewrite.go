@@ -43,7 +43,7 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 	adv, listenIP := s.advertised()
 	o, err := s.openOffer(true, listenIP, s.clientAddr.Addr(), target, s.serverSide.Addr())
 	if err != nil {
-		s.log.Warn("cannot listen for the client's data connection", zap.Error(err))
+		s.log.Warn(MsgListenFailed, zap.String("for", "client"), zap.Error(err))
 		s.reply(x, "425 Can't open data connection: no data port available.\r\n")
 		return
 	}
@@ -63,7 +63,7 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		text = ftp.FormatPASV(shown)
 	}
 	out := fmt.Appendf(r.Telnet(), "%d %s\r\n", code, text)
-	s.log.Info("passive mode rewritten", zap.String("request", x.cmd.Verb),
+	s.log.Info(MsgPassiveRewrite, zap.String("request", x.cmd.Verb),
 		zap.ByteString("server_reply", bytes.TrimRight(r.Lines[len(r.Lines)-1].Text, " ")),
 		zap.Stringer("server_data", target), zap.String("client_reply", fmt.Sprintf("%d %s", code, text)),
 		zap.Stringer("listen", o.local))
@@ -119,7 +119,7 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	s.dropOffer(nil)
 	o, err := s.openOffer(false, s.serverSide.Addr(), s.serverAddr.Addr(), announced, s.clientSide.Addr())
 	if err != nil {
-		s.log.Warn("cannot listen for the server's data connection", zap.Error(err))
+		s.log.Warn(MsgListenFailed, zap.String("for", "server"), zap.Error(err))
 		return s.answer(cmd, "425 Can't open data connection: no data port available.\r\n")
 	}
 	if !s.setOffer(o) {
@@ -133,7 +133,7 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	out = append(out, ' ')
 	out = append(out, arg...)
 	out = append(out, "\r\n"...)
-	s.log.Info("active mode rewritten", zap.String("verb", cmd.Verb), zap.Stringer("client_data", announced),
+	s.log.Info(MsgActiveRewrite, zap.String("verb", cmd.Verb), zap.Stringer("client_data", announced),
 		zap.String("sent", verb+" "+arg), zap.Stringer("listen", o.local))
 	return s.forward(&exchange{cmd: cmd, offer: o, sent: verb}, out, -1, true)
 }

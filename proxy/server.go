@@ -244,7 +244,7 @@ func (s *Server) admit(c net.Conn) {
 	}
 	if refuse != "" {
 		s.mu.Unlock()
-		s.log.Warn("session refused", zap.Stringer("client", peer), zap.String("reason", refuse[4:len(refuse)-2]))
+		s.log.Warn(MsgSessionRefused, zap.Stringer("client", peer), zap.String("reason", refuse[4:len(refuse)-2]))
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		c.Write([]byte(refuse))
 		c.Close()

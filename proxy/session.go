@@ -138,11 +138,11 @@ func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *S
 func (s *Session) run() {
 	defer s.reportUnconfirmed()
 	defer s.data.Wait()
-	s.log.Info("session started", zap.Stringer("local", s.clientSide))
+	s.log.Info(MsgSessionStarted, zap.Stringer("local", s.clientSide))
 	if !s.dialServer() {
 		s.rawClient.Close()
 		s.cancel()
-		s.log.Info("session ended", zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)))
+		s.log.Info(MsgSessionEnded, zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)))
 		return
 	}
 	torn := make(chan struct{})
@@ -161,7 +161,7 @@ func (s *Session) run() {
 	s.cancel()
 	<-torn
 	s.idle.stop()
-	s.log.Info("session ended", zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)),
+	s.log.Info(MsgSessionEnded, zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)),
 		zap.Int64("commands", s.commands.Load()))
 }
 
@@ -190,7 +190,7 @@ func (s *Session) dialServer() bool {
 			}
 			return false
 		}
-		s.log.Warn("upstream unreachable", zap.String("upstream", upstream), zap.Error(err))
+		s.log.Warn(MsgUpstreamDown, zap.String("upstream", upstream), zap.Error(err))
 		s.refuse("421 Service not available: the FTP server cannot be reached.\r\n")
 		return false
 	}
@@ -198,7 +198,7 @@ func (s *Session) dialServer() bool {
 	s.serverAddr = nat.AddrPortOf(c.RemoteAddr())
 	s.serverSide = nat.AddrPortOf(c.LocalAddr())
 	s.log = s.log.With(zap.Stringer("server", s.serverAddr))
-	s.log.Info("connected to server", zap.Stringer("local", s.serverSide))
+	s.log.Info(MsgConnected, zap.Stringer("local", s.serverSide))
 	return true
 }
 

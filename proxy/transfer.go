@@ -9,16 +9,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// Log messages of a transfer's life, named so tests and operators' log
-// queries do not depend on copies of the text.
-const (
-	MsgDataConnected     = "data connection established"
-	MsgTransferFinished  = "transfer finished"    // data ended cleanly and the server confirmed it (2xx)
-	MsgTransferFailed    = "transfer failed"      // the server answered 4xx/5xx, or a peer reset the data connection
-	MsgTransferAborted   = "transfer aborted"     // ftpalg cut it (shutdown, data idle timeout): both peers got a reset
-	MsgTransferNoConfirm = "transfer unconfirmed" // data ended, but the server never answered the transfer command
-)
-
 // Why ftpalg cuts a running transfer.
 const (
 	abortShutdown = "shutdown after the grace period"

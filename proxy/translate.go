@@ -92,7 +92,8 @@ func (s *Session) passiveFallback(x *exchange, r *ftp.Reply) bool {
 	if sent == "EPSV" {
 		s.noEPSV.Store(true)
 	}
-	s.log.Info("server refused "+sent+", translating to PASV", zap.String("client", x.cmd.Verb), zap.Int("code", r.Code))
+	s.log.Info(MsgFallback, zap.String("refused", sent), zap.String("sending", "PASV"), zap.String("client", x.cmd.Verb),
+		zap.Int("code", r.Code))
 	return true
 }
 
@@ -110,8 +111,8 @@ func (s *Session) activeFallback(x *exchange, r *ftp.Reply) bool {
 	if sent == "EPRT" {
 		s.noEPRT.Store(true)
 	}
-	s.log.Info("server refused "+sent+", translating to PORT", zap.String("client", x.cmd.Verb), zap.Int("code", r.Code),
-		zap.String("sent", "PORT "+arg))
+	s.log.Info(MsgFallback, zap.String("refused", sent), zap.String("sending", "PORT"), zap.String("client", x.cmd.Verb),
+		zap.Int("code", r.Code), zap.String("sent", "PORT "+arg))
 	return true
 }
 

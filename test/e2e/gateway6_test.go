@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 )
 
 // The gateway topology of gateway_topo_test.go with IPv6 added (one router):
@@ -268,11 +269,11 @@ func gw6Transfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase) e
 			t.Errorf("download %s: %v", name, err)
 		}
 	}
-	rewritten := `"passive mode rewritten"`
+	rewritten := `"` + proxy.MsgPassiveRewrite + `"`
 	if c.mode == EPRT {
-		rewritten = `"active mode rewritten"`
+		rewritten = `"` + proxy.MsgActiveRewrite + `"`
 	}
-	if n, want := strings.Count(plog, `"transfer finished"`), 1+len(downloads); n < want {
+	if n, want := strings.Count(plog, `"`+proxy.MsgTransferFinished+`"`), 1+len(downloads); n < want {
 		t.Errorf("ftpalg logged %d finished transfers for this session, want %d", n, want)
 	}
 	if !strings.Contains(plog, rewritten) {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 )
 
 // Tests of the transparent gateway mode (issue #4) on a NAT router: see
@@ -182,11 +183,11 @@ func gwTransfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, fu
 	}
 	// The router forwards nothing but tcp/21: the data went through
 	// ftpalg, which says so.
-	rewritten := `"passive mode rewritten"`
+	rewritten := `"` + proxy.MsgPassiveRewrite + `"`
 	if c.mode == PORT || c.mode == EPRT {
-		rewritten = `"active mode rewritten"`
+		rewritten = `"` + proxy.MsgActiveRewrite + `"`
 	}
-	if n, want := strings.Count(plog, `"transfer finished"`), 1+len(downloads)+len(uploads); n < want {
+	if n, want := strings.Count(plog, `"`+proxy.MsgTransferFinished+`"`), 1+len(downloads)+len(uploads); n < want {
 		t.Errorf("ftpalg logged %d finished transfers for this session, want %d", n, want)
 	}
 	if !strings.Contains(plog, rewritten) {
@@ -434,7 +435,7 @@ func TestGatewayUpstreamSourceClient(t *testing.T) {
 				t.Errorf("vsftpd saw other addresses than the client's %s: %v", GwClientIP4, clients)
 			}
 			// ftpalg says where it connected from.
-			if !regexp.MustCompile(`"msg":"connected to server".*"local":"` + regexp.QuoteMeta(GwClientIP4) + `:\d+"`).MatchString(p.Log()) {
+			if !regexp.MustCompile(`"msg":"` + proxy.MsgConnected + `".*"local":"` + regexp.QuoteMeta(GwClientIP4) + `:\d+"`).MatchString(p.Log()) {
 				t.Errorf("ftpalg never logged a connection to the server from %s", GwClientIP4)
 			}
 			t.Run("client-source-port-reused", func(t *testing.T) { gwSourcePortCollision(t, r, p) })
@@ -502,7 +503,7 @@ func gwSourcePortCollision(t *testing.T, r *GwRouter, p *GwProxy) {
 	}
 	_, _ = c.Write([]byte("QUIT\r\n"))
 	t.Logf("greeting %q; ftpalg: %s", strings.TrimSpace(line),
-		regexp.MustCompile(`"msg":"connected to server".*`).FindString(plog))
+		regexp.MustCompile(`"msg":"`+proxy.MsgConnected+`".*`).FindString(plog))
 }
 
 // gwReplyTo returns the reply ftplib printed after cmd ("" if none).
@@ -712,7 +713,7 @@ wait:
 			t.Errorf("router %s: %v", r.Name, err)
 		}
 		plog := proxies[i].LogSince(rn.logOff)
-		if !strings.Contains(plog, `"transfer finished"`) {
+		if !strings.Contains(plog, `"`+proxy.MsgTransferFinished+`"`) {
 			t.Errorf("router %s: ftpalg logged no finished transfer", r.Name)
 		}
 		listens := gwListens(plog)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 )
 
 // The firewall pinhole tests (issue #3) run in a HostTopology: the FTP
@@ -33,11 +34,11 @@ const knockTimeout = time.Second
 // works: failed pinhole operations, refused foreign connections, errors.
 var proxyLogProblems = []string{
 	`"level":"error"`,
-	"closing pinhole failed",
-	"cannot listen for",
-	"foreign address",
+	proxy.MsgPinholeFailed,
+	proxy.MsgListenFailed,
+	proxy.MsgDataForeign,
 	"firewall teardown failed",
-	"data connection failed",
+	proxy.MsgDataFailed,
 }
 
 // checkProxyLog fails on proxyLogProblems in the log written since off.
@@ -129,7 +130,7 @@ func TestPinholeFirewallNoneShowsSymptom(t *testing.T) {
 			if fi, err := os.Stat(local); err == nil && fi.Size() > 0 {
 				t.Errorf("RETR unexpectedly delivered %d bytes", fi.Size())
 			}
-			if strings.Contains(p.LogSince(off), "data connection established") {
+			if strings.Contains(p.LogSince(off), proxy.MsgDataConnected) {
 				t.Errorf("ftpalg logged an established data connection")
 			}
 			if t.Failed() {
@@ -219,7 +220,7 @@ func requireNoPinholes(t testing.TB, h *HostTopology, backend string, v6 bool, d
 //     the client, and `ftpalg rules show` lists it;
 //   - a connect from the intruder (same segment, reaches port 21 fine) to
 //     the announced port times out: its SYN is dropped by the firewall and
-//     never reaches ftpalg (no "foreign address" log line);
+//     never reaches ftpalg (no proxy.MsgDataForeign log line);
 //   - the real client's connect then succeeds and RETR delivers the file;
 //   - afterwards the pinhole is gone and even the real client's connect to
 //     that port times out (a pinhole left open would let the SYN reach the
@@ -339,7 +340,7 @@ func pinholeIntruderCase(t *testing.T, h *HostTopology, srv *Server, p *Proxy, b
 	if got != "timeout" {
 		t.Errorf("intruder's connect to the open pinhole %s: %s after %v, want timeout (SYN dropped by the firewall)", data, got, time.Since(start).Round(time.Millisecond))
 	}
-	if strings.Contains(p.LogSince(off), "foreign address") {
+	if strings.Contains(p.LogSince(off), proxy.MsgDataForeign) {
 		t.Errorf("the intruder's connection reached ftpalg (it logged a foreign address); the firewall should have dropped it")
 	}
 
@@ -427,7 +428,7 @@ func pinholeExpiryCase(t *testing.T, h *HostTopology, srv *Server, p *Proxy, bac
 	requireRulesShow(t, h, backend, clientIP, data, 0)
 	// ftpalg gave up on the offer itself (bounded poll for the log line).
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(p.LogSince(off), "data connection not made in time") {
+	for !strings.Contains(p.LogSince(off), proxy.MsgDataNotMade) {
 		if time.Now().After(deadline) {
 			t.Errorf("ftpalg did not log that the data connection was not made in time")
 			break

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 )
 
 // Protocol translation tests (issue #5): ftpalg between clients and servers
@@ -332,11 +333,11 @@ func epsvAllSession(t *testing.T, topo *Topology, srv *Server, p *Proxy, feat bo
 		t.Errorf("server's data commands: %q, want %q", got, want)
 	}
 	plog := p.LogSince(logOff)
-	if n := strings.Count(plog, `"msg":"command refused after EPSV ALL"`); n != 3 {
+	if n := strings.Count(plog, `"msg":"`+proxy.MsgEPSVAllRefused+`"`); n != 3 {
 		t.Errorf("ftpalg logged %d refusals after EPSV ALL, want 3", n)
 	}
-	if h := strings.Contains(plog, `"msg":"server refused EPSV ALL; the proxy honours it"`); h != honoured {
-		t.Errorf("ftpalg logged \"server refused EPSV ALL; the proxy honours it\": %v, want %v", h, honoured)
+	if h := strings.Contains(plog, `"msg":"`+proxy.MsgEPSVAllHonoured+`"`); h != honoured {
+		t.Errorf("ftpalg logged %q: %v, want %v", proxy.MsgEPSVAllHonoured, h, honoured)
 	}
 	if !t.Failed() {
 		t.Logf("EPSV ALL answered %d %q; the server got %q", code, text, got)
@@ -509,11 +510,11 @@ func (x *xlatCase) checkClientSaw(t *testing.T, mode Mode) {
 	// the data connections to on the client's side.
 	for _, e := range parseProxyLog(x.proxyLog) {
 		switch e.str("msg") {
-		case "passive mode rewritten":
+		case proxy.MsgPassiveRewrite:
 			if a, err := netip.ParseAddrPort(e.str("listen")); err != nil || a.Addr().Unmap().String() != x.tgt.Host {
 				t.Errorf("proxy listened for the client's data connection on %q, want %s", e.str("listen"), x.tgt.Host)
 			}
-		case "data connection established":
+		case proxy.MsgDataConnected:
 			if a, err := netip.ParseAddrPort(e.str("client_data")); err != nil || a.Addr().Unmap().String() != x.tgt.ClientIP {
 				t.Errorf("client side of a data connection is %q, want %s", e.str("client_data"), x.tgt.ClientIP)
 			}
@@ -632,21 +633,20 @@ func parseProxyLog(log string) []proxyLogEntry {
 	return out
 }
 
-var refusedMsgRE = regexp.MustCompile(`^server refused (\S+), translating to (PASV|PORT)$`)
-
 // upstreamDataCommands reconstructs, in order, the data-connection
-// commands ftpalg sent the server, from its log: "active mode rewritten"
-// (sent: the command), "passive mode rewritten" (server_reply: 227 answers
-// PASV, 228 LPSV, 229 EPSV) and "server refused X, translating to Y" (X
-// was refused, Y sent instead). Refused commands carry refusedMark.
+// commands ftpalg sent the server, from its log: proxy.MsgActiveRewrite
+// (sent: the command), proxy.MsgPassiveRewrite (server_reply: 227 answers
+// PASV, 228 LPSV, 229 EPSV) and proxy.MsgFallback (the verb in refused
+// was refused, the one in sending sent instead). Refused commands carry
+// refusedMark.
 func upstreamDataCommands(log string) []string {
 	var out []string
 	for _, e := range parseProxyLog(log) {
 		msg := e.str("msg")
 		switch {
-		case msg == "active mode rewritten":
+		case msg == proxy.MsgActiveRewrite:
 			out = append(out, e.str("sent"))
-		case msg == "passive mode rewritten":
+		case msg == proxy.MsgPassiveRewrite:
 			switch code, _, _ := strings.Cut(e.str("server_reply"), " "); code {
 			case "227":
 				out = append(out, "PASV")
@@ -657,8 +657,8 @@ func upstreamDataCommands(log string) []string {
 			default:
 				out = append(out, "? "+e.str("server_reply"))
 			}
-		case refusedMsgRE.MatchString(msg):
-			m := refusedMsgRE.FindStringSubmatch(msg)
+		case msg == proxy.MsgFallback:
+			m := []string{"", e.str("refused"), e.str("sending")}
 			if m[2] == "PORT" {
 				// The refused active command is the last one logged.
 				if n := len(out); n > 0 && strings.HasPrefix(out[n-1], m[1]+" ") {

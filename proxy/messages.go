@@ -1,0 +1,32 @@
+package proxy
+
+// Log messages an operator's log queries and the tests match on. They are
+// constants so a query and the code cannot drift apart; change one only
+// together with the docs that quote it. Every session line also carries
+// the fields "session", "client" and (once connected) "server".
+const (
+	MsgSessionStarted  = "session started"
+	MsgSessionEnded    = "session ended"   // field reason
+	MsgSessionRefused  = "session refused" // fields limit, reason
+	MsgConnected       = "connected to server"
+	MsgUpstreamDown    = "upstream unreachable"
+	MsgPassiveRewrite  = "passive mode rewritten" // fields request, server_reply, server_data, client_reply, listen
+	MsgActiveRewrite   = "active mode rewritten"  // fields verb, client_data, sent, listen
+	MsgTranslated      = "translated"
+	MsgFallback        = "server refused the command, translating" // fields refused (the verb), sending (PASV or PORT)
+	MsgEPSVAllRefused  = "command refused after EPSV ALL"
+	MsgEPSVAllHonoured = "server did not accept EPSV ALL; the proxy honours it"
+
+	MsgDataConnected  = "data connection established"
+	MsgDataNotMade    = "data connection not made in time"
+	MsgDataForeign    = "data connection from a foreign address refused"
+	MsgDataFailed     = "data connection failed"
+	MsgPinholeFailed  = "closing pinhole failed"
+	MsgListenFailed   = "cannot listen for a data connection"
+	MsgRefusedOmitted = "refused input not logged" // field count: warnings past the per-session limit
+
+	MsgTransferFinished  = "transfer finished"    // data ended cleanly and the server confirmed it (2xx)
+	MsgTransferFailed    = "transfer failed"      // the server answered 4xx/5xx, or a peer reset the data connection
+	MsgTransferAborted   = "transfer aborted"     // ftpalg cut it (shutdown, data idle timeout): both peers got a reset
+	MsgTransferNoConfirm = "transfer unconfirmed" // data ended, but the server never answered the transfer command
+)
