@@ -32,7 +32,7 @@ func (s *Session) commandPump() {
 		s.idle.touch()
 		s.trace(ClientToProxy, line.Raw, false)
 		if !line.Clean() {
-			s.log.Warn("command refused: bare CR, LF or NUL", zap.ByteString("line", clipBytes(line.Raw)))
+			s.refusal("command refused: bare CR, LF or NUL", zap.ByteString("line", clipBytes(line.Raw)))
 			if !s.answer(ftp.Command{}, "500 Command refused: it must end with CRLF and contain no other CR, LF or NUL.\r\n") {
 				return
 			}
@@ -56,7 +56,7 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 
 	switch {
 	case s.epsvAll.Load() && (cmd.Active() || cmd.Kind == ftp.KindPASV || cmd.Kind == ftp.KindLPSV):
-		s.log.Warn(MsgEPSVAllRefused, zap.String("verb", cmd.Verb))
+		s.refusal(MsgEPSVAllRefused, zap.String("verb", cmd.Verb))
 		return s.answer(cmd, fmt.Sprintf("501 %s not allowed after EPSV ALL.\r\n", cmd.Verb))
 	case cmd.Active():
 		return s.active(line, cmd)

@@ -130,3 +130,13 @@ func tcpBytes(c *net.TCPConn) uint64 {
 	})
 	return n
 }
+
+// fileLimit returns RLIMIT_NOFILE's soft limit (which the Go runtime has
+// raised to the hard limit at start), 0 when it cannot be read.
+func fileLimit() uint64 {
+	var l unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &l); err != nil || l.Cur == unix.RLIM_INFINITY {
+		return 0
+	}
+	return l.Cur
+}

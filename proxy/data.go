@@ -88,7 +88,7 @@ func (o *dataOffer) accept() {
 		}
 		from := nat.AddrPortOf(c.RemoteAddr())
 		if from.Addr() != o.peer {
-			s.log.Warn(MsgDataForeign, zap.Stringer("from", from),
+			s.refusal(MsgDataForeign, zap.Stringer("from", from),
 				zap.Stringer("allowed", o.peer), zap.Stringer("listen", o.local))
 			c.SetLinger(0)
 			c.Close()

@@ -5,11 +5,15 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // expectRefused reads one reply from c, which must be a 421 containing
@@ -175,4 +179,170 @@ func TestUpstreamSilent(t *testing.T) {
 		t.Fatalf("got %q, %v; want a 421 and EOF", got, err)
 	}
 	(<-accepted).Close()
+}
+
+// TestNoPerIPLimitByDefault: by default one address may hold as many
+// sessions as the total limit allows (clients of a sidecar may all sit
+// behind one NAT address); a refusal names the limit it hit.
+func TestNoPerIPLimitByDefault(t *testing.T) {
+	const n = 70 // beyond the old default of 64
+	e := newEnv(t, func(c *Config) { c.MaxSessions = n })
+	for i := range n {
+		c := dialCtl(t, e.addr, "127.0.0.1")
+		if code, msg, err := c.read(); err != nil || code != 220 {
+			t.Fatalf("session %d: %d %s, %v", i+1, code, msg, err)
+		}
+	}
+	expectRefused(t, dialCtl(t, e.addr, "127.0.0.1"), "Too many sessions")
+	refused := e.logs.FilterMessage(MsgSessionRefused).All()
+	if len(refused) != 1 || refused[0].ContextMap()["limit"] != "max-sessions" {
+		t.Errorf("refusals logged: %v; want one naming max-sessions", refused)
+	}
+}
+
+// TestLoginTimeout: a connection that does not log in is closed after the
+// login timeout with a 421; a logged-in one is not.
+func TestLoginTimeout(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.LoginTimeout = 300 * time.Millisecond; c.IdleTimeout = time.Hour })
+	in := dialCtl(t, e.addr, "")
+	in.login(t, "tester")
+	quiet := dialCtl(t, e.addr, "")
+	quiet.expect(t, 220)
+	half := dialCtl(t, e.addr, "")
+	half.expect(t, 220)
+	half.cmd(t, 331, "USER tester") // and no PASS
+	for _, c := range []*ctl{quiet, half} {
+		expectRefused(t, c, "Login timeout")
+	}
+	in.cmd(t, 200, "NOOP") // well past the login timeout
+}
+
+// TestRefusalLogBounded: a client sending nothing but refused lines gets a
+// 500 for each, but only the first warnLimit are logged; the rest are
+// counted in one line at the session's end.
+func TestRefusalLogBounded(t *testing.T) {
+	const lines = 100
+	e := newEnv(t)
+	c := dialCtl(t, e.addr, "")
+	c.login(t, "tester")
+	c.sendRaw(t, []byte(strings.Repeat("NO\x00OP\r\n", lines)))
+	for range lines {
+		c.expect(t, 500)
+	}
+	c.cmd(t, 221, "QUIT")
+	c.expectEOF(t)
+	eventually(t, ioTimeout, "the session never ended", func() bool { return e.srv.Sessions() == 0 })
+	if n := e.logs.FilterMessage("command refused: bare CR, LF or NUL").Len(); n != warnLimit {
+		t.Errorf("%d refused lines logged, want %d", n, warnLimit)
+	}
+	sum := e.logs.FilterMessage(MsgRefusedOmitted).All()
+	if len(sum) != 1 || sum[0].ContextMap()["count"] != int64(lines-warnLimit) {
+		t.Errorf("summary lines: %v; want one counting %d", sum, lines-warnLimit)
+	}
+}
+
+// TestUpstreamOutOfDescriptors: a proxy out of file descriptors tells the
+// client so, and logs it as a local problem, not as an unreachable
+// server.
+func TestUpstreamOutOfDescriptors(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	e := startProxy(t, up.Addr().String(), time.Second)
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	// New descriptors take the lowest free number, and the limit bounds
+	// the number: fill every hole below the highest descriptor, then
+	// leave room for exactly two more, this test's connection and the
+	// proxy's accept, and none for the proxy's connection to the server.
+	var fillers []*os.File
+	defer func() {
+		for _, f := range fillers {
+			f.Close()
+		}
+	}()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	highest := 0
+	for _, e := range entries {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			highest = max(highest, n)
+		}
+	}
+	top := -1
+	for top <= highest { // the lowest free number beyond all: no hole left
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fillers = append(fillers, f)
+		top = int(f.Fd())
+	}
+	low := old
+	low.Cur = uint64(top + 1 + 2)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	c := dialCtl(t, e.addr, "")
+	code, msg, err := c.read()
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil || code != 421 || !strings.Contains(msg, "out of resources") {
+		t.Fatalf("got %d %s, %v; want 421 saying the proxy is out of resources", code, msg, err)
+	}
+	if n := e.logs.FilterMessage(MsgUpstreamDown).Len(); n != 0 {
+		t.Errorf("logged as an unreachable server")
+	}
+}
+
+// TestFitSessions: the session limit against the descriptor limit.
+func TestFitSessions(t *testing.T) {
+	for _, tc := range []struct {
+		set    int
+		nofile uint64
+		want   int
+		warned bool
+	}{
+		{0, 0, DefaultMaxSessions, false},       // limit unknown
+		{0, 1 << 20, DefaultMaxSessions, false}, // plenty
+		{0, 1024, (1024 - 64) / 8, true},        // lowered to fit
+		{0, 10, 1, true},                        // absurdly low: one
+		{5000, 1 << 20, 5000, false},            // fits
+		{5000, 1024, 5000, true},                // kept, but warned
+		{-1, 1024, -1, true},                    // no limit: warned
+		{-1, 0, -1, false},
+	} {
+		core, logs := observer.New(zap.WarnLevel)
+		cfg := Config{MaxSessions: tc.set}
+		fitSessions(&cfg, tc.nofile, zap.New(core))
+		if cfg.MaxSessions != tc.want || (logs.Len() > 0) != tc.warned {
+			t.Errorf("set %d, nofile %d: MaxSessions %d, warned %v; want %d, %v", tc.set, tc.nofile, cfg.MaxSessions, logs.Len() > 0, tc.want, tc.warned)
+		}
+	}
+}
+
+// TestKeepAliveConfig: the period with its jitter, and off.
+func TestKeepAliveConfig(t *testing.T) {
+	if k := keepAliveConfig(-1); k.Enable {
+		t.Errorf("negative period: %+v, want disabled", k)
+	}
+	const p = 2 * time.Minute
+	seen := map[time.Duration]bool{}
+	for range 1000 {
+		k := keepAliveConfig(p)
+		if !k.Enable || k.Idle < p-p/8 || k.Idle > p+p/8 || k.Interval != keepAliveInterval || k.Count != keepAliveProbes {
+			t.Fatalf("period %s: %+v", p, k)
+		}
+		seen[k.Idle] = true
+	}
+	if len(seen) < 100 {
+		t.Errorf("only %d different idle times in 1000: no jitter", len(seen))
+	}
 }

@@ -164,3 +164,27 @@ func TestEPSVAllAnsweredWith229(t *testing.T) {
 	}
 	c.cmd(t, 221, "QUIT")
 }
+
+// TestOpaqueRelayIdle: after AUTH TLS is accepted (234) the proxy relays
+// the encrypted control channel blind, and the idle timeout still ends a
+// silent one.
+func TestOpaqueRelayIdle(t *testing.T) {
+	up := startMiniServer(t, "\r\n", func(line string) (string, bool) {
+		if strings.EqualFold(line, "AUTH TLS") {
+			return "234 Proceed with negotiation.", true
+		}
+		return "", false
+	})
+	e := startProxy(t, up.ln.Addr().String(), time.Second, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	c := dialCtl(t, e.addr, "")
+	c.expect(t, 220)
+	c.cmd(t, 234, "AUTH TLS")
+	// Bytes after the 234 go through untouched both ways (here the
+	// scripted server still speaks plain FTP, which is all the relay sees).
+	c.cmd(t, 200, "NOT A TLS RECORD")
+	if n := e.logs.FilterMessage("idle timeout").Len(); n != 0 {
+		t.Fatalf("idle timeout before the client fell silent")
+	}
+	c.expectEOF(t) // silence: the idle timeout ends it
+	eventually(t, ioTimeout, "no idle timeout logged", func() bool { return e.logs.FilterMessage("idle timeout").Len() == 1 })
+}

@@ -143,6 +143,9 @@ func (s *Session) handleReply(r *ftp.Reply) {
 	if ftp.TransferVerb(x.cmd.Verb) {
 		s.confirmTransfer(r.Code)
 	}
+	if (r.Code == 230 || r.Code == 232) && (x.cmd.Verb == "USER" || x.cmd.Verb == "PASS" || x.cmd.Verb == "ACCT") {
+		s.loginDone()
+	}
 	switch {
 	case x.cmd.Passive() && (ftp.AddressCode(r.Code) || r.Code == 0):
 		s.passiveReply(x, r)
@@ -169,6 +172,7 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		if r.Code == 234 {
 			s.log.Warn("control channel switched to TLS: commands can no longer be inspected, data connections will not be proxied")
 			s.opaque.Store(true)
+			s.loginDone() // it happens inside TLS now; the idle timeout still applies
 			s.corr.emit(x, chunk{b: r.Raw(), handover: true}, true)
 		} else {
 			s.relay(x, r)

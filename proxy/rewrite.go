@@ -28,13 +28,13 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		err = errors.New("malformed reply line")
 	}
 	if err != nil {
-		s.log.Warn("passive reply not understood, answering 425", zap.Int("code", r.Code),
+		s.refusal("passive reply not understood, answering 425", zap.Int("code", r.Code),
 			zap.ByteString("reply", clipBytes(r.Raw())), zap.Error(err))
 		s.corr.emit(x, chunk{b: append(r.Telnet(), "425 Can't open data connection: the server's passive-mode reply could not be parsed.\r\n"...), changed: true}, true)
 		return
 	}
 	if err := ftp.CheckPassive(ap); err != nil {
-		s.log.Warn("passive reply refused: the server announced a privileged port", zap.Int("code", r.Code),
+		s.refusal("passive reply refused: the server announced a privileged port", zap.Int("code", r.Code),
 			zap.Uint16("port", ap.Port()), zap.Error(err))
 		s.reply(x, "425 Can't open data connection: the server announced a port below 1024.\r\n")
 		return
@@ -106,14 +106,14 @@ func (s *Session) advertised() (adv, listen netip.Addr) {
 func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	announced, err := ftp.ParseActive(cmd)
 	if err != nil {
-		s.log.Warn("active-mode command refused", zap.Stringer("cmd", cmd), zap.Error(err))
+		s.refusal("active-mode command refused", zap.Stringer("cmd", cmd), zap.Error(err))
 		if errors.Is(err, ftp.ErrFamily) {
 			return s.answer(cmd, "522 Network protocol not supported, use (1,2).\r\n")
 		}
 		return s.answer(cmd, fmt.Sprintf("501 Syntax error in %s argument.\r\n", cmd.Verb))
 	}
 	if err := ftp.CheckActive(announced, s.clientAddr.Addr()); err != nil {
-		s.log.Warn("active-mode address refused (RFC 2577)", zap.Stringer("cmd", cmd), zap.Error(err))
+		s.refusal("active-mode address refused (RFC 2577)", zap.Stringer("cmd", cmd), zap.Error(err))
 		return s.answer(cmd, fmt.Sprintf("504 %s refused: data connections go only to your own address and a port above 1023.\r\n", cmd.Verb))
 	}
 	s.dropOffer(nil)

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -58,9 +57,22 @@ type Config struct {
 	// DataIdleTimeout aborts a transfer that has moved no byte in either
 	// direction for this long (a peer that stopped reading or sending);
 	// <0 disables.
-	DataIdleTimeout  time.Duration
-	MaxSessions      int // <0: no limit
-	MaxSessionsPerIP int // <0: no limit
+	DataIdleTimeout time.Duration
+	// LoginTimeout closes a session whose client has not logged in (the
+	// server's 230) this long after connecting, as FTP servers do: a
+	// connection that never completes a line must not hold a session slot
+	// and an upstream connection for the idle timeout. <0 disables.
+	LoginTimeout time.Duration
+	// KeepAlive is the TCP keepalive period of every control and data
+	// connection (see DefaultKeepAlive); <0 disables keepalive.
+	KeepAlive time.Duration
+	// MaxSessions bounds concurrent sessions; 0 takes DefaultMaxSessions
+	// or what RLIMIT_NOFILE carries, whichever is smaller; <0: no limit.
+	MaxSessions int
+	// MaxSessionsPerIP bounds concurrent sessions from one client
+	// address; 0 or <0: no limit (the default, as FTP servers have: a
+	// sidecar's clients may all come from one corporate NAT address).
+	MaxSessionsPerIP int
 
 	// Firewall opens a pinhole for each announced data connection.
 	Firewall rules.Backend
@@ -82,7 +94,8 @@ const (
 	// pure-ftpd 5 minutes).
 	DefaultDataIdleTimeout  = 5 * time.Minute
 	DefaultMaxSessions      = 1024
-	DefaultMaxSessionsPerIP = 64
+	DefaultMaxSessionsPerIP = 0 // no limit
+	DefaultLoginTimeout     = 60 * time.Second
 )
 
 // Direction of a traced control line.
@@ -153,11 +166,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.DataIdleTimeout == 0 {
 		cfg.DataIdleTimeout = DefaultDataIdleTimeout
 	}
-	if cfg.MaxSessions == 0 {
-		cfg.MaxSessions = DefaultMaxSessions
+	if cfg.LoginTimeout == 0 {
+		cfg.LoginTimeout = DefaultLoginTimeout
 	}
-	if cfg.MaxSessionsPerIP == 0 {
-		cfg.MaxSessionsPerIP = DefaultMaxSessionsPerIP
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
 	}
 	if cfg.Firewall == nil {
 		cfg.Firewall = rules.None{}
@@ -165,6 +178,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	fitSessions(&cfg, fileLimit(), cfg.Logger)
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -224,32 +238,29 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	return err
 }
 
-// outOfResources reports whether an accept error is the process or the
-// system running out of descriptors or memory, which passes.
-func outOfResources(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
-}
-
 // admit applies the session limits and starts a session for c.
 func (s *Server) admit(c net.Conn) {
 	peer := nat.AddrPortOf(c.RemoteAddr())
 	s.mu.Lock()
-	var refuse string
+	var refuse, limit string
+	var n int
 	switch {
 	case s.cfg.MaxSessions > 0 && len(s.sessions) >= s.cfg.MaxSessions:
-		refuse = fmt.Sprintf("421 Too many sessions (limit %d), try again later.\r\n", s.cfg.MaxSessions)
+		limit, n = "max-sessions", s.cfg.MaxSessions
+		refuse = fmt.Sprintf("421 Too many sessions (limit %d), try again later.\r\n", n)
 	case s.cfg.MaxSessionsPerIP > 0 && s.perIP[peer.Addr()] >= s.cfg.MaxSessionsPerIP:
-		refuse = fmt.Sprintf("421 Too many sessions from %s (limit %d), try again later.\r\n", peer.Addr(), s.cfg.MaxSessionsPerIP)
+		limit, n = "max-sessions-per-ip", s.cfg.MaxSessionsPerIP
+		refuse = fmt.Sprintf("421 Too many sessions from %s (limit %d), try again later.\r\n", peer.Addr(), n)
 	}
 	if refuse != "" {
 		s.mu.Unlock()
-		s.log.Warn(MsgSessionRefused, zap.Stringer("client", peer), zap.String("reason", refuse[4:len(refuse)-2]))
+		s.log.Warn(MsgSessionRefused, zap.Stringer("client", peer), zap.String("limit", limit), zap.Int("value", n))
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		c.Write([]byte(refuse))
 		c.Close()
 		return
 	}
+	s.setKeepAlive(c)
 	sess := newSession(s, s.nextID.Add(1), c, peer)
 	s.sessions[sess] = struct{}{}
 	s.perIP[peer.Addr()]++
@@ -329,9 +340,13 @@ func (s *Server) dial(ctx context.Context, from netip.Addr, avoid uint16, to str
 		if err != nil {
 			return nil, err
 		}
-		return nat.DialTransparentAvoiding(ctx, from, avoid, ap, s.cfg.ConnectTimeout)
+		c, err := nat.DialTransparentAvoiding(ctx, from, avoid, ap, s.cfg.ConnectTimeout)
+		if err == nil {
+			s.setKeepAlive(c)
+		}
+		return c, err
 	}
-	d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
+	d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAliveConfig: keepAliveConfig(s.cfg.KeepAlive)}
 	if from.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))
 	}

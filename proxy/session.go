@@ -35,6 +35,7 @@ const (
 	endShutdown
 	endProtocol
 	endRefused
+	endLoginTimeout
 )
 
 func (r endReason) String() string {
@@ -55,6 +56,8 @@ func (r endReason) String() string {
 		return "protocol violation"
 	case endRefused:
 		return "refused"
+	case endLoginTimeout:
+		return "login timeout"
 	}
 	return "unknown"
 }
@@ -99,6 +102,9 @@ type Session struct {
 	noEPSV, noEPRT atomic.Bool // the server is known not to do EPSV/EPRT
 	opaque         atomic.Bool // the control channel turned into TLS: relay bytes only
 	commands       atomic.Int64
+	refused        atomic.Int64 // refused input, for the warning limit
+	loggedIn       atomic.Bool  // the server accepted the login (230/232)
+	login          *time.Timer  // LoginTimeout, until loggedIn
 
 	data sync.WaitGroup // data offers and transfers
 
@@ -151,6 +157,9 @@ func (s *Session) run() {
 		s.teardown()
 	})
 	s.idle = newIdleWatch(s.srv.cfg.IdleTimeout, s.idleTimeout)
+	if d := s.srv.cfg.LoginTimeout; d > 0 {
+		s.login = time.AfterFunc(d, s.loginTimeout)
+	}
 	s.corr.add(&exchange{cmd: ftp.Command{Verb: "(greeting)"}}, s.done) // the queue is empty: never waits
 
 	var wg sync.WaitGroup
@@ -161,8 +170,10 @@ func (s *Session) run() {
 	s.cancel()
 	<-torn
 	s.idle.stop()
+	s.stopLoginTimer()
+	s.refusalSummary()
 	s.log.Info(MsgSessionEnded, zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)),
-		zap.Int64("commands", s.commands.Load()))
+		zap.Int64("commands", s.commands.Load()), zap.Int64("refused", s.refused.Load()))
 }
 
 // dialServer connects to the server. On failure the client has been told
@@ -188,6 +199,14 @@ func (s *Session) dialServer() bool {
 			if b := s.corr.takeGoodbye(); b != nil {
 				s.writeDirect(b)
 			}
+			return false
+		}
+		if outOfResources(err) {
+			// The server is fine: the proxy has no descriptor (or
+			// buffer) left to reach it.
+			s.log.Warn("out of file descriptors or memory: cannot connect to the server", zap.String("upstream", upstream),
+				zap.Error(err), zap.Uint64("rlimit_nofile", fileLimit()), zap.Int("max_sessions", s.srv.cfg.MaxSessions))
+			s.refuse("421 Too many connections: the proxy is out of resources, try again later.\r\n")
 			return false
 		}
 		s.log.Warn(MsgUpstreamDown, zap.String("upstream", upstream), zap.Error(err))
@@ -250,6 +269,29 @@ func (s *Session) teardown() {
 // shutdown ends the session for a server shutdown after the grace period.
 func (s *Session) shutdown() {
 	s.end(endShutdown, "421 Service shutting down, closing control connection.\r\n")
+}
+
+// loginTimeout ends a session whose client has not logged in within
+// LoginTimeout.
+func (s *Session) loginTimeout() {
+	if s.loggedIn.Load() {
+		return
+	}
+	s.log.Info("login timeout", zap.Duration("timeout", s.srv.cfg.LoginTimeout))
+	s.end(endLoginTimeout, "421 Login timeout: not logged in within "+s.srv.cfg.LoginTimeout.String()+", closing control connection.\r\n")
+}
+
+// loginDone records a successful login (or a control channel turned
+// opaque, where it can no longer be seen) and stops the login timer.
+func (s *Session) loginDone() {
+	s.loggedIn.Store(true)
+	s.stopLoginTimer()
+}
+
+func (s *Session) stopLoginTimer() {
+	if s.login != nil {
+		s.login.Stop()
+	}
 }
 
 func (s *Session) idleTimeout() {
