@@ -59,6 +59,29 @@ func ListenIntercepted(ctx context.Context, m Mode, listen string) (net.Listener
 	return mergeListeners(lns...), nil
 }
 
+// Listen opens an ordinary TCP listener on each address ("IP:PORT", or
+// ":PORT" for one dual-stack socket) and merges them into one (see
+// ListenIntercepted for how the merged listener behaves). A failure closes
+// what was opened.
+func Listen(ctx context.Context, addrs []string) (net.Listener, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("nat: listen: no address")
+	}
+	var lns []net.Listener
+	var lc net.ListenConfig
+	for _, a := range addrs {
+		ln, err := lc.Listen(ctx, "tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("nat: listen %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+	}
+	return mergeListeners(lns...), nil
+}
+
 // transparentAddrs reads a TPROXY listen address: "IP:PORT" is itself,
 // ":PORT" the IPv4 and the IPv6 wildcard address with that port.
 func transparentAddrs(listen string) ([]netip.AddrPort, error) {

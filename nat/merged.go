@@ -135,3 +135,21 @@ func (m *merged) Close() error {
 
 // Addr is the first listener's address (the IPv4 one of a :PORT pair).
 func (m *merged) Addr() net.Addr { return m.lns[0].Addr() }
+
+// Addrs returns every listener's address.
+func (m *merged) Addrs() []net.Addr {
+	out := make([]net.Addr, len(m.lns))
+	for i, ln := range m.lns {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// Addrs returns the addresses ln accepts on: all of a merged listener's,
+// or ln's own.
+func Addrs(ln net.Listener) []net.Addr {
+	if m, ok := ln.(interface{ Addrs() []net.Addr }); ok {
+		return m.Addrs()
+	}
+	return []net.Addr{ln.Addr()}
+}

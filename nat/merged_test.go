@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync/atomic"
@@ -199,4 +200,41 @@ func TestMergedErrorBackoff(t *testing.T) {
 			t.Errorf("Close took %v on the fake clock", d)
 		}
 	})
+}
+
+// TestListenSeveral: Listen opens every address and accepts on all of
+// them through one listener; a bad address closes what was opened.
+func TestListenSeveral(t *testing.T) {
+	ln, err := Listen(context.Background(), []string{"127.0.0.1:0", "[::1]:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addrs := Addrs(ln)
+	if len(addrs) != 2 {
+		t.Fatalf("Addrs = %v, want two", addrs)
+	}
+	for _, a := range addrs {
+		c, err := net.Dial("tcp", a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AddrPortOf(s.LocalAddr()); got != AddrPortOf(a) {
+			t.Errorf("accepted on %s, dialed %s", got, a)
+		}
+		s.Close()
+		c.Close()
+	}
+	taken := AddrPortOf(addrs[0]).String()
+	if l, err := Listen(context.Background(), []string{"127.0.0.1:0", taken}); err == nil {
+		l.Close()
+		t.Fatalf("Listen on %s, which is in use, succeeded", taken)
+	}
+	if _, err := Listen(context.Background(), nil); err == nil {
+		t.Error("Listen with no address succeeded")
+	}
 }

@@ -201,7 +201,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	if s.cfg.Director != nil {
 		upstream = "(original destination)"
 	}
-	s.log.Info("listening", zap.Stringer("addr", ln.Addr()), zap.String("upstream", upstream),
+	var addrs []string
+	for _, a := range nat.Addrs(ln) {
+		addrs = append(addrs, a.String())
+	}
+	s.log.Info("listening", zap.Strings("addr", addrs), zap.String("upstream", upstream),
 		zap.Stringer("data_ports", s.cfg.DataPorts), zap.String("firewall", s.cfg.Firewall.Name()))
 	var err error
 	var backoff time.Duration

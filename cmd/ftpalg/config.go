@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/netip"
+	"strings"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -18,7 +19,8 @@ import (
 
 // runFlags are the flags of `ftpalg run`, as given.
 type runFlags struct {
-	listen, upstream, advertise, dataPorts          string
+	listen                                          listFlag
+	upstream, advertise, dataPorts                  string
 	mode, interception, upstreamSource              string
 	intercept                                       string
 	interceptPort                                   int
@@ -28,11 +30,34 @@ type runFlags struct {
 	trustPASV                                       bool
 	fw                                              firewallFlags
 	connectTimeout, dataTimeout, idleTimeout, grace time.Duration
+	dataIdleTimeout, loginTimeout, keepAlive        time.Duration
 	maxSessions, maxPerIP                           int
 }
 
+// listFlag is a flag that may be given several times, each time with one
+// value or a comma-separated list; the first use replaces the default.
+type listFlag struct {
+	values []string
+	set    bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.values, ",") }
+
+func (l *listFlag) Set(s string) error {
+	if !l.set {
+		l.values, l.set = nil, true
+	}
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			l.values = append(l.values, v)
+		}
+	}
+	return nil
+}
+
 func (f *runFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.listen, "listen", ":21", "address to accept FTP control connections on")
+	f.listen = listFlag{values: []string{":21"}}
+	fs.Var(&f.listen, "listen", "address to accept FTP control connections on, IP:PORT or :PORT (both families); repeat it or give a comma-separated list for several (reverse mode)")
 	fs.StringVar(&f.upstream, "upstream", "", "the FTP server, HOST:PORT (required in reverse mode)")
 	fs.StringVar(&f.mode, "mode", "reverse", "reverse: relay every client to --upstream; transparent: relay each intercepted connection to its original destination (gateway on a router)")
 	fs.StringVar(&f.interception, "interception", nat.ModeRedirect.String(), "transparent mode: how connections are intercepted: redirect (iptables REDIRECT, original destination from SO_ORIGINAL_DST) or tproxy (TPROXY, IP_TRANSPARENT listener)")
@@ -47,9 +72,12 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", proxy.DefaultConnectTimeout, "timeout for connecting to the server and to data peers")
 	fs.DurationVar(&f.dataTimeout, "data-timeout", proxy.DefaultDataAcceptTimeout, "how long an announced data port waits for its connection")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close a control connection silent this long (never during a transfer); 0 uses the default, negative disables")
+	fs.DurationVar(&f.dataIdleTimeout, "data-idle-timeout", proxy.DefaultDataIdleTimeout, "abort a transfer that moves no byte in either direction this long (a peer that stopped reading); negative disables")
+	fs.DurationVar(&f.loginTimeout, "login-timeout", proxy.DefaultLoginTimeout, "close a session not logged in (no 230 from the server) this long after it connected; negative disables")
+	fs.DurationVar(&f.keepAlive, "tcp-keepalive", proxy.DefaultKeepAlive, "TCP keepalive period of control and data connections (each one jittered by ±12.5%); negative disables")
 	fs.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "on SIGINT/SIGTERM, how long running sessions may finish before they are closed")
-	fs.IntVar(&f.maxSessions, "max-sessions", proxy.DefaultMaxSessions, "most concurrent sessions; more are refused with 421 (negative: no limit)")
-	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (negative: no limit)")
+	fs.IntVar(&f.maxSessions, "max-sessions", 0, fmt.Sprintf("most concurrent sessions; more are refused with 421 (0: %d, or fewer if RLIMIT_NOFILE cannot carry them; negative: no limit)", proxy.DefaultMaxSessions))
+	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (0 or negative: no limit)")
 	f.fw.register(fs)
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -80,7 +108,7 @@ func (f routeFlags) apply(c *intercept.Config) error {
 // runConfig is everything `ftpalg run` starts, derived from the flags
 // alone (runFlags.config), without opening a socket or asking the kernel.
 type runConfig struct {
-	listen string
+	listen []string
 	// mode is how connections are intercepted in transparent mode; zero in
 	// reverse mode.
 	mode nat.Mode
@@ -121,7 +149,10 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 // config checks the flags and turns them into a runConfig. Flags of
 // transparent mode are not looked at in reverse mode.
 func (f *runFlags) config() (runConfig, error) {
-	rc := runConfig{listen: f.listen, grace: f.grace, fw: f.fw, logFormat: f.logFormat}
+	rc := runConfig{listen: f.listen.values, grace: f.grace, fw: f.fw, logFormat: f.logFormat}
+	if len(rc.listen) == 0 {
+		return rc, errors.New("run: --listen: no address")
+	}
 	switch f.logFormat {
 	case "json", "console":
 	default:
@@ -138,6 +169,9 @@ func (f *runFlags) config() (runConfig, error) {
 		ConnectTimeout:    f.connectTimeout,
 		DataAcceptTimeout: f.dataTimeout,
 		IdleTimeout:       f.idleTimeout,
+		DataIdleTimeout:   f.dataIdleTimeout,
+		LoginTimeout:      f.loginTimeout,
+		KeepAlive:         f.keepAlive,
 		MaxSessions:       f.maxSessions,
 		MaxSessionsPerIP:  f.maxPerIP,
 	}
@@ -149,6 +183,9 @@ func (f *runFlags) config() (runConfig, error) {
 	case "transparent":
 		if f.upstream != "" {
 			return rc, errors.New("run: --upstream makes no sense with --mode transparent: the server is each connection's original destination")
+		}
+		if len(rc.listen) > 1 {
+			return rc, fmt.Errorf("run: --listen %s: transparent mode takes one listen address (\":PORT\" listens on both families)", strings.Join(rc.listen, ","))
 		}
 		cfg.Transparent = true
 		switch f.upstreamSource {

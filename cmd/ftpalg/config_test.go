@@ -26,7 +26,9 @@ func reverseDefaults() proxy.Config {
 		ConnectTimeout:    proxy.DefaultConnectTimeout,
 		DataAcceptTimeout: proxy.DefaultDataAcceptTimeout,
 		IdleTimeout:       proxy.DefaultIdleTimeout,
-		MaxSessions:       proxy.DefaultMaxSessions,
+		DataIdleTimeout:   proxy.DefaultDataIdleTimeout,
+		LoginTimeout:      proxy.DefaultLoginTimeout,
+		KeepAlive:         proxy.DefaultKeepAlive,
 		MaxSessionsPerIP:  proxy.DefaultMaxSessionsPerIP,
 	}
 }
@@ -60,7 +62,7 @@ func TestRunConfig(t *testing.T) {
 	}{
 		{name: "reverse-defaults", args: []string{"--upstream", "192.0.2.10:21"},
 			check: func(t *testing.T, rc runConfig) {
-				if rc.listen != ":21" || rc.mode != 0 || rc.grace != 30*time.Second || rc.fw.name != "auto" ||
+				if !reflect.DeepEqual(rc.listen, []string{":21"}) || rc.mode != 0 || rc.grace != 30*time.Second || rc.fw.name != "auto" ||
 					rc.logFormat != "console" || rc.logLevel != zapcore.InfoLevel {
 					t.Errorf("listen %q, mode %v, grace %v, firewall %q, log %s/%s", rc.listen, rc.mode, rc.grace, rc.fw.name, rc.logFormat, rc.logLevel)
 				}
@@ -68,6 +70,7 @@ func TestRunConfig(t *testing.T) {
 		{name: "reverse-everything", args: []string{"--upstream", "ftp.example:2100", "--listen", "127.0.0.1:2121",
 			"--advertise", "203.0.113.7", "--data-ports", "0", "--trust-pasv-address", "--connect-timeout", "3s",
 			"--data-timeout", "4s", "--idle-timeout", "-1s", "--max-sessions", "-1", "--max-sessions-per-ip", "5",
+			"--data-idle-timeout", "1m", "--login-timeout", "-1s", "--tcp-keepalive", "30s",
 			"--shutdown-grace", "1s", "--firewall", "ipset", "--firewall-instance", "gw", "--iptables", "legacy",
 			"--keep-firewall-hooks", "--log-format", "json", "--log-level", "debug"},
 			proxy: func(c *proxy.Config) {
@@ -77,18 +80,27 @@ func TestRunConfig(t *testing.T) {
 				c.TrustPASVAddress = true
 				c.ConnectTimeout, c.DataAcceptTimeout, c.IdleTimeout = 3*time.Second, 4*time.Second, -time.Second
 				c.MaxSessions, c.MaxSessionsPerIP = -1, 5
+				c.DataIdleTimeout, c.LoginTimeout, c.KeepAlive = time.Minute, -time.Second, 30*time.Second
 			},
 			check: func(t *testing.T, rc runConfig) {
 				if want := (firewallFlags{name: "ipset", instance: "gw", iptables: "legacy", keepHooks: true}); rc.fw != want {
 					t.Errorf("firewall flags %+v, want %+v", rc.fw, want)
 				}
-				if rc.listen != "127.0.0.1:2121" || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel {
+				if !reflect.DeepEqual(rc.listen, []string{"127.0.0.1:2121"}) || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel {
 					t.Errorf("listen %q, grace %v, log %s/%s", rc.listen, rc.grace, rc.logFormat, rc.logLevel)
 				}
 			}},
 		// Transparent-mode flags are not looked at in reverse mode.
 		{name: "reverse-ignores-transparent-flags", args: []string{"--upstream", "192.0.2.10:21", "--interception", "dnat", "--intercept", "10.0.0.300"}},
 		{name: "reverse-needs-upstream", args: nil, err: "--upstream HOST:PORT is required"},
+		{name: "listen-repeated", args: []string{"--upstream", "192.0.2.10:21", "--listen", "192.0.2.1:21", "--listen", "[2001:db8::1]:21,127.0.0.1:2121"},
+			check: func(t *testing.T, rc runConfig) {
+				if want := []string{"192.0.2.1:21", "[2001:db8::1]:21", "127.0.0.1:2121"}; !reflect.DeepEqual(rc.listen, want) {
+					t.Errorf("listen %q, want %q", rc.listen, want)
+				}
+			}},
+		{name: "listen-empty", args: []string{"--upstream", "192.0.2.10:21", "--listen", ","}, err: "--listen: no address"},
+		{name: "transparent-one-listen", args: append(tp, "--listen", ":2121", "--listen", ":2122"), err: "transparent mode takes one listen address"},
 		{name: "bad-mode", args: []string{"--mode", "gateway"}, err: `--mode "gateway": want reverse or transparent`},
 		{name: "upstream-with-transparent", args: append(tp, "--upstream", "192.0.2.10:21"), err: "--upstream makes no sense with --mode transparent"},
 		{name: "bad-advertise", args: []string{"--upstream", "192.0.2.10:21", "--advertise", "proxy.example"}, err: `--advertise "proxy.example": want an IP address`},
@@ -121,7 +133,7 @@ func TestRunConfig(t *testing.T) {
 				return true
 			},
 			check: func(t *testing.T, rc runConfig) {
-				if rc.mode != nat.ModeTProxy || rc.listen != ":2121" {
+				if rc.mode != nat.ModeTProxy || !reflect.DeepEqual(rc.listen, []string{":2121"}) {
 					t.Errorf("mode %v, listen %q", rc.mode, rc.listen)
 				}
 			}},

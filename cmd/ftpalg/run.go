@@ -132,10 +132,13 @@ func teardown(fw rules.Backend) error {
 // also sets cfg.Director to find each connection's original destination.
 func listen(ctx context.Context, rc runConfig, cfg *proxy.Config) (net.Listener, error) {
 	if rc.mode == 0 {
-		var lc net.ListenConfig
-		return lc.Listen(ctx, "tcp", rc.listen)
+		ln, err := nat.Listen(ctx, rc.listen)
+		if err != nil {
+			return nil, fmt.Errorf("run: %w", err)
+		}
+		return ln, nil
 	}
-	ln, err := nat.ListenIntercepted(ctx, rc.mode, rc.listen)
+	ln, err := nat.ListenIntercepted(ctx, rc.mode, rc.listen[0])
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
 	}
