@@ -78,11 +78,4 @@
 //     back to an address the host does not own and must be marked by
 //     `-m socket --transparent` and routed to `local 0/0 dev lo` in a
 //     policy table, or they are forwarded away and the dial times out.
-//
-// # Route source
-//
-// RouteSource is `ip route get`'s "src" (netlink RTM_GETROUTE, falling back
-// to the local address of a connected UDP socket, which sends nothing).
-// For a peer with an open connection, that connection's LocalAddr() is the
-// cheaper and exact answer.
 package nat

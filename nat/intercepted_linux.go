@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ListenIntercepted opens the listener intercepted control connections
@@ -61,8 +62,10 @@ func ListenIntercepted(ctx context.Context, m Mode, listen string) (net.Listener
 
 // Listen opens an ordinary TCP listener on each address ("IP:PORT", or
 // ":PORT" for one dual-stack socket) and merges them into one (see
-// ListenIntercepted for how the merged listener behaves). A failure closes
-// what was opened.
+// ListenIntercepted for how the merged listener behaves). An address the
+// host does not have (yet) is bound with IP_FREEBIND (ListenFreebind): a
+// floating VRRP address on a keepalived backup, which starts receiving
+// once the address moves here. A failure closes what was opened.
 func Listen(ctx context.Context, addrs []string) (net.Listener, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("nat: listen: no address")
@@ -71,6 +74,9 @@ func Listen(ctx context.Context, addrs []string) (net.Listener, error) {
 	var lc net.ListenConfig
 	for _, a := range addrs {
 		ln, err := lc.Listen(ctx, "tcp", a)
+		if ap, perr := netip.ParseAddrPort(a); errors.Is(err, syscall.EADDRNOTAVAIL) && perr == nil {
+			ln, err = ListenFreebind(ctx, ap)
+		}
 		if err != nil {
 			for _, l := range lns {
 				l.Close()

@@ -237,4 +237,11 @@ func TestListenSeveral(t *testing.T) {
 	if _, err := Listen(context.Background(), nil); err == nil {
 		t.Error("Listen with no address succeeded")
 	}
+	// An address the host does not have (a VRRP address elsewhere for
+	// now) is bound all the same, with IP_FREEBIND.
+	fb, err := Listen(context.Background(), []string{"192.0.2.77:0"})
+	if err != nil {
+		t.Fatalf("Listen on an address not configured here: %v", err)
+	}
+	fb.Close()
 }

@@ -75,9 +75,6 @@ func NewPorts(r PortRange) *Ports {
 	return p
 }
 
-// Range returns the allocator's range.
-func (p *Ports) Range() PortRange { return p.r }
-
 // Listen opens a TCP listener on ip and a free port of the range.
 func (p *Ports) Listen(ip netip.Addr) (*net.TCPListener, netip.AddrPort, error) {
 	n := p.r.Size()

@@ -136,10 +136,6 @@ func newScanner(r io.Reader, ends lineEnds) *Scanner {
 	return s
 }
 
-// Buffered reports whether bytes of a next line are already buffered (the
-// peer pipelined more than one line).
-func (s *Scanner) Buffered() bool { return s.start < s.end }
-
 // Next returns the next line. The Line's slices stay valid until the next
 // call. At the end of the stream it returns io.EOF (io.ErrUnexpectedEOF when
 // a partial line was pending).

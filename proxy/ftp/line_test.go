@@ -365,22 +365,6 @@ func TestScannerUrgent(t *testing.T) {
 	}
 }
 
-func TestScannerBuffered(t *testing.T) {
-	s := NewCommandScanner(&chunkReader{chunks: [][]byte{[]byte("PASV\r\nLIST\r\n"), []byte("QUIT\r\n")}})
-	if s.Buffered() {
-		t.Error("Buffered before any read")
-	}
-	if l, _ := s.Next(); string(l.Text) != "PASV" || !s.Buffered() {
-		t.Errorf("after PASV: %q, Buffered %v; want true (LIST pipelined)", l.Text, s.Buffered())
-	}
-	if l, _ := s.Next(); string(l.Text) != "LIST" || s.Buffered() {
-		t.Errorf("after LIST: %q, Buffered %v; want false", l.Text, s.Buffered())
-	}
-	if l, _ := s.Next(); string(l.Text) != "QUIT" || s.Buffered() {
-		t.Errorf("after QUIT: %q, Buffered %v; want false", l.Text, s.Buffered())
-	}
-}
-
 // zeroReader returns 0, nil forever.
 type zeroReader struct{}
 
