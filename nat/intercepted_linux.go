@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ListenIntercepted opens the listener intercepted control connections
@@ -114,20 +115,21 @@ func transparentAddrs(listen string) ([]netip.AddrPort, error) {
 // reach (Destination, unmapped), for proxy.Config.Director. It refuses a
 // connection whose destination is one of the host's own addresses, which
 // would have the proxy connect to itself (a client that connected to the
-// listener directly); the host's addresses are read once, now, in the
-// calling thread's network namespace.
+// listener directly); the host's addresses are those of the calling
+// thread's network namespace, read again every few seconds (LocalAddrs).
 func Director(m Mode) (func(net.Conn) (netip.AddrPort, error), error) {
 	if m != ModeRedirect && m != ModeTProxy {
 		return nil, fmt.Errorf("nat: director: unknown interception mode %s", m)
 	}
-	local, err := localAddrs()
+	set, err := localAddrs()
 	if err != nil {
 		return nil, fmt.Errorf("nat: director: the host's addresses: %w", err)
 	}
-	return director(m, local), nil
+	local := &LocalAddrs{set: set, read: time.Now()}
+	return director(m, local.Has), nil
 }
 
-func director(m Mode, local map[netip.Addr]bool) func(net.Conn) (netip.AddrPort, error) {
+func director(m Mode, local func(netip.Addr) bool) func(net.Conn) (netip.AddrPort, error) {
 	return func(c net.Conn) (netip.AddrPort, error) {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
@@ -138,24 +140,11 @@ func director(m Mode, local map[netip.Addr]bool) func(net.Conn) (netip.AddrPort,
 			return netip.AddrPort{}, err
 		}
 		dst = unmapAddrPort(dst)
-		if local[dst.Addr().WithZone("")] {
+		if local(dst.Addr()) {
 			return netip.AddrPort{}, fmt.Errorf("nat: connection to the proxy's own address %s, not intercepted", dst)
 		}
 		return dst, nil
 	}
 }
 
-// localAddrs returns the host's own addresses, unmapped and without zones.
-func localAddrs() (map[netip.Addr]bool, error) {
-	as, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil, err
-	}
-	m := map[netip.Addr]bool{}
-	for _, a := range as {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			m[p.Addr().Unmap().WithZone("")] = true
-		}
-	}
-	return m, nil
-}
+

@@ -103,14 +103,14 @@ func TestDirectorTProxy(t *testing.T) {
 	}
 	loop := netip.MustParseAddr("127.0.0.1")
 
-	notLocal := director(ModeTProxy, map[netip.Addr]bool{})
+	notLocal := director(ModeTProxy, func(netip.Addr) bool { return false })
 	for _, c := range []*net.TCPConn{v4, mapped} {
 		got, err := notLocal(c)
 		if want := AddrPortOf(c.LocalAddr()); err != nil || got != want || !got.Addr().Is4() {
 			t.Errorf("director(%s) = %s, %v; want %s, unmapped", c.LocalAddr(), got, err, want)
 		}
 	}
-	local := director(ModeTProxy, map[netip.Addr]bool{loop: true})
+	local := director(ModeTProxy, func(a netip.Addr) bool { return a == loop })
 	for _, c := range []*net.TCPConn{v4, mapped} {
 		if got, err := local(c); err == nil || !strings.Contains(err.Error(), "proxy's own address") {
 			t.Errorf("director(%s) with 127.0.0.1 local = %s, %v; want refused", c.LocalAddr(), got, err)

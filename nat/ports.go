@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -64,6 +65,9 @@ type Ports struct {
 	// Transparent makes the listeners IP_TRANSPARENT, so they may bind an
 	// address that is not the host's (a server's, in gateway mode).
 	Transparent bool
+
+	mu       sync.Mutex
+	reserved map[netip.AddrPort]struct{} // ports given out by Reserve, not released yet
 }
 
 // NewPorts returns an allocator for r.
@@ -83,6 +87,9 @@ func (p *Ports) Listen(ip netip.Addr) (*net.TCPListener, netip.AddrPort, error) 
 	}
 	for range n {
 		port := p.r.Lo + uint16(p.next.Add(1)%uint32(n))
+		if p.isReserved(netip.AddrPortFrom(ip, port)) {
+			continue
+		}
 		ln, ap, err := p.listen(netip.AddrPortFrom(ip, port))
 		if err == nil {
 			return ln, ap, nil
@@ -92,6 +99,59 @@ func (p *Ports) Listen(ip netip.Addr) (*net.TCPListener, netip.AddrPort, error) 
 		}
 	}
 	return nil, netip.AddrPort{}, fmt.Errorf("%w %s on %s", ErrNoPort, p.r, ip)
+}
+
+// Reserve picks a port of the range on ip without keeping a socket on it,
+// for a data connection the kernel forwards (a local listener on the port
+// would take the connection for itself): a port no listener holds now (it
+// is bound once, to check, and closed again) and no earlier reservation
+// holds until its release. Listen skips reserved ports.
+func (p *Ports) Reserve(ip netip.Addr) (ap netip.AddrPort, release func(), err error) {
+	n := max(p.r.Size(), 1)
+	for range n {
+		want := netip.AddrPortFrom(ip, 0)
+		if p.r.Size() > 0 {
+			want = netip.AddrPortFrom(ip, p.r.Lo+uint16(p.next.Add(1)%uint32(n)))
+			if p.isReserved(want) {
+				continue
+			}
+		}
+		ln, got, err := p.listen(want)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue
+		}
+		if err != nil {
+			return netip.AddrPort{}, nil, err
+		}
+		ln.Close()
+		got = netip.AddrPortFrom(got.Addr().Unmap(), got.Port())
+		p.mu.Lock()
+		if _, taken := p.reserved[got]; taken { // raced with another Reserve
+			p.mu.Unlock()
+			continue
+		}
+		if p.reserved == nil {
+			p.reserved = map[netip.AddrPort]struct{}{}
+		}
+		p.reserved[got] = struct{}{}
+		p.mu.Unlock()
+		var once sync.Once
+		return got, func() {
+			once.Do(func() {
+				p.mu.Lock()
+				delete(p.reserved, got)
+				p.mu.Unlock()
+			})
+		}, nil
+	}
+	return netip.AddrPort{}, nil, fmt.Errorf("%w %s on %s", ErrNoPort, p.r, ip)
+}
+
+func (p *Ports) isReserved(ap netip.AddrPort) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.reserved[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]
+	return ok
 }
 
 func (p *Ports) listen(ap netip.AddrPort) (*net.TCPListener, netip.AddrPort, error) {

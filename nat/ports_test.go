@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 func TestParsePortRange(t *testing.T) {
@@ -110,5 +111,66 @@ func TestAdvertised(t *testing.T) {
 	pub := netip.MustParseAddr("203.0.113.7")
 	if got := Advertised(pub, local); got != pub {
 		t.Fatalf("got %v", got)
+	}
+}
+
+// TestPortsReserve: a reservation holds no socket, is never handed out
+// twice while held, and Listen steps over it.
+func TestPortsReserve(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	p := NewPorts(PortRange{Lo: 41000, Hi: 41002})
+	a, relA, err := p.Reserve(lo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No socket: the port can be bound by anyone.
+	if ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(a)); err != nil {
+		t.Fatalf("reserved %s holds a socket: %v", a, err)
+	} else {
+		ln.Close()
+	}
+	b, relB, err := p.Reserve(lo)
+	if err != nil || b == a {
+		t.Fatalf("second reservation %s, %v (first %s)", b, err, a)
+	}
+	ln, got, err := p.Listen(lo)
+	if err != nil || got == a || got == b {
+		t.Fatalf("Listen took %s, %v; reserved %s and %s", got, err, a, b)
+	}
+	if _, _, err := p.Reserve(lo); !errors.Is(err, ErrNoPort) {
+		t.Fatalf("a fourth port out of three: %v", err)
+	}
+	ln.Close()
+	relA()
+	relA() // twice is fine
+	if c, _, err := p.Reserve(lo); err != nil {
+		t.Fatalf("after a release: %v", err)
+	} else if c != a && c != got {
+		t.Fatalf("reserved %s, want a freed port", c)
+	}
+	relB()
+}
+
+// TestLocalAddrs: loopback is local, a documentation address is not, and
+// the reading is refreshed after localRefresh.
+func TestLocalAddrs(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := &LocalAddrs{now: func() time.Time { return now }}
+	if !l.Has(netip.MustParseAddr("127.0.0.1")) || !l.Has(netip.MustParseAddr("::ffff:127.0.0.1")) {
+		t.Error("127.0.0.1 not local")
+	}
+	if l.Has(netip.MustParseAddr("192.0.2.99")) {
+		t.Error("192.0.2.99 local")
+	}
+	first := l.read
+	now = now.Add(localRefresh - time.Nanosecond)
+	l.Has(netip.MustParseAddr("127.0.0.1"))
+	if l.read != first {
+		t.Error("read again before localRefresh")
+	}
+	now = now.Add(time.Nanosecond)
+	l.Has(netip.MustParseAddr("127.0.0.1"))
+	if l.read == first {
+		t.Error("not read again after localRefresh")
 	}
 }

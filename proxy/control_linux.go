@@ -16,12 +16,9 @@ import (
 // urgent. SO_OOBINLINE keeps the urgent byte in the stream (otherwise the
 // kernel takes it out and "ABOR\r\n" arrives as "ABOR\r"), and SIOCATMARK
 // before each read tells whether the read starts at the urgent byte: Linux
-// never returns data across the urgent mark in one read. (One window is
-// left: an urgent byte that is the first byte to arrive on an empty socket
-// between the ioctl and the read loses its mark. Reads normally run when
-// data is already queued, after the poller reported it, so the ioctl sees
-// it; closing the window would need the kernel's urgent offset, which no
-// socket call reports.)
+// never returns data across the urgent mark in one read. A read happens
+// only when data was queued before SIOCATMARK looked (a peek first), so an
+// urgent byte arriving between the two cannot be read without its mark.
 type controlConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
@@ -49,7 +46,17 @@ func (c *controlConn) ReadUrgent(p []byte) (n int, urgent int, err error) {
 	urgent = -1
 	var atMark int
 	var rerr error
+	var peek [1]byte
 	err = c.rc.Read(func(fd uintptr) bool {
+		// Read only what was queued before SIOCATMARK looked: a byte
+		// arriving in between would be read without its mark. A peek
+		// tells: EAGAIN (nothing queued) waits for the poller; data, the
+		// end of the stream or an error goes on to the read, which
+		// reports it.
+		if _, _, perr := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT); perr == unix.EAGAIN {
+			rerr = perr
+			return false
+		}
 		atMark, _ = unix.IoctlGetInt(int(fd), unix.SIOCATMARK)
 		n, rerr = unix.Read(int(fd), p)
 		return rerr != unix.EAGAIN

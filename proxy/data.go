@@ -27,13 +27,21 @@ const firewallTimeout = 5 * time.Second
 type dataOffer struct {
 	s       *Session
 	passive bool
-	ln      *net.TCPListener
-	local   netip.AddrPort // where the proxy listens
+	local   netip.AddrPort // what the peer was told: where the proxy listens, or the kernel maps
 	peer    netip.Addr     // the only address allowed to connect
 	target  netip.AddrPort // where the proxy dials once it has
 	from    netip.Addr     // the proxy's address to dial from
 	pinhole rules.Pinhole
-	once    sync.Once
+
+	ln *net.TCPListener // splice path: the listener for the one connection
+
+	// Kernel path (kernel.go): the mapping, the port reservation it holds,
+	// and a channel closed when the offer is closed.
+	fwd     rules.Forward
+	release func()
+	closed  chan struct{}
+
+	once sync.Once
 	// settled is closed once the connection to the far end is made or has
 	// failed, or the offer ended unused.
 	settled      chan struct{}
@@ -43,9 +51,19 @@ type dataOffer struct {
 
 func (o *dataOffer) settle() { o.settleOnce.Do(func() { close(o.settled) }) }
 
-// openOffer listens on listenIP, opens the pinhole for peer and starts
-// waiting for the connection. It takes no lock.
+// openOffer announces a data connection from peer on listenIP, to be
+// carried to target from the proxy's address from: in the kernel when the
+// session may use the kernel path, else through a listener of the proxy's.
+// It opens the pinhole for peer and starts waiting for the connection. It
+// takes no lock.
 func (s *Session) openOffer(passive bool, listenIP, peer netip.Addr, target netip.AddrPort, from netip.Addr) (*dataOffer, error) {
+	if s.kernelPath(listenIP, peer, target) {
+		o, err := s.openKernelOffer(passive, listenIP, peer, target, from)
+		if err == nil {
+			return o, nil
+		}
+		s.log.Warn("kernel data path failed for this data connection, using splice", zap.Error(err))
+	}
 	ln, local, err := s.srv.ports.Listen(listenIP)
 	if err != nil {
 		return nil, err
@@ -102,11 +120,16 @@ func (o *dataOffer) accept() {
 	}
 }
 
-// close stops listening and removes the pinhole. Safe to call repeatedly.
+// close stops listening (or removes the mapping) and removes the pinhole.
+// Safe to call repeatedly.
 func (o *dataOffer) close() {
 	o.once.Do(func() {
 		if !o.acceptedConn.Load() {
 			defer o.settle()
+		}
+		if o.fwd != nil {
+			o.closeKernel()
+			return
 		}
 		o.ln.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
@@ -174,6 +197,12 @@ func (s *Session) abortTransfers() {
 	}
 	s.mu.Unlock()
 	for _, t := range ts {
+		if t.fwd != nil {
+			// Nothing of it passes through the proxy: the kernel
+			// carries it to its end.
+			s.log.Info("transfer left to the kernel, which goes on carrying it", zap.String("mode", t.mode))
+			continue
+		}
 		t.abort(abortShutdown)
 	}
 }

@@ -800,9 +800,13 @@ func TestPinholeReplaced(t *testing.T) {
 	if len(open) != 1 || open[0].Local != second {
 		t.Fatalf("after PASV then EPSV: pinholes %v, want only the one for %s", open, second)
 	}
-	if conn, err := net.DialTimeout("tcp", first.String(), ioTimeout); err == nil {
-		conn.Close()
-		t.Errorf("the replaced offer's port %s still accepts connections", first)
+	// (With no port range the kernel may give the second offer the port
+	// the first one just freed; then there is nothing to check.)
+	if first != second {
+		if conn, err := net.DialTimeout("tcp", first.String(), ioTimeout); err == nil {
+			conn.Close()
+			t.Errorf("the replaced offer's port %s still accepts connections", first)
+		}
 	}
 
 	mark := e.tr.mark()

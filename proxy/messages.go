@@ -17,7 +17,8 @@ const (
 	MsgEPSVAllRefused  = "command refused after EPSV ALL"
 	MsgEPSVAllHonoured = "server did not accept EPSV ALL; the proxy honours it"
 
-	MsgDataConnected  = "data connection established"
+	MsgDataConnected  = "data connection established"        // field path: splice or kernel
+	MsgSpliceFallback = "data path: splice for this session" // field error: why the kernel cannot carry it
 	MsgDataNotMade    = "data connection not made in time"
 	MsgDataForeign    = "data connection from a foreign address refused"
 	MsgDataFailed     = "data connection failed"

@@ -141,6 +141,7 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		return
 	}
 	if ftp.TransferVerb(x.cmd.Verb) {
+		s.syncKernel(r.Code)
 		s.confirmTransfer(r.Code)
 	}
 	if (r.Code == 230 || r.Code == 232) && (x.cmd.Verb == "USER" || x.cmd.Verb == "PASS" || x.cmd.Verb == "ACCT") {

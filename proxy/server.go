@@ -76,6 +76,10 @@ type Config struct {
 
 	// Firewall opens a pinhole for each announced data connection.
 	Firewall rules.Backend
+	// DataPath, when set, has the kernel forward data connections (see
+	// rules.DataPath and kernel.go); those it cannot carry are spliced, and
+	// the session logs why. nil: every data connection is spliced.
+	DataPath rules.DataPath
 	// Logger receives structured logs; every session line has "session".
 	Logger *zap.Logger
 	// Trace, when set, sees every control line the proxy reads or writes,

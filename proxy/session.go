@@ -103,6 +103,7 @@ type Session struct {
 	opaque         atomic.Bool // the control channel turned into TLS: relay bytes only
 	commands       atomic.Int64
 	refused        atomic.Int64 // refused input, for the warning limit
+	spliceNoted    atomic.Bool  // the reason the kernel path is not used is logged
 	loggedIn       atomic.Bool  // the server accepted the login (230/232)
 	login          *time.Timer  // LoginTimeout, until loggedIn
 
@@ -116,6 +117,7 @@ type Session struct {
 	// connected so the reply that ends its transfer can wait for the
 	// client's side.
 	activeOffer *dataOffer
+	lastKernel  *dataOffer             // the last offer mapped in the kernel (see syncKernel)
 	transfers   map[*transfer]struct{} // running, for a shutdown to cut
 	unconfirmed []*transfer            // waiting for the server's answer to their command, oldest first
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // Why ftpalg cuts a running transfer.
@@ -24,8 +26,16 @@ const (
 type transfer struct {
 	s       *Session
 	mode    string       // passive or active
-	in      *net.TCPConn // the accepted connection
+	in      *net.TCPConn // splice path: the accepted connection
 	started time.Time
+
+	// Kernel path: the mapping that carried the connection, which end
+	// was its peer (the client in passive mode), the family (for the
+	// header estimate), whether conntrack counted it.
+	fwd          rules.Forward
+	peerIsClient bool
+	v6           bool
+	counted      bool
 
 	// aborted is why ftpalg cut the transfer, nil while it has not.
 	aborted atomic.Pointer[string]
@@ -73,18 +83,20 @@ func (t *transfer) connected(out *net.TCPConn) bool {
 func (t *transfer) conns() []*net.TCPConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.out == nil {
-		return []*net.TCPConn{t.in}
+	var cs []*net.TCPConn
+	for _, c := range []*net.TCPConn{t.in, t.out} {
+		if c != nil {
+			cs = append(cs, c)
+		}
 	}
-	return []*net.TCPConn{t.in, t.out}
+	return cs
 }
 
-// end records the splice's result and reports the transfer if the
-// server's answer is in already, or the transfer was aborted.
+// end records the data side's result (the splice's, or the kernel's
+// counters) and reports the transfer if the server's answer is in already,
+// or the transfer was aborted.
 func (t *transfer) end(toServer, toClient int64, err error) {
-	t.mu.Lock()
-	t.ended, t.toServer, t.toClient, t.took, t.err = true, toServer, toClient, time.Since(t.started), err
-	t.mu.Unlock()
+	t.record(toServer, toClient, err)
 	if why := t.aborted.Load(); why != nil {
 		t.report(MsgTransferAborted, zap.String("reason", *why))
 		return
@@ -97,6 +109,13 @@ func (t *transfer) end(toServer, toClient int64, err error) {
 	}
 }
 
+// record stores the data side's result.
+func (t *transfer) record(toServer, toClient int64, err error) {
+	t.mu.Lock()
+	t.ended, t.toServer, t.toClient, t.took, t.err = true, toServer, toClient, time.Since(t.started), err
+	t.mu.Unlock()
+}
+
 // confirm records the server's final reply to the transfer command.
 func (t *transfer) confirm(code int) {
 	t.mu.Lock()
@@ -107,6 +126,10 @@ func (t *transfer) confirm(code int) {
 	t.confirmed, t.code = true, code
 	ended := t.ended
 	t.mu.Unlock()
+	if t.fwd != nil && !ended {
+		t.s.data.Go(t.awaitKernelEnd) // its end is the server's answer, and the counters' settling
+		return
+	}
 	if ended && t.aborted.Load() == nil {
 		t.reportOutcome()
 	}
@@ -118,6 +141,13 @@ func (t *transfer) unconfirmed(why string) {
 	t.mu.Lock()
 	ended := t.ended
 	t.mu.Unlock()
+	if t.fwd != nil && !ended {
+		// The kernel may still be carrying it: report what it counted
+		// so far.
+		t.record(t.kernelCounts())
+		ended = true
+		why += "; the kernel goes on forwarding it"
+	}
 	if ended {
 		t.report(MsgTransferNoConfirm, zap.String("reason", why))
 	}
@@ -146,8 +176,15 @@ func (t *transfer) report(msg string, extra ...zap.Field) {
 		return
 	}
 	t.reported = true
-	fields := []zap.Field{zap.String("mode", t.mode), zap.Int64("bytes_to_client", t.toClient),
+	path := "splice"
+	if t.fwd != nil {
+		path = "kernel"
+	}
+	fields := []zap.Field{zap.String("mode", t.mode), zap.String("path", path), zap.Int64("bytes_to_client", t.toClient),
 		zap.Int64("bytes_to_server", t.toServer), zap.Duration("duration", t.took)}
+	if t.fwd != nil && !t.counted {
+		fields = append(fields, zap.String("counted", "no: conntrack accounting (net.netfilter.nf_conntrack_acct) was off"))
+	}
 	if secs := t.took.Seconds(); secs > 0 {
 		fields = append(fields, zap.Float64("mbit_per_s", float64(t.toClient+t.toServer)*8/secs/1e6))
 	}

@@ -28,9 +28,13 @@ func (p Proto) String() string {
 type Pinhole struct {
 	Proto    Proto
 	Peer     netip.Addr     // the only source allowed
-	Local    netip.AddrPort // the proxy's listening address and port
+	Local    netip.AddrPort // the proxy's listening address and port (with Forward: the forwarded connection's destination)
 	Lifetime time.Duration  // the kernel-side timeout, where the backend has one
 	Session  uint64         // the session that asked for it, for `rules show` and comments
+	// Forward: the pinhole admits a connection the host forwards (the
+	// kernel data path, after its DNAT: Local is then the real target),
+	// not one to the host itself.
+	Forward bool
 }
 
 func (p Pinhole) String() string {
