@@ -65,6 +65,7 @@ type Fake struct {
 	mu   sync.Mutex
 	fams map[Family]*fakeFamily
 	runs int
+	gen  uint32 // the nf_tables generation: one more per command that changed something
 }
 
 // NewFake returns a Fake holding empty tables: built-in chains with policy
@@ -121,7 +122,20 @@ func (x *Fake) Open(ctx context.Context, f Family, variant string) (*Tables, err
 	x.mu.Lock()
 	x.runs += 2 // New's `--version`, and go-iptables' own
 	x.mu.Unlock()
-	return &Tables{Family: f, Cmd: cmd, Mode: x.mode(), ipt: &fakeIPT{x: x, f: f, cmd: cmd}, legacyTables: x.legacyTables}, nil
+	t := &Tables{Family: f, Cmd: cmd, Mode: x.mode(), ipt: &fakeIPT{x: x, f: f, cmd: cmd}, legacyTables: x.legacyTables}
+	if t.Mode == "nf_tables" {
+		t.generation = x.generation
+	}
+	return t, nil
+}
+
+// generation is what Tables.Generation reads of an nf_tables Fake: it
+// moves with every command that changed the tables, as the kernel's
+// moves with every committed transaction.
+func (x *Fake) generation() (uint32, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.gen, nil
 }
 
 // Run runs one command line as `iptables -w ARGS…` (ip6tables for IPv6)
@@ -206,6 +220,9 @@ func (x *Fake) run(f Family, cmd string, args []string) ([]string, error) {
 	if err != nil {
 		err.Args = append(append([]string{cmd}, args...), "--wait")
 		return nil, err
+	}
+	if c.changes {
+		x.gen++
 	}
 	return out, nil
 }
@@ -330,11 +347,12 @@ func (t *fakeTable) refs(chain string) int {
 
 // fakeCmd is one run of a fake binary.
 type fakeCmd struct {
-	x    *Fake
-	fam  *fakeFamily
-	f    Family
-	cmd  string
-	args []string
+	x       *Fake
+	fam     *fakeFamily
+	f       Family
+	cmd     string
+	args    []string
+	changes bool // a command that changes the tables (when it succeeds)
 }
 
 // name is the program name in the binary's messages.
@@ -393,6 +411,7 @@ func (c *fakeCmd) exec() ([]string, *Exit) {
 		chain, args = args[0], args[1:]
 	}
 	ch := t.chains[chain]
+	c.changes = !slices.Contains([]string{"-S", "--list-rules", "-C", "--check"}, op)
 	switch op {
 	case "-S", "--list-rules":
 		return c.list(t, chain, ch, args)
