@@ -38,8 +38,8 @@ func hookRules(set string) []string {
 	r := []string{
 		"-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT",
 		"-N FTPALG-INPUT", "-N FTPALG-FORWARD",
-		"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j FTPALG-INPUT",
-		"-A FORWARD -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j FTPALG-FORWARD",
+		"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m set --match-set " + set + " dst,dst,src -j FTPALG-INPUT",
+		"-A FORWARD -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m set --match-set " + set + " dst,dst,src -j FTPALG-FORWARD",
 		"-A FTPALG-INPUT -p tcp -m set --match-set " + set + " dst,dst,src -j ACCEPT",
 		"-A FTPALG-FORWARD -p tcp -m set --match-set " + set + " dst,dst,src -j ACCEPT",
 	}
@@ -190,6 +190,8 @@ func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
 func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
 func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
 func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
+func TestReload(t *testing.T)       { each(t, backendtest.Reload) }
+func TestWatcher(t *testing.T)      { each(t, backendtest.Watcher) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }

@@ -123,6 +123,8 @@ func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
 func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
 func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
 func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
+func TestReload(t *testing.T)       { each(t, backendtest.Reload) }
+func TestWatcher(t *testing.T)      { each(t, backendtest.Watcher) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }

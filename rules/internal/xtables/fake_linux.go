@@ -150,6 +150,40 @@ func (x *Fake) Run(f Family, args ...string) ([]string, error) {
 	return x.run(f, cmd, args)
 }
 
+// Restore replaces table in family f at once, as iptables-restore does
+// with a file that holds the table (what a firewall reload runs): the
+// table starts again from its built-in chains with policy ACCEPT, and
+// each of cmds (arguments as to Run, without -t) is applied to it; when
+// one fails, the table stays as it was. It counts as one command.
+func (x *Fake) Restore(f Family, table string, cmds ...[]string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.runs++
+	ff := x.family(f)
+	old, had := ff.tables[table]
+	delete(ff.tables, table)
+	if _, ok := ff.table(table); !ok {
+		return fmt.Errorf("restore: no table %q", table)
+	}
+	cmd := "iptables-restore"
+	if f == IPv6 {
+		cmd = "ip6tables-restore"
+	}
+	for _, args := range cmds {
+		c := &fakeCmd{x: x, fam: ff, f: f, cmd: cmd, args: append([]string{"-t", table}, args...)}
+		if _, err := c.exec(); err != nil {
+			delete(ff.tables, table)
+			if had {
+				ff.tables[table] = old
+			}
+			err.Args = append([]string{cmd}, args...)
+			return err
+		}
+	}
+	x.gen++
+	return nil
+}
+
 // Rules returns table's chains and rules in family f as `iptables -t TABLE
 // -S` prints them: the policies of the built-in chains, the user chains
 // (sorted by name, as both variants print them), then every chain's rules.

@@ -592,3 +592,26 @@ func TestGeneration(t *testing.T) {
 		})
 	})
 }
+
+// TestFakeRestore: Restore replaces one table at once, leaves the others,
+// and on a failing line leaves the table as it was.
+func TestFakeRestore(t *testing.T) {
+	x := NewFake()
+	plant(t, x, IPv4, []string{"-N", "FTPALG-INPUT"}, []string{"-A", "INPUT", "-j", "FTPALG-INPUT"},
+		[]string{"-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE"})
+	g0, _ := open(t, x, IPv4).Generation()
+	if err := x.Restore(IPv4, "filter", []string{"-P", "INPUT", "DROP"}, hostLo); err != nil {
+		t.Fatal(err)
+	}
+	checkRules(t, x, IPv4, "filter", "-P INPUT DROP", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT", "-A INPUT -i lo -j ACCEPT")
+	checkRules(t, x, IPv4, "nat", "-P PREROUTING ACCEPT", "-P INPUT ACCEPT", "-P OUTPUT ACCEPT", "-P POSTROUTING ACCEPT",
+		"-A POSTROUTING -j MASQUERADE")
+	if g, _ := open(t, x, IPv4).Generation(); g == g0 {
+		t.Error("Restore did not move the generation")
+	}
+	before := x.Rules(IPv4, "filter")
+	if err := x.Restore(IPv4, "filter", hostEst, []string{"-A", "INPUT", "-j", "NOWHERE"}); err == nil {
+		t.Error("Restore with a jump to no chain succeeded")
+	}
+	checkRules(t, x, IPv4, "filter", before...)
+}
