@@ -125,6 +125,7 @@ func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
 func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
 func TestReload(t *testing.T)       { each(t, backendtest.Reload) }
 func TestWatcher(t *testing.T)      { each(t, backendtest.Watcher) }
+func TestReloadRace(t *testing.T)   { each(t, backendtest.ReloadRace) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }

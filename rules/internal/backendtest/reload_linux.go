@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -275,4 +276,91 @@ func dumpLogs(logs *observer.ObservedLogs) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// ReloadRace opens and closes pinholes from several goroutines while the
+// firewall is reloaded (ReloadFirewall) and Synced again and again in the
+// namespace. An Open may fail while our objects are gone (the session
+// would answer 425; the pinhole is then not open), but once the reloads
+// stop and one more Sync ran, the kernel (List) holds exactly the pinholes
+// whose last call was a successful Open: none that was closed came back,
+// none that was opened was lost.
+func ReloadRace(t *testing.T, c Config) {
+	c.Require(t)
+	ns := nstest.New(t)
+	nstest.DefaultDrop(t, ns, c.Variant)
+	host := saveHost(t, ns, c.Variant)
+	b := c.SetUp(t, ns, c.Options(t))
+	const workers, reloads = 4, 3
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		open = map[rules.Key]bool{} // each worker's keys are its own
+		stop = make(chan struct{})
+	)
+	for w := range workers {
+		wg.Go(func() {
+			exit, err := c.enter(ns)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer exit()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				peer, local := nstest.PeerAddr4, nstest.ServerAddr4
+				if i%3 == 2 {
+					peer, local = nstest.PeerAddr6, nstest.ServerAddr6
+				}
+				p := Pinhole(peer, local, uint16(40000+w*100+i%20), uint64(w*1000+i), time.Minute)
+				err := b.Open(context.Background(), p)
+				mu.Lock()
+				if err == nil {
+					open[p.Key()] = true
+				} else {
+					delete(open, p.Key())
+				}
+				mu.Unlock()
+				if i%2 == 1 {
+					if err := b.Close(context.Background(), p); err != nil {
+						t.Errorf("Close %s: %v", p, err)
+					}
+					mu.Lock()
+					delete(open, p.Key())
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	restored := 0
+	for range reloads {
+		time.Sleep(50 * time.Millisecond)
+		ReloadFirewall(t, ns, c.Variant, host)
+		var r rules.Restored
+		Do(t, ns, "Sync", func(ctx context.Context) (err error) { r, err = b.Sync(ctx); return err })
+		restored += r.Pinholes
+	}
+	close(stop)
+	wg.Wait()
+	Do(t, ns, "Sync", func(ctx context.Context) error { _, err := b.Sync(ctx); return err })
+	// by key: a reopened key keeps its first session with iptables, the
+	// last with ipset (Reopen)
+	var have, want []string
+	for _, p := range mustList(t, ns, b.(rules.Lister)) {
+		have = append(have, fmt.Sprint(p.Key()))
+	}
+	for k := range open {
+		want = append(want, fmt.Sprint(k))
+	}
+	slices.Sort(have)
+	slices.Sort(want)
+	t.Logf("%d reloads, %d pinholes restored, %d open at the end", reloads, restored, len(want))
+	if !slices.Equal(have, want) {
+		t.Errorf("after the reloads the kernel holds %d pinholes, want %d\nmissing: %v\nextra:   %v",
+			len(have), len(want), diff(want, have), diff(have, want))
+	}
 }
