@@ -74,6 +74,8 @@ type Syncer interface {
 // The messages Watch logs, so that tests and operators' alerting match
 // them by name rather than by copied text.
 const (
+	// MsgWatching (Info) starts a Watch: what it checks and how often.
+	MsgWatching = "checking the firewall objects periodically"
 	// MsgRestored (Warn) says a Sync found objects of ours gone and put
 	// them back; the fields say which ("restored") and whose ("firewall").
 	MsgRestored = "firewall objects removed behind our back (ruleset reload?): restored"
@@ -104,6 +106,11 @@ func Watch(ctx context.Context, interval time.Duration, log *zap.Logger, ss ...S
 	if log == nil {
 		log = zap.NewNop()
 	}
+	names := make([]string, len(ss))
+	for i, s := range ss {
+		names[i] = s.Name()
+	}
+	log.Info(MsgWatching, zap.Strings("firewall", names), zap.Duration("every", interval))
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	failing := make([]string, len(ss)) // the error each last logged, "" when working

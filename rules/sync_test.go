@@ -89,7 +89,7 @@ func TestWatch(t *testing.T) {
 			t.Errorf("after 7 intervals: %d and %d Syncs, want 7 each", a.calls, b.calls)
 		}
 		var got []string
-		for _, e := range logs.All() {
+		for _, e := range logs.All()[1:] {
 			s := e.Level.String() + " " + e.Message
 			for _, f := range e.Context {
 				if f.Key == "restored" || f.Key == "error" || f.Key == "firewall" {
@@ -103,6 +103,9 @@ func TestWatch(t *testing.T) {
 			"warn " + MsgSyncFailed + " firewall=scripted error=iptables: Permission denied",
 			"warn " + MsgSyncFailed + " firewall=scripted error=other",
 			"info " + MsgSyncRecovered + " firewall=scripted",
+		}
+		if first := logs.All()[0]; first.Message != MsgWatching || fmt.Sprint(first.ContextMap()["firewall"]) != "[scripted scripted]" {
+			t.Errorf("first line %q %v, want %q naming both", first.Message, first.ContextMap(), MsgWatching)
 		}
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("log:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

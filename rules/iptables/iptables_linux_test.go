@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -241,4 +242,20 @@ func BenchmarkOpenClose(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkSync measures Sync (see backendtest.SyncCost) per iptables
+// variant: intact with 100 pinholes open, after a change to the ruleset
+// (busy), and restoring everything after a reload with 10 and 100
+// pinholes: go test -run '^$' -bench Sync ./rules/...
+func BenchmarkSync(b *testing.B) {
+	for _, v := range nstest.Variants(b) {
+		c := config(v)
+		for _, tc := range []struct {
+			kind string
+			n    int
+		}{{"intact", 100}, {"busy", 100}, {"restore", 10}, {"restore", 100}} {
+			b.Run(fmt.Sprintf("%s/%s-%d", v, tc.kind, tc.n), func(b *testing.B) { backendtest.SyncCost(b, c, tc.n, tc.kind) })
+		}
+	}
 }

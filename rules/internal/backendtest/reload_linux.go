@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -362,5 +363,90 @@ func ReloadRace(t *testing.T, c Config) {
 	if !slices.Equal(have, want) {
 		t.Errorf("after the reloads the kernel holds %d pinholes, want %d\nmissing: %v\nextra:   %v",
 			len(have), len(want), diff(want, have), diff(have, want))
+	}
+}
+
+// CPU is the CPU time this process and its waited-for children (the
+// iptables binaries) have used: what a periodic check costs the host.
+func CPU() time.Duration {
+	var self, kids syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	return tv(self.Utime) + tv(self.Stime) + tv(kids.Utime) + tv(kids.Stime)
+}
+
+// SyncCost is a benchmark's body: the cost of one Sync with n pinholes
+// open, in a namespace with a host ruleset. The case is one of
+//
+//	intact   nothing changed since the last Sync (the steady state)
+//	busy     the ruleset changed since (an Open and a Close ran before
+//	         each Sync, untimed): on iptables-nft the generation moved,
+//	         so the check cannot be skipped
+//	restore  a firewall reload (ReloadFirewall, untimed) removed
+//	         everything before each Sync, which restores it all
+//
+// ns/op is the Sync's wall time; it also reports its CPU time, this
+// process's and the binaries' (cpu-µs/op), and for intact and busy what
+// checking every rules.DefaultWatchInterval costs per hour (cpu-s/h).
+func SyncCost(b *testing.B, c Config, n int, kind string) {
+	c.Require(b)
+	ns := nstest.New(b)
+	nstest.DefaultDrop(b, ns, c.Variant)
+	host := saveHost(b, ns, c.Variant)
+	opts := c.Options(b)
+	opts.Logger = zap.NewNop()
+	be := c.SetUp(b, ns, opts)
+	ps := make([]rules.Pinhole, n)
+	for i := range ps {
+		ps[i] = Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, uint16(10000+i), uint64(i), time.Hour)
+		if i%2 == 1 {
+			ps[i] = Pinhole(nstest.PeerAddr6, nstest.ServerAddr6, uint16(10000+i), uint64(i), time.Hour)
+		}
+	}
+	extra := Pinhole(nstest.PeerAddr4, nstest.ServerAddr4, 9999, 1, time.Hour)
+	var cpu time.Duration
+	ns.Do(b, func() {
+		ctx := context.Background()
+		for _, p := range ps {
+			if err := be.Open(ctx, p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := be.Sync(ctx); err != nil { // the first sees the generation
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		for range b.N {
+			b.StopTimer()
+			switch kind {
+			case "busy":
+				if err := be.Open(ctx, extra); err != nil {
+					b.Fatal(err)
+				}
+				if err := be.Close(ctx, extra); err != nil {
+					b.Fatal(err)
+				}
+			case "restore":
+				ReloadFirewall(b, ns, c.Variant, host)
+			}
+			start := CPU()
+			b.StartTimer()
+			r, err := be.Sync(ctx)
+			b.StopTimer()
+			cpu += CPU() - start
+			if err != nil {
+				b.Fatal(err)
+			}
+			if kind == "restore" && r.Pinholes != n || kind != "restore" && !r.Empty() {
+				b.Fatalf("%s: Sync restored %s, want %d pinholes", kind, r, map[bool]int{true: n}[kind == "restore"])
+			}
+			b.StartTimer()
+		}
+	})
+	perOp := cpu / time.Duration(b.N)
+	b.ReportMetric(float64(perOp)/float64(time.Microsecond), "cpu-µs/op")
+	if kind != "restore" { // a restore is not what every check costs
+		b.ReportMetric(perOp.Seconds()*float64(time.Hour/rules.DefaultWatchInterval), "cpu-s/h")
 	}
 }
