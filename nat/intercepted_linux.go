@@ -146,5 +146,3 @@ func director(m Mode, local func(netip.Addr) bool) func(net.Conn) (netip.AddrPor
 		return dst, nil
 	}
 }
-
-

@@ -52,6 +52,12 @@ type Backend interface {
 	Open(ctx context.Context, p Pinhole) error
 	// Close removes a pinhole; one that is already gone is not an error.
 	Close(ctx context.Context, p Pinhole) error
+	// Sync checks that the hooks, chains and sets Setup installed are
+	// still in place and, when a firewall reload removed some, restores
+	// them and the pinholes this process holds open (those not yet past
+	// their lifetime), and says what it restored (see Syncer). It never
+	// delays Open and Close by more than one kernel call.
+	Sync(ctx context.Context) (Restored, error)
 	// Teardown removes everything Setup installed.
 	Teardown(ctx context.Context) error
 }
@@ -139,6 +145,9 @@ func (None) Setup(context.Context) error          { return nil }
 func (None) Open(context.Context, Pinhole) error  { return nil }
 func (None) Close(context.Context, Pinhole) error { return nil }
 func (None) Teardown(context.Context) error       { return nil }
+
+// Sync has nothing to check.
+func (None) Sync(context.Context) (Restored, error) { return Restored{}, nil }
 
 // List returns no pinholes: none are ever opened.
 func (None) List(context.Context) ([]Pinhole, error) { return nil, nil }

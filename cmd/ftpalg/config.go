@@ -14,6 +14,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy"
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/intercept"
 )
 
@@ -31,6 +32,7 @@ type runFlags struct {
 	fw                                              firewallFlags
 	connectTimeout, dataTimeout, idleTimeout, grace time.Duration
 	dataIdleTimeout, loginTimeout, keepAlive        time.Duration
+	firewallCheck                                   time.Duration
 	maxSessions, maxPerIP                           int
 }
 
@@ -79,6 +81,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxSessions, "max-sessions", 0, fmt.Sprintf("most concurrent sessions; more are refused with 421 (0: %d, or fewer if RLIMIT_NOFILE cannot carry them; negative: no limit)", proxy.DefaultMaxSessions))
 	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (0 or negative: no limit)")
 	f.fw.register(fs)
+	fs.DurationVar(&f.firewallCheck, "firewall-check-interval", rules.DefaultWatchInterval, "how often to check that ftpalg's firewall hooks, chains, sets and interception rules are still there, and restore them and the open pinholes after a firewall reload removed them (0: never)")
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 }
@@ -120,8 +123,10 @@ type runConfig struct {
 	intercept *intercept.Config
 	grace     time.Duration
 	fw        firewallFlags
-	logFormat string
-	logLevel  zapcore.Level
+	// firewallCheck is the interval of rules.Watch; 0: no watch.
+	firewallCheck time.Duration
+	logFormat     string
+	logLevel      zapcore.Level
 }
 
 const runUsage = "Usage: ftpalg run --upstream HOST:PORT [flags]\n       ftpalg run --mode transparent [flags]\n\nFlags:\n"
@@ -149,9 +154,12 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 // config checks the flags and turns them into a runConfig. Flags of
 // transparent mode are not looked at in reverse mode.
 func (f *runFlags) config() (runConfig, error) {
-	rc := runConfig{listen: f.listen.values, grace: f.grace, fw: f.fw, logFormat: f.logFormat}
+	rc := runConfig{listen: f.listen.values, grace: f.grace, fw: f.fw, logFormat: f.logFormat, firewallCheck: f.firewallCheck}
 	if len(rc.listen) == 0 {
 		return rc, errors.New("run: --listen: no address")
+	}
+	if f.firewallCheck < 0 {
+		return rc, fmt.Errorf("run: --firewall-check-interval %s: want 0 (off) or more", f.firewallCheck)
 	}
 	switch f.logFormat {
 	case "json", "console":

@@ -16,6 +16,7 @@ import (
 	"github.com/ftpalg/ftpalg/proxy"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/intercept"
+	"github.com/ftpalg/ftpalg/rules/rulestest"
 )
 
 // reverseDefaults is the proxy.Config of `run --upstream 192.0.2.10:21`.
@@ -63,8 +64,9 @@ func TestRunConfig(t *testing.T) {
 		{name: "reverse-defaults", args: []string{"--upstream", "192.0.2.10:21"},
 			check: func(t *testing.T, rc runConfig) {
 				if !reflect.DeepEqual(rc.listen, []string{":21"}) || rc.mode != 0 || rc.grace != 30*time.Second || rc.fw.name != "auto" ||
-					rc.logFormat != "console" || rc.logLevel != zapcore.InfoLevel {
-					t.Errorf("listen %q, mode %v, grace %v, firewall %q, log %s/%s", rc.listen, rc.mode, rc.grace, rc.fw.name, rc.logFormat, rc.logLevel)
+					rc.logFormat != "console" || rc.logLevel != zapcore.InfoLevel || rc.firewallCheck != 2*time.Second {
+					t.Errorf("listen %q, mode %v, grace %v, firewall %q, log %s/%s, firewall check %v",
+						rc.listen, rc.mode, rc.grace, rc.fw.name, rc.logFormat, rc.logLevel, rc.firewallCheck)
 				}
 			}},
 		{name: "reverse-everything", args: []string{"--upstream", "ftp.example:2100", "--listen", "127.0.0.1:2121",
@@ -72,7 +74,7 @@ func TestRunConfig(t *testing.T) {
 			"--data-timeout", "4s", "--idle-timeout", "-1s", "--max-sessions", "-1", "--max-sessions-per-ip", "5",
 			"--data-idle-timeout", "1m", "--login-timeout", "-1s", "--tcp-keepalive", "30s",
 			"--shutdown-grace", "1s", "--firewall", "ipset", "--firewall-instance", "gw", "--iptables", "legacy",
-			"--keep-firewall-hooks", "--log-format", "json", "--log-level", "debug"},
+			"--keep-firewall-hooks", "--firewall-check-interval", "500ms", "--log-format", "json", "--log-level", "debug"},
 			proxy: func(c *proxy.Config) {
 				c.Upstream = "ftp.example:2100"
 				c.Advertise = netip.MustParseAddr("203.0.113.7")
@@ -86,8 +88,9 @@ func TestRunConfig(t *testing.T) {
 				if want := (firewallFlags{name: "ipset", instance: "gw", iptables: "legacy", keepHooks: true}); rc.fw != want {
 					t.Errorf("firewall flags %+v, want %+v", rc.fw, want)
 				}
-				if !reflect.DeepEqual(rc.listen, []string{"127.0.0.1:2121"}) || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel {
-					t.Errorf("listen %q, grace %v, log %s/%s", rc.listen, rc.grace, rc.logFormat, rc.logLevel)
+				if !reflect.DeepEqual(rc.listen, []string{"127.0.0.1:2121"}) || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel ||
+					rc.firewallCheck != 500*time.Millisecond {
+					t.Errorf("listen %q, grace %v, log %s/%s, firewall check %v", rc.listen, rc.grace, rc.logFormat, rc.logLevel, rc.firewallCheck)
 				}
 			}},
 		// Transparent-mode flags are not looked at in reverse mode.
@@ -112,6 +115,16 @@ func TestRunConfig(t *testing.T) {
 		{name: "unknown-flag", args: []string{"--upstream", "192.0.2.10:21", "--colour"}, err: "flag provided but not defined"},
 		{name: "bad-duration", args: []string{"--upstream", "192.0.2.10:21", "--idle-timeout", "5"}, err: "idle-timeout"},
 		{name: "extra-argument", args: []string{"--upstream", "192.0.2.10:21", "now"}, err: `unexpected argument "now"`},
+		{name: "firewall-check-off", args: []string{"--upstream", "192.0.2.10:21", "--firewall-check-interval", "0"},
+			check: func(t *testing.T, rc runConfig) {
+				if rc.firewallCheck != 0 {
+					t.Errorf("firewall check %v, want 0 (off)", rc.firewallCheck)
+				}
+			}},
+		{name: "firewall-check-negative", args: []string{"--upstream", "192.0.2.10:21", "--firewall-check-interval", "-1s"},
+			err: "--firewall-check-interval -1s: want 0 (off) or more"},
+		{name: "firewall-check-not-a-duration", args: []string{"--upstream", "192.0.2.10:21", "--firewall-check-interval", "2"},
+			err: "firewall-check-interval"},
 
 		{name: "transparent-defaults", args: tp, intercept: func(*intercept.Config) bool { return true },
 			check: func(t *testing.T, rc runConfig) {
@@ -203,7 +216,7 @@ func TestRunHelp(t *testing.T) {
 	if _, err := parseRun([]string{"-h"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
-	for _, s := range []string{"Usage: ftpalg run", "-intercept-table", "(default 100)", "-intercept-port"} {
+	for _, s := range []string{"Usage: ftpalg run", "-intercept-table", "(default 100)", "-intercept-port", "-firewall-check-interval", "(default 2s)"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("help lacks %q:\n%s", s, out.String())
 		}
@@ -271,5 +284,17 @@ func TestRulesConfig(t *testing.T) {
 		if rc.verb != tc.verb || rc.fw != tc.fw || !reflect.DeepEqual(rc.cleanup, tc.cleanup) {
 			t.Errorf("rules %q = %q, %+v, %+v; want %q, %+v, %+v", tc.args, rc.verb, rc.fw, rc.cleanup, tc.verb, tc.fw, tc.cleanup)
 		}
+	}
+}
+
+// TestWatched: the firewall watch keeps the backend in place unless it is
+// "none", and the interception when there is one.
+func TestWatched(t *testing.T) {
+	if ss := watched(rules.None{}, nil); len(ss) != 0 {
+		t.Errorf("watched(none) = %v, want nothing", ss)
+	}
+	fw := rulestest.NewFake()
+	if ss := watched(fw, nil); len(ss) != 1 || ss[0] != rules.Syncer(fw) {
+		t.Errorf("watched(fake) = %v, want the backend", ss)
 	}
 }

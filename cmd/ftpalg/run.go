@@ -47,9 +47,11 @@ func runCmd(args []string) error {
 }
 
 // run starts what rc describes and, when ctx ends, shuts it down in order:
-// interception rules first (new connections take the router's normal path
-// again), then the listener, then the sessions after rc.grace, then the
-// firewall backend's objects. A failed start removes what it had set up.
+// the firewall watch first (so it cannot put back what shutdown removes),
+// then the interception rules (new connections take the router's normal
+// path again), then the listener, then the sessions after rc.grace, then
+// the firewall backend's objects. A failed start removes what it had set
+// up.
 func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
 	fw, err := rc.fw.backend(ctx, log, true)
 	if err != nil {
@@ -87,8 +89,13 @@ func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
 		ln.Close()
 		return errors.Join(err, teardown(fw))
 	}
+	// A firewall reload removes hooks, chains, sets and interception
+	// rules; the watch puts them back, with the open pinholes.
+	stopWatch := rules.StartWatch(ctx, rc.firewallCheck, log, watched(fw, icpt)...)
+	defer stopWatch()
 	if icpt != nil {
 		remove := func() {
+			stopWatch()
 			rctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 			defer cancel()
 			if err := icpt.Remove(rctx); err != nil {
@@ -113,10 +120,24 @@ func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
 	}
 	serveErr := srv.Serve(ctx, ln, rc.grace)
 	log.Info("stopped accepting; sessions done")
+	stopWatch()
 	if err := teardown(fw); err != nil {
 		log.Warn("firewall teardown failed", zap.String("firewall", fw.Name()), zap.Error(err))
 	}
 	return serveErr
+}
+
+// watched lists what the firewall watch keeps in place: the backend, unless
+// it is "none", and the interception rules, when installed.
+func watched(fw rules.Backend, icpt *intercept.Rules) []rules.Syncer {
+	var ss []rules.Syncer
+	if _, none := fw.(rules.None); !none {
+		ss = append(ss, fw)
+	}
+	if icpt != nil {
+		ss = append(ss, icpt)
+	}
+	return ss
 }
 
 // teardown removes the firewall backend's kernel objects, within

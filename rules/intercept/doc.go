@@ -15,7 +15,8 @@
 //	aps, err := c.Listen()              // listen first: rules without a listener break FTP
 //	ln, err := nat.ListenTransparent(ctx, aps[0]) // (net.Listen for ModeRedirect), one per family
 //	r, err := intercept.Install(ctx, c) // reconciles a crashed run's leftovers
-//	defer r.Remove(ctx)                 // at shutdown, after the listeners closed
+//	stop := rules.StartWatch(ctx, rules.DefaultWatchInterval, log, r) // r.Sync after a reload
+//	defer r.Remove(ctx)                 // at shutdown, after the listeners closed (and stop())
 //	err = intercept.Cleanup(ctx, c)     // `ftpalg rules cleanup`, without Install
 //
 // # Kernel objects
@@ -96,6 +97,11 @@
 //   - A failed Install removes what it had installed. Removal of what is
 //     gone is success; Remove and Cleanup keep going after an error and
 //     return all of them joined.
+//   - Sync puts back what a firewall reload or a routing change removed
+//     (Install's reconciliation of the damaged family) after a cheap
+//     check: a route lookup with the mark, and the PREROUTING hooks unless
+//     the nf_tables generation has not moved. After Remove it does
+//     nothing.
 //   - iptables binaries and netlink sockets act in the calling thread's
 //     network namespace: a caller working in another one locks its
 //     goroutine to a thread that has entered it.

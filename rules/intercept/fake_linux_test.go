@@ -263,6 +263,47 @@ func (rt *fakeRouting) RouteDel(route *netlink.Route) error {
 	return nil
 }
 
+// RouteGetWithOptions looks dst up as the kernel's FIB does for what the
+// tests have: the rules in order of priority, each matching the options'
+// mark under its mask (a rule without one matches everything), and in
+// each rule's table the route with the longest prefix holding dst. The
+// local table is empty here (the fake knows no local addresses).
+func (rt *fakeRouting) RouteGetWithOptions(dst net.IP, o *netlink.RouteGetOptions) ([]netlink.Route, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	fam := netlink.FAMILY_V4
+	if dst.To4() == nil {
+		fam = netlink.FAMILY_V6
+	}
+	if err := rt.check("RouteGet", fam); err != nil {
+		return nil, err
+	}
+	for _, rule := range rt.rules[fam] {
+		if m := ruleMask(rule); m != 0 && o.Mark&m != rule.Mark {
+			continue
+		}
+		best, bits := -1, -1
+		for i, r := range rt.routes[fam] {
+			n := 0
+			if r.Dst != nil {
+				if !r.Dst.Contains(dst) {
+					continue
+				}
+				n, _ = r.Dst.Mask.Size()
+			}
+			if r.Table == rule.Table && n > bits {
+				best, bits = i, n
+			}
+		}
+		if best >= 0 {
+			found := rt.routes[fam][best]
+			found.Dst = &net.IPNet{IP: dst, Mask: net.CIDRMask(len(dst)*8, len(dst)*8)}
+			return []netlink.Route{found}, nil
+		}
+	}
+	return nil, unix.ENETUNREACH
+}
+
 func (rt *fakeRouting) Close() {}
 
 // ipRule prints family f's rules as `ip rule` does, for the cases the

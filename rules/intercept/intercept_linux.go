@@ -28,10 +28,19 @@ type Rules struct {
 	k    kernel
 	fams []family // the families Install set up
 
-	mu sync.Mutex
+	mu sync.Mutex // orders Sync and Remove
 	// changes counts the kernel changes Install made: zero when it found
 	// everything in place already (the tests' idempotence check).
 	changes int
+	// x holds each family's binary, found by Install, for Sync.
+	x map[family]*xtables.Tables
+	// removed is set by Remove: Sync then leaves the kernel alone.
+	removed bool
+	// verified is, per family, the nf_tables generation at which Sync
+	// last found our hooks in place: until it moves, nothing changed.
+	verified map[family]uint32
+	// restoring, while Sync repairs, collects what it puts back.
+	restoring *rules.Restored
 }
 
 // Install reconciles the kernel with c and returns what it installed: in
@@ -79,6 +88,7 @@ type router interface {
 	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
 	RouteAdd(route *netlink.Route) error
 	RouteDel(route *netlink.Route) error
+	RouteGetWithOptions(destination net.IP, options *netlink.RouteGetOptions) ([]netlink.Route, error)
 	Close()
 }
 
@@ -89,7 +99,7 @@ func installOn(ctx context.Context, c Config, k kernel) (*Rules, error) {
 	if err != nil {
 		return nil, rules.Wrap(backend, "install", rules.ErrInvalid, "", err)
 	}
-	r := &Rules{c: n, log: logger(n), k: k}
+	r := &Rules{c: n, log: logger(n), k: k, x: map[family]*xtables.Tables{}, verified: map[family]uint32{}}
 	h, err := k.routing()
 	if err != nil {
 		return nil, wrapNL("install: netlink", err, "")
@@ -151,6 +161,7 @@ func (r *Rules) rollback(h router, fams []family) {
 func (r *Rules) Remove(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.removed = true
 	h, err := r.k.routing()
 	if err != nil {
 		return wrapNL("remove: netlink", err, "")
@@ -228,9 +239,13 @@ func (f family) nl() int {
 // them live, then the removal of what c does not use.
 func (r *Rules) installFamily(ctx context.Context, h router, f family) error {
 	op := "install " + f.String()
-	x, err := r.k.tables(ctx, f.x(), r.c.Iptables)
-	if err != nil {
-		return wrap(op+": find iptables", err, "")
+	x := r.x[f]
+	if x == nil {
+		var err error
+		if x, err = r.k.tables(ctx, f.x(), r.c.Iptables); err != nil {
+			return wrap(op+": find iptables", err, "")
+		}
+		r.x[f] = x
 	}
 	r.log.Debug("iptables found", zap.Stringer("family", f), zap.String("command", x.Cmd), zap.String("mode", x.Mode))
 	if w := x.OtherVariantWarning(); w != "" {
@@ -303,6 +318,7 @@ func (r *Rules) ensureChain(t *xtables.Tables, cw chainWant) error {
 		}
 	}
 	r.changed("chain rebuilt", zap.String("table", t.TableName()), zap.String("chain", cw.name), zap.String("command", t.Cmd))
+	r.note("%s %s chain %s", t.Cmd, t.TableName(), cw.name)
 	if err := t.EnsureChain(cw.name); err != nil {
 		return err
 	}
@@ -341,6 +357,7 @@ func (r *Rules) syncHooks(t *xtables.Tables, want [][]string, ours []string) err
 	}
 	for i, spec := range want {
 		r.changed("hook inserted", zap.String("table", t.TableName()), zap.Strings("rule", spec), zap.String("command", t.Cmd))
+		r.note("%s %s hook %s → %s", t.Cmd, t.TableName(), prerouting, xtables.Target(spec))
 		if err := t.Insert(prerouting, i+1, spec...); err != nil {
 			return err
 		}
@@ -409,6 +426,13 @@ func (r *Rules) ours(table string) []string {
 func (r *Rules) changed(msg string, fields ...zap.Field) {
 	r.changes++
 	r.log.Debug(msg, fields...)
+}
+
+// note records an object put back, while Sync repairs.
+func (r *Rules) note(format string, args ...any) {
+	if r.restoring != nil {
+		r.restoring.Add(format, args...)
+	}
 }
 
 // The policy routing (kernel Documentation/networking/tproxy.rst):
@@ -522,6 +546,7 @@ func (r *Rules) ensureRouting(h router, f family) error {
 			zap.Stringer("family", f), zap.String("rule", ruleString(*r.wantRule(f))))
 	default:
 		r.changed("ip rule added", zap.Stringer("family", f), zap.String("rule", ruleString(*r.wantRule(f))))
+		r.note("%s ip rule %s", f, ruleString(*r.wantRule(f)))
 		if err := h.RuleAdd(r.wantRule(f)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return wrapNL(op+": add rule "+ruleString(*r.wantRule(f)), err, "")
 		}
@@ -552,6 +577,7 @@ func (r *Rules) ensureRouting(h router, f family) error {
 	default:
 		want := r.wantRoute(f, loIdx)
 		r.changed("ip route added", zap.Stringer("family", f), zap.Int("table", r.c.Table))
+		r.note("%s ip route local %s dev lo table %d", f, zeroNet(f), r.c.Table)
 		if err := h.RouteAdd(want); err != nil {
 			hint := ""
 			if errors.Is(err, unix.EEXIST) {

@@ -103,7 +103,7 @@ func install(t *testing.T, n *nstest.NS, c Config) *Rules {
 // DNAT port forward and masquerading in nat, a mark in mangle, a policy
 // rule and a table of its own. Install must keep clear of all of it, and
 // Remove leave it exactly so.
-func hostRuleset(t *testing.T, n *nstest.NS, variant string) {
+func hostRuleset(t testing.TB, n *nstest.NS, variant string) {
 	t.Helper()
 	for _, a := range fams {
 		ipt := a.cmd(variant)

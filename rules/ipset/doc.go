@@ -9,8 +9,9 @@
 //	        type hash:ip,port,ip, timeout 30, comment, maxelem 65536
 //	chains  FTPALG-INPUT, FTPALG-FORWARD in the filter table, each holding
 //	        -p tcp -m set --match-set ftpalg-pinholes4 dst,dst,src -j ACCEPT
-//	hooks   -A INPUT   -p tcp --syn -m conntrack --ctstate NEW -j FTPALG-INPUT
-//	        -A FORWARD -p tcp --syn -m conntrack --ctstate NEW -j FTPALG-FORWARD
+//	hooks   -A INPUT   -p tcp --syn -m conntrack --ctstate NEW
+//	            -m set --match-set ftpalg-pinholes4 dst,dst,src -j FTPALG-INPUT
+//	        -A FORWARD … -j FTPALG-FORWARD (the same match)
 //	        (inserted at the top; the same with ip6tables and ftpalg-pinholes6)
 //
 // With Options.Instance "web" every name ends in "-web" (ftpalg-pinholes4-web,
@@ -35,6 +36,12 @@
 //     pinhole is.
 //   - the hook matches only NEW SYNs, so established traffic, which is most
 //     packets, never walks our chain; and it accepts nothing itself.
+//   - the hook also matches the set (the chain's rule tests it again): a
+//     SYN that is no pinhole's costs the same one lookup as before, and
+//     every hook and chain rule now holds a reference to the set. The
+//     set's reference count, 4 with all in place, is what Sync reads
+//     (one netlink round trip, no process) to know that a reload, a flush
+//     or a deleted rule took some of them.
 //
 // ESTABLISHED traffic: the chains accept only a connection's first packet.
 // The host's own rules must accept ESTABLISHED traffic, as every
@@ -54,6 +61,14 @@
 //     call is wrapped in a recover that turns the panic into an error.
 //   - Opening an open pinhole refreshes its timeout; closing a missing one
 //     is success.
+//   - Sync restores what a firewall reload removed (rules/doc.go): the set,
+//     every element whose lifetime has not ended, with the time it has
+//     left, the chains and their rule, the hooks. It takes the mutex above
+//     only around each element it adds or removes, and only for an entry
+//     still the one it copied (each Open numbers its entry), so it never
+//     re-adds a closed pinhole nor holds up Open and Close behind its
+//     iptables runs. It runs in the namespace Setup ran in (its iptables
+//     runs and header queries use the calling thread's).
 //   - Our accept sits at the top of INPUT, so it wins over the host's
 //     later DROPs for exactly the announced peer, address and port — that
 //     is the point — and over nothing else.

@@ -12,11 +12,12 @@ import (
 
 // setDump is what listSet reads of a set: its header and its elements.
 type setDump struct {
-	TypeName  string
-	Family    uint8
-	Timeout   *uint32 // the set's default timeout; nil: no timeout support
-	CadtFlags uint32
-	Elements  []dumpElement
+	TypeName   string
+	Family     uint8
+	Timeout    *uint32 // the set's default timeout; nil: no timeout support
+	CadtFlags  uint32
+	References uint32 // how many iptables rules (and other sets) refer to it
+	Elements   []dumpElement
 }
 
 type dumpElement struct {
@@ -32,11 +33,25 @@ type dumpElement struct {
 // the standard logger for each header attribute it does not know, and this
 // kernel sends two (bucketsize, initval) for every set; `ftpalg rules show`
 // should print pinholes, not that.
-func listSet(name string) (*setDump, error) {
+func listSet(name string) (*setDump, error) { return dump(name, false) }
+
+// setHeader reads only the header of a set (`ipset list -t`): type,
+// family, flags and references, without its elements. One netlink round
+// trip of a few hundred bytes, whatever the set holds.
+func setHeader(name string) (*setDump, error) { return dump(name, true) }
+
+// ipsetFlagListHeader is the kernel's IPSET_FLAG_LIST_HEADER (ipset.h),
+// which netlink v1.3.1 does not name: list the header, not the members.
+const ipsetFlagListHeader = 1 << 2
+
+func dump(name string, headerOnly bool) (*setDump, error) {
 	req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
 	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
 	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+	if headerOnly {
+		req.AddData(&nl.Uint32Attribute{Type: nl.IPSET_ATTR_FLAGS | nl.NLA_F_NET_BYTEORDER, Value: ipsetFlagListHeader})
+	}
 	msgs, err := req.Execute(unix.NETLINK_NETFILTER, 0)
 	if err != nil {
 		var errno syscall.Errno
@@ -69,6 +84,10 @@ func listSet(name string) (*setDump, error) {
 					case nl.IPSET_ATTR_CADT_FLAGS:
 						if len(v) == 4 {
 							d.CadtFlags = binary.BigEndian.Uint32(v)
+						}
+					case nl.IPSET_ATTR_REFERENCES:
+						if len(v) == 4 {
+							d.References = binary.BigEndian.Uint32(v)
 						}
 					}
 				}

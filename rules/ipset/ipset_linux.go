@@ -71,43 +71,67 @@ func init() {
 	})
 }
 
-// family is one address family's set and iptables binary.
+// family is one address family's set, hooks and iptables binary.
 type family struct {
-	fam xtables.Family
-	set string
-	af  uint8
-	x   *xtables.Tables // nil until found, or when the family is unusable
-	err error           // why x is nil after Setup
+	fam   xtables.Family
+	set   string
+	af    uint8
+	hooks []xtables.Hook  // matching set, so that they hold references to it (hookRefs)
+	x     *xtables.Tables // nil until found, or when the family is unusable
+	err   error           // why x is nil after Setup
 }
 
 // Backend keeps pinholes as elements of a timeout-enabled ipset matched by
 // one static iptables rule per chain. It is safe for concurrent use.
 type Backend struct {
-	opts  rules.Options
-	log   *zap.Logger
-	hooks []xtables.Hook
+	opts rules.Options
+	log  *zap.Logger
+	// now is the clock of the pinholes' lifetimes: time.Now, or a test's.
+	now func() time.Time
+
+	// syncMu serialises Sync with Setup and Teardown (taken before mu).
+	// Open and Close never take it, so they do not wait for a Sync's
+	// iptables runs.
+	syncMu sync.Mutex
 
 	mu    sync.Mutex // guards everything below and orders kernel changes
 	h     *netlink.Handle
 	fams  [2]family
 	ready bool
 	// open is the source of truth for what this process has opened: Close
-	// and Flush act on it, and the tests hold the kernel to it.
-	open map[rules.Key]rules.Pinhole
+	// and Flush act on it, Sync restores it, and the tests hold the kernel
+	// to it.
+	open map[rules.Key]held
+	seq  uint64 // numbers the entries of open, so Sync can tell a new one from the one it saw
+}
+
+// held is a pinhole this process holds open.
+type held struct {
+	p rules.Pinhole
+	// expires is when the element's kernel timeout ends (at the latest:
+	// the kernel's rounds up and starts a little later). Sync restores the
+	// element only before, with the time left.
+	expires time.Time
+	seq     uint64 // the Open that added it
 }
 
 // New returns an ipset backend; it touches the kernel only from Setup on.
 func New(opts rules.Options) *Backend {
-	return &Backend{
-		opts:  opts,
-		log:   opts.Log().With(zap.String("firewall", Name)),
-		hooks: xtables.Hooks(opts.Suffix()),
+	b := &Backend{
+		opts: opts,
+		log:  opts.Log().With(zap.String("firewall", Name)),
+		now:  time.Now,
 		fams: [2]family{
 			{fam: xtables.IPv4, set: Set4 + opts.Suffix(), af: unix.AF_INET},
 			{fam: xtables.IPv6, set: Set6 + opts.Suffix(), af: unix.AF_INET6},
 		},
-		open: map[rules.Key]rules.Pinhole{},
+		open: map[rules.Key]held{},
 	}
+	for i := range b.fams {
+		f := &b.fams[i]
+		f.hooks = xtables.Hooks(opts.Suffix(), hookMatch(f.set)...)
+	}
+	return b
 }
 
 // Name returns "ipset".
@@ -119,6 +143,8 @@ func (b *Backend) Name() string { return Name }
 // must work; IPv6 is set up when the host has it and otherwise logged and
 // left out, and Open refuses IPv6 pinholes.
 func (b *Backend) Setup(ctx context.Context) error {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.handle(); err != nil {
@@ -135,7 +161,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 		}
 		b.log.Warn("IPv6 pinholes unavailable", zap.Error(f.err))
 		if f.x != nil { // undo what got made before the failure
-			for _, h := range b.hooks {
+			for _, h := range f.hooks {
 				_ = f.x.RemoveHooks(h)
 				_ = f.x.RemoveChain(h.Chain)
 			}
@@ -163,7 +189,7 @@ func (b *Backend) setupFamily(ctx context.Context, f *family) error {
 	}
 	// Chains first: flushing a leftover chain drops its reference to a
 	// leftover set, which may then be recreated.
-	for _, h := range b.hooks {
+	for _, h := range f.hooks {
 		if err := f.x.EnsureChain(h.Chain); err != nil {
 			return b.xerr("setup: chain "+h.Chain, err)
 		}
@@ -171,7 +197,7 @@ func (b *Backend) setupFamily(ctx context.Context, f *family) error {
 	if err := b.ensureSet(ctx, f); err != nil {
 		return err
 	}
-	for _, h := range b.hooks {
+	for _, h := range f.hooks {
 		if err := f.x.Append(h.Chain, matchSpec(f.set)...); err != nil {
 			return b.xerr("setup: rule in "+h.Chain, err)
 		}
@@ -191,6 +217,18 @@ func (b *Backend) setupFamily(ctx context.Context, f *family) error {
 func matchSpec(set string) []string {
 	return []string{"-p", "tcp", "-m", "set", "--match-set", set, MatchDirs, "-j", "ACCEPT"}
 }
+
+// hookMatch is what our hooks match besides a new SYN: an element of set,
+// the same test as the chain's rule. It changes nothing about what passes
+// (only an element's SYN is accepted in the chain) but makes each hook
+// hold a reference to the set, so that the set's reference count, which
+// one netlink round trip reads, tells Sync whether the hooks and the
+// chains' rules are all still there (hookRefs).
+func hookMatch(set string) []string { return []string{"-m", "set", "--match-set", set, MatchDirs} }
+
+// hookRefs is how many references our rules hold to a family's set: each
+// hook and each chain's rule.
+func (f *family) hookRefs() uint32 { return uint32(2 * len(f.hooks)) }
 
 // ensureSet creates f's set, or flushes it when a compatible one is left
 // over, or replaces an incompatible one.
@@ -212,6 +250,12 @@ func (b *Backend) ensureSet(ctx context.Context, f *family) error {
 	}
 	b.log.Warn("replacing leftover set of another type", zap.String("set", f.set),
 		zap.String("type", res.TypeName), zap.Uint8("family", res.Family))
+	// hooks of ours may still refer to it; setupFamily adds them again
+	for _, h := range f.hooks {
+		if err := f.x.RemoveHooks(h); err != nil {
+			return b.xerr("setup: remove hook "+h.Builtin+" → "+h.Chain, err)
+		}
+	}
 	if err := b.destroy(ctx, f.set); err != nil {
 		return b.nlerr("setup: destroy leftover set "+f.set, err)
 	}
@@ -275,10 +319,12 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return rules.Wrap(Name, "open "+desc(p), nil, "", err)
 	}
+	expires := b.now().Add(time.Duration(to) * time.Second)
 	if err := call(func() error { return b.h.IpsetAdd(f.set, e) }); err != nil {
 		return b.nlerr("open "+desc(p), err)
 	}
-	b.open[p.Key()] = p
+	b.seq++
+	b.open[p.Key()] = held{p: p, expires: expires, seq: b.seq}
 	return nil
 }
 
@@ -357,6 +403,8 @@ func (b *Backend) Flush(ctx context.Context) error {
 // it doubles as the cleanup entry point for a run that crashed, called
 // without Setup.
 func (b *Backend) Teardown(ctx context.Context) error {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.ready = false
@@ -385,7 +433,7 @@ func (b *Backend) Teardown(ctx context.Context) error {
 			f.x = x
 		}
 		if f.x != nil {
-			for _, h := range b.hooks {
+			for _, h := range f.hooks {
 				if err := f.x.RemoveHooks(h); err != nil {
 					errs = append(errs, b.xerr("teardown: hook "+h.Builtin+" → "+h.Chain, err))
 				}
@@ -540,7 +588,7 @@ func (b *Backend) nlerr(op string, err error) error {
 	case isIPSetErr(err, nl.IPSET_ERR_TYPE_SPECIFIC): // hash:* "hash is full"
 		hint = fmt.Sprintf("more than %d pinholes open at once", maxElements)
 	case errors.Is(err, unix.ENOENT):
-		kind, hint = rules.ErrNotReady, "the set is gone (destroyed behind ftpalg's back): restart ftpalg"
+		kind, hint = rules.ErrNotReady, "the set is gone (destroyed behind ftpalg's back): the next firewall check restores it (--firewall-check-interval), or restart ftpalg"
 	case errors.Is(err, syscall.EAGAIN):
 		hint = "the kernel did not answer within " + socketTimeout.String()
 	}

@@ -19,16 +19,18 @@ import (
 	"github.com/ftpalg/ftpalg/rules/internal/backendtest"
 )
 
+func config(variant string) backendtest.Config {
+	return backendtest.Config{
+		New:     func(o rules.Options) rules.Backend { return New(o) },
+		Variant: variant,
+		Tools:   []string{"ipset"},
+	}
+}
+
 // each runs f once per installed iptables variant.
 func each(t *testing.T, f func(t *testing.T, c backendtest.Config)) {
 	for _, v := range nstest.Variants(t) {
-		t.Run(v, func(t *testing.T) {
-			f(t, backendtest.Config{
-				New:     func(o rules.Options) rules.Backend { return New(o) },
-				Variant: v,
-				Tools:   []string{"ipset"},
-			})
-		})
+		t.Run(v, func(t *testing.T) { f(t, config(v)) })
 	}
 }
 
@@ -38,8 +40,8 @@ func hookRules(set string) []string {
 	r := []string{
 		"-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT",
 		"-N FTPALG-INPUT", "-N FTPALG-FORWARD",
-		"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j FTPALG-INPUT",
-		"-A FORWARD -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j FTPALG-FORWARD",
+		"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m set --match-set " + set + " dst,dst,src -j FTPALG-INPUT",
+		"-A FORWARD -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m set --match-set " + set + " dst,dst,src -j FTPALG-FORWARD",
 		"-A FTPALG-INPUT -p tcp -m set --match-set " + set + " dst,dst,src -j ACCEPT",
 		"-A FTPALG-FORWARD -p tcp -m set --match-set " + set + " dst,dst,src -j ACCEPT",
 	}
@@ -190,6 +192,9 @@ func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
 func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
 func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
 func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
+func TestReload(t *testing.T)       { each(t, backendtest.Reload) }
+func TestWatcher(t *testing.T)      { each(t, backendtest.Watcher) }
+func TestReloadRace(t *testing.T)   { each(t, backendtest.ReloadRace) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }
@@ -286,4 +291,20 @@ func BenchmarkOpenClose(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkSync measures Sync (see backendtest.SyncCost) per iptables
+// variant: intact with 100 pinholes open, after a change to the ruleset
+// (busy), and restoring everything after a reload with 10 and 100
+// pinholes: go test -run '^$' -bench Sync ./rules/...
+func BenchmarkSync(b *testing.B) {
+	for _, v := range nstest.Variants(b) {
+		c := config(v)
+		for _, tc := range []struct {
+			kind string
+			n    int
+		}{{"intact", 100}, {"busy", 100}, {"restore", 10}, {"restore", 100}} {
+			b.Run(fmt.Sprintf("%s/%s-%d", v, tc.kind, tc.n), func(b *testing.B) { backendtest.SyncCost(b, c, tc.n, tc.kind) })
+		}
+	}
 }

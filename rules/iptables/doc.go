@@ -22,7 +22,8 @@
 // Lifetime: a rule has no kernel timeout. The proxy closes it when the data
 // connection arrives or the offer expires; a crashed proxy leaves its rules
 // in place until the next Setup, which flushes the chain (or until
-// `ftpalg rules flush`). Pinhole.Lifetime is ignored.
+// `ftpalg rules flush`). Pinhole.Lifetime only tells Sync which pinholes
+// are worth restoring after a firewall reload: those within it.
 //
 // It works with iptables-nft and iptables-legacy (Options.Iptables chooses;
 // Setup logs which one `iptables --version` reports). The variant must be
@@ -42,4 +43,11 @@
 //     their transactions (nft).
 //   - Closing a missing rule is success; opening an open pinhole adds no
 //     second rule.
+//   - Sync restores what a firewall reload removed (rules/doc.go): chains,
+//     hooks, and one rule per pinhole within its lifetime; rules of
+//     pinholes this process does not hold are removed. Its check is the
+//     nf_tables generation (netlink) and, when that moved or on legacy,
+//     one `iptables -C` of the INPUT hook per family. It takes the mutex
+//     above only for each rule it adds or removes, and only for an entry
+//     still the one it copied, so a closed pinhole is never re-added.
 package iptables

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -38,6 +39,17 @@ type Backend struct {
 	// newTables finds a family's binary: xtables.New, or a fake's Open in
 	// tests.
 	newTables xtables.Opener
+	// now is the clock of the pinholes' lifetimes: time.Now, or a test's.
+	now func() time.Time
+
+	// syncMu serialises Sync with Setup and Teardown (taken before mu). Open
+	// and Close never take it, so they do not wait for a Sync's checks.
+	syncMu sync.Mutex
+	// verified is, per family, the nf_tables generation at which Sync last
+	// found our hook in place (valid when verifiedOK): until the
+	// generation moves nothing can have changed. Guarded by syncMu.
+	verified   [2]uint32
+	verifiedOK [2]bool
 
 	mu    sync.Mutex // guards everything below and orders kernel changes
 	x     [2]*xtables.Tables
@@ -46,7 +58,17 @@ type Backend struct {
 	// open is the source of truth for what this process has opened. A
 	// pinhole whose rule could not be deleted stays here, so Flush and
 	// Teardown (which flush the chain) remove it.
-	open map[rules.Key]rules.Pinhole
+	open map[rules.Key]held
+	seq  uint64 // numbers the entries of open, so Sync can tell a new one from the one it saw
+}
+
+// held is a pinhole this process holds open.
+type held struct {
+	p rules.Pinhole
+	// expires is when its lifetime ends: the proxy closes it by then, and
+	// Sync restores it only before.
+	expires time.Time
+	seq     uint64 // the Open that added it
 }
 
 // New returns an iptables backend; it touches the kernel only from Setup on.
@@ -57,7 +79,8 @@ func New(opts rules.Options) *Backend {
 		hooks:     xtables.Hooks(opts.Suffix()),
 		chain:     xtables.ChainInput + opts.Suffix(),
 		newTables: xtables.New,
-		open:      map[rules.Key]rules.Pinhole{},
+		now:       time.Now,
+		open:      map[rules.Key]held{},
 	}
 }
 
@@ -71,6 +94,9 @@ var families = [2]xtables.Family{xtables.IPv4, xtables.IPv6}
 // the top of INPUT and FORWARD, once. IPv4 must work; IPv6 is set up when
 // the host has ip6tables and is otherwise logged and left out.
 func (b *Backend) Setup(ctx context.Context) error {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	b.verifiedOK = [2]bool{}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i, fam := range families {
@@ -166,14 +192,19 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return rules.Wrap(Name, "open "+desc(p), nil, "", err)
 	}
-	if q, ok := b.open[p.Key()]; ok {
+	expires := b.now().Add(lifetime(p))
+	if h, ok := b.open[p.Key()]; ok {
 		// open already, unless someone flushed the chain behind our back
 		// (`ftpalg rules flush`): ask the kernel, in this rare case only
-		ok, err := x.Exists(b.chain, ruleSpec(q)...)
+		ok, err := x.Exists(b.chain, ruleSpec(h.p)...)
 		if err != nil {
 			return b.wrap("open "+desc(p), err)
 		}
 		if ok {
+			if expires.After(h.expires) { // the rule stays as the first Open wrote it
+				h.expires = expires
+				b.open[p.Key()] = h
+			}
 			return nil
 		}
 		delete(b.open, p.Key())
@@ -181,7 +212,8 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err := x.Append(b.chain, ruleSpec(p)...); err != nil {
 		return b.wrap("open "+desc(p), err)
 	}
-	b.open[p.Key()] = p
+	b.seq++
+	b.open[p.Key()] = held{p: p, expires: expires, seq: b.seq}
 	return nil
 }
 
@@ -195,8 +227,8 @@ func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if q, ok := b.open[p.Key()]; ok {
-		p = q
+	if h, ok := b.open[p.Key()]; ok {
+		p = h.p
 	}
 	if !b.ready {
 		delete(b.open, p.Key())
@@ -331,6 +363,8 @@ func (b *Backend) flush(ctx context.Context) error {
 // chains. Missing objects are fine and errors do not stop it: it doubles as
 // the cleanup entry point for a run that crashed, called without Setup.
 func (b *Backend) Teardown(ctx context.Context) error {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.ready = false

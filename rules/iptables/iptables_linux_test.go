@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -123,6 +124,9 @@ func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
 func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
 func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
 func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
+func TestReload(t *testing.T)       { each(t, backendtest.Reload) }
+func TestWatcher(t *testing.T)      { each(t, backendtest.Watcher) }
+func TestReloadRace(t *testing.T)   { each(t, backendtest.ReloadRace) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }
@@ -238,4 +242,20 @@ func BenchmarkOpenClose(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkSync measures Sync (see backendtest.SyncCost) per iptables
+// variant: intact with 100 pinholes open, after a change to the ruleset
+// (busy), and restoring everything after a reload with 10 and 100
+// pinholes: go test -run '^$' -bench Sync ./rules/...
+func BenchmarkSync(b *testing.B) {
+	for _, v := range nstest.Variants(b) {
+		c := config(v)
+		for _, tc := range []struct {
+			kind string
+			n    int
+		}{{"intact", 100}, {"busy", 100}, {"restore", 10}, {"restore", 100}} {
+			b.Run(fmt.Sprintf("%s/%s-%d", v, tc.kind, tc.n), func(b *testing.B) { backendtest.SyncCost(b, c, tc.n, tc.kind) })
+		}
+	}
 }

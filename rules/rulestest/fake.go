@@ -14,6 +14,8 @@
 //
 // It does not model time: a pinhole stays until it is closed, flushed or
 // torn down, where an ipset element would also expire after its lifetime.
+// Nor does it model a firewall reload: its Kernel never loses what it
+// holds, so Sync has nothing to restore.
 package rulestest
 
 import (
@@ -55,6 +57,7 @@ type Fake struct {
 	mu                        sync.Mutex
 	ready                     bool
 	opened, refreshed, closed int
+	syncs                     int
 	// FailOpen, when set, is returned by every Open of a valid pinhole.
 	FailOpen error
 }
@@ -146,6 +149,22 @@ func (f *Fake) Close(_ context.Context, p rules.Pinhole) error {
 		f.closed++
 	}
 	return nil
+}
+
+// Sync finds nothing to restore: a Kernel is never reloaded behind a
+// Fake's back. It counts its calls (Syncs).
+func (f *Fake) Sync(context.Context) (rules.Restored, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs++
+	return rules.Restored{}, nil
+}
+
+// Syncs returns how many times Sync was called.
+func (f *Fake) Syncs() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncs
 }
 
 // Pinholes returns the pinholes of f's instance open now, ordered by local

@@ -20,10 +20,13 @@
 //     backends FTPALG-INPUT and FTPALG-FORWARD in the filter table, hooked
 //     from INPUT/FORWARD; for rules/intercept its FTPALG-… chains in nat
 //     and mangle (through Tables.In), hooked from PREROUTING.
-//   - A hook is exactly HookSpec, once, inserted at the top of its built-in
+//   - A hook is exactly Hook.Spec, once, inserted at the top of its built-in
 //     chain; EnsureHook removes older spellings of it, keeps a single hook
 //     where it is and replaces duplicates by one at the top.
 //   - "Already gone" is success for every removal.
+//   - Tables.Generation reads the nf_tables ruleset generation over
+//     netlink (no process): periodic checks (rules.Syncer) skip the binary
+//     while it has not moved. Legacy tables have none.
 //   - The binary inherits the calling thread's network namespace: callers
 //     that work in another namespace lock their goroutine to a thread that
 //     has entered it.

@@ -65,6 +65,7 @@ type Fake struct {
 	mu   sync.Mutex
 	fams map[Family]*fakeFamily
 	runs int
+	gen  uint32 // the nf_tables generation: one more per command that changed something
 }
 
 // NewFake returns a Fake holding empty tables: built-in chains with policy
@@ -121,7 +122,20 @@ func (x *Fake) Open(ctx context.Context, f Family, variant string) (*Tables, err
 	x.mu.Lock()
 	x.runs += 2 // New's `--version`, and go-iptables' own
 	x.mu.Unlock()
-	return &Tables{Family: f, Cmd: cmd, Mode: x.mode(), ipt: &fakeIPT{x: x, f: f, cmd: cmd}, legacyTables: x.legacyTables}, nil
+	t := &Tables{Family: f, Cmd: cmd, Mode: x.mode(), ipt: &fakeIPT{x: x, f: f, cmd: cmd}, legacyTables: x.legacyTables}
+	if t.Mode == "nf_tables" {
+		t.generation = x.generation
+	}
+	return t, nil
+}
+
+// generation is what Tables.Generation reads of an nf_tables Fake: it
+// moves with every command that changed the tables, as the kernel's
+// moves with every committed transaction.
+func (x *Fake) generation() (uint32, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.gen, nil
 }
 
 // Run runs one command line as `iptables -w ARGS…` (ip6tables for IPv6)
@@ -134,6 +148,40 @@ func (x *Fake) Run(f Family, args ...string) ([]string, error) {
 		cmd = "ip6tables"
 	}
 	return x.run(f, cmd, args)
+}
+
+// Restore replaces table in family f at once, as iptables-restore does
+// with a file that holds the table (what a firewall reload runs): the
+// table starts again from its built-in chains with policy ACCEPT, and
+// each of cmds (arguments as to Run, without -t) is applied to it; when
+// one fails, the table stays as it was. It counts as one command.
+func (x *Fake) Restore(f Family, table string, cmds ...[]string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.runs++
+	ff := x.family(f)
+	old, had := ff.tables[table]
+	delete(ff.tables, table)
+	if _, ok := ff.table(table); !ok {
+		return fmt.Errorf("restore: no table %q", table)
+	}
+	cmd := "iptables-restore"
+	if f == IPv6 {
+		cmd = "ip6tables-restore"
+	}
+	for _, args := range cmds {
+		c := &fakeCmd{x: x, fam: ff, f: f, cmd: cmd, args: append([]string{"-t", table}, args...)}
+		if _, err := c.exec(); err != nil {
+			delete(ff.tables, table)
+			if had {
+				ff.tables[table] = old
+			}
+			err.Args = append([]string{cmd}, args...)
+			return err
+		}
+	}
+	x.gen++
+	return nil
 }
 
 // Rules returns table's chains and rules in family f as `iptables -t TABLE
@@ -206,6 +254,9 @@ func (x *Fake) run(f Family, cmd string, args []string) ([]string, error) {
 	if err != nil {
 		err.Args = append(append([]string{cmd}, args...), "--wait")
 		return nil, err
+	}
+	if c.changes {
+		x.gen++
 	}
 	return out, nil
 }
@@ -330,11 +381,12 @@ func (t *fakeTable) refs(chain string) int {
 
 // fakeCmd is one run of a fake binary.
 type fakeCmd struct {
-	x    *Fake
-	fam  *fakeFamily
-	f    Family
-	cmd  string
-	args []string
+	x       *Fake
+	fam     *fakeFamily
+	f       Family
+	cmd     string
+	args    []string
+	changes bool // a command that changes the tables (when it succeeds)
 }
 
 // name is the program name in the binary's messages.
@@ -393,6 +445,7 @@ func (c *fakeCmd) exec() ([]string, *Exit) {
 		chain, args = args[0], args[1:]
 	}
 	ch := t.chains[chain]
+	c.changes = !slices.Contains([]string{"-S", "--list-rules", "-C", "--check"}, op)
 	switch op {
 	case "-S", "--list-rules":
 		return c.list(t, chain, ch, args)

@@ -506,3 +506,112 @@ func TestFakeMatchesIptables(t *testing.T) {
 		})
 	}
 }
+
+// TestSyncHook: SyncHook says whether it had to insert the hook, HasHook
+// finds it in one command, and a hook's Match is part of its spec.
+func TestSyncHook(t *testing.T) {
+	x := NewFake()
+	plant(t, x, IPv4, hostLo, []string{"-N", "FTPALG-INPUT"})
+	tb := open(t, x, IPv4)
+	h := Hooks("", "-m", "set", "--match-set", "s4", "dst,dst,src")[0]
+	for i, want := range []bool{true, false} {
+		inserted, err := tb.SyncHook(h)
+		if err != nil || inserted != want {
+			t.Fatalf("SyncHook #%d = %v, %v; want %v", i+1, inserted, err, want)
+		}
+	}
+	checkRules(t, x, IPv4, "filter", "-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT", "-N FTPALG-INPUT",
+		"-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m set --match-set s4 dst,dst,src -j FTPALG-INPUT",
+		"-A INPUT -i lo -j ACCEPT")
+	runs := x.Runs()
+	if ok, err := tb.HasHook(h); !ok || err != nil {
+		t.Errorf("HasHook = %v, %v; want true", ok, err)
+	}
+	if n := x.Runs() - runs; n != 1 {
+		t.Errorf("HasHook ran %d commands, want 1", n)
+	}
+	plant(t, x, IPv4, []string{"-F", "INPUT"})
+	if ok, err := tb.HasHook(h); ok || err != nil {
+		t.Errorf("HasHook after -F INPUT = %v, %v; want false", ok, err)
+	}
+	plant(t, x, IPv4, []string{"-X", "FTPALG-INPUT"})
+	if ok, err := tb.HasHook(h); ok || err != nil {
+		t.Errorf("HasHook with the chain gone = %v, %v; want false", ok, err)
+	}
+}
+
+// TestGeneration: the nf_tables generation stays put while the tables are
+// only read and moves with every change, in the kernel (iptables-nft in a
+// namespace, as root) as in an nf_tables Fake; legacy has none.
+func TestGeneration(t *testing.T) {
+	check := func(t *testing.T, tb *Tables, run func(args ...string)) {
+		t.Helper()
+		g0, ok := tb.Generation()
+		if !ok {
+			t.Fatal("no generation")
+		}
+		run("-S")
+		run("-C", "INPUT", "-j", "ACCEPT")
+		if g, _ := tb.Generation(); g != g0 {
+			t.Errorf("generation moved from %d to %d with reads only", g0, g)
+		}
+		run("-N", "FTPALG-GEN")
+		g1, _ := tb.Generation()
+		if g1 == g0 {
+			t.Errorf("generation stayed at %d after -N", g0)
+		}
+		run("-X", "FTPALG-GEN")
+		if g, _ := tb.Generation(); g == g1 {
+			t.Errorf("generation stayed at %d after -X", g1)
+		}
+	}
+	t.Run("fake", func(t *testing.T) {
+		x := NewFake()
+		check(t, open(t, x, IPv4), func(args ...string) { _, _ = x.Run(IPv4, args...) })
+		legacy := &Fake{Mode: "legacy"}
+		if _, ok := open(t, legacy, IPv4).Generation(); ok {
+			t.Error("a legacy Fake has a generation")
+		}
+	})
+	t.Run("kernel", func(t *testing.T) {
+		nstest.Require(t, "iptables-nft", "iptables-legacy")
+		n := nstest.New(t)
+		n.Do(t, func() {
+			tb, err := New(context.Background(), IPv4, "nft")
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(t, tb, func(args ...string) { _ = exec.Command("iptables-nft", append([]string{"-w"}, args...)...).Run() })
+			legacy, err := New(context.Background(), IPv4, "legacy")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := legacy.Generation(); ok {
+				t.Error("legacy Tables have a generation")
+			}
+		})
+	})
+}
+
+// TestFakeRestore: Restore replaces one table at once, leaves the others,
+// and on a failing line leaves the table as it was.
+func TestFakeRestore(t *testing.T) {
+	x := NewFake()
+	plant(t, x, IPv4, []string{"-N", "FTPALG-INPUT"}, []string{"-A", "INPUT", "-j", "FTPALG-INPUT"},
+		[]string{"-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE"})
+	g0, _ := open(t, x, IPv4).Generation()
+	if err := x.Restore(IPv4, "filter", []string{"-P", "INPUT", "DROP"}, hostLo); err != nil {
+		t.Fatal(err)
+	}
+	checkRules(t, x, IPv4, "filter", "-P INPUT DROP", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT", "-A INPUT -i lo -j ACCEPT")
+	checkRules(t, x, IPv4, "nat", "-P PREROUTING ACCEPT", "-P INPUT ACCEPT", "-P OUTPUT ACCEPT", "-P POSTROUTING ACCEPT",
+		"-A POSTROUTING -j MASQUERADE")
+	if g, _ := open(t, x, IPv4).Generation(); g == g0 {
+		t.Error("Restore did not move the generation")
+	}
+	before := x.Rules(IPv4, "filter")
+	if err := x.Restore(IPv4, "filter", hostEst, []string{"-A", "INPUT", "-j", "NOWHERE"}); err == nil {
+		t.Error("Restore with a jump to no chain succeeded")
+	}
+	checkRules(t, x, IPv4, "filter", before...)
+}

@@ -30,12 +30,21 @@ const (
 )
 
 // Hook is one jump from a built-in chain to ours.
-type Hook struct{ Builtin, Chain string }
+type Hook struct {
+	Builtin, Chain string
+	// Match is what the hook matches besides HookMatch: nothing, or for
+	// the ipset backend its set, so that the hook too holds a reference
+	// to the set (see rules/ipset).
+	Match []string
+}
 
 // Hooks are the jumps Setup installs and Teardown removes, for the
-// instance whose names end in suffix.
-func Hooks(suffix string) []Hook {
-	return []Hook{{"INPUT", ChainInput + suffix}, {"FORWARD", ChainForward + suffix}}
+// instance whose names end in suffix, each matching match as well (Hook.Match).
+func Hooks(suffix string, match ...string) []Hook {
+	return []Hook{
+		{Builtin: "INPUT", Chain: ChainInput + suffix, Match: match},
+		{Builtin: "FORWARD", Chain: ChainForward + suffix, Match: match},
+	}
 }
 
 // HookMatch is what a hook matches before jumping: only the first packet of
@@ -47,8 +56,10 @@ func Hooks(suffix string) []Hook {
 // joining one.
 var HookMatch = []string{"-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW"}
 
-// HookSpec is the rule in h.Builtin that jumps to h.Chain.
-func (h Hook) Spec() []string { return append(slices.Clone(HookMatch), "-j", h.Chain) }
+// Spec is the rule in h.Builtin that jumps to h.Chain.
+func (h Hook) Spec() []string {
+	return append(append(slices.Clone(HookMatch), h.Match...), "-j", h.Chain)
+}
 
 // Family is an address family: iptables or ip6tables.
 type Family uint8
@@ -95,7 +106,9 @@ type Tables struct {
 	// legacyTables lists the legacy tables the kernel holds in the calling
 	// thread's network namespace (ip_tables_names); an error means none.
 	legacyTables func(Family) ([]string, error)
-	table        string // the table the chain and rule operations act on; "" is Table
+	// generation reads the nf_tables ruleset generation; nil for legacy.
+	generation func() (uint32, error)
+	table      string // the table the chain and rule operations act on; "" is Table
 }
 
 // Command returns the binary for family and variant ("", "nft", "legacy").
@@ -141,7 +154,11 @@ func New(ctx context.Context, f Family, variant string) (*Tables, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tables{Family: f, Cmd: cmd, Mode: mode, ipt: ipt, legacyTables: procTables}, nil
+	t := &Tables{Family: f, Cmd: cmd, Mode: mode, ipt: ipt, legacyTables: procTables}
+	if mode == "nf_tables" {
+		t.generation = nftGeneration
+	}
+	return t, nil
 }
 
 // procTables reads ip_tables_names (ip6_tables_names) of the calling
@@ -244,17 +261,24 @@ func (t *Tables) RemoveChain(chain string) error {
 
 // EnsureHook makes h the one rule in h.Builtin that jumps to h.Chain: it
 // removes other jumps to h.Chain (left by another version or by hand) and
-// keeps a single HookSpec rule where it is, even when an operator moved it
-// down; when there is none, or several, it inserts HookSpec at the top.
+// keeps a single h.Spec() rule where it is, even when an operator moved it
+// down; when there is none, or several, it inserts h.Spec() at the top.
 //
 // Duplicates are not thinned out to the first: iptables -D deletes the
 // first rule matching a spec, so deleting the extra copies would keep the
 // last one, which may sit below a host rule (a DROP) the first one was
 // above.
 func (t *Tables) EnsureHook(h Hook) error {
+	_, err := t.SyncHook(h)
+	return err
+}
+
+// SyncHook is EnsureHook, and says whether it had to insert h: false when
+// h was in place already.
+func (t *Tables) SyncHook(h Hook) (inserted bool, err error) {
 	jumps, err := t.jumps(h)
 	if err != nil {
-		return err
+		return false, err
 	}
 	want := h.Spec()
 	isHook := func(j []string) bool { return slices.Equal(j, want) || slices.Equal(j, canonical(want)) }
@@ -269,14 +293,18 @@ func (t *Tables) EnsureHook(h Hook) error {
 			continue
 		}
 		if err := t.Delete(h.Builtin, j...); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if hooks == 1 {
-		return nil
+		return false, nil
 	}
-	return t.ipt.Insert(t.tbl(), h.Builtin, 1, want...)
+	return true, t.ipt.Insert(t.tbl(), h.Builtin, 1, want...)
 }
+
+// HasHook reports whether h.Builtin holds h.Spec() (one `iptables -C`):
+// the cheap question a periodic check asks before the thorough ones.
+func (t *Tables) HasHook(h Hook) (bool, error) { return t.Exists(h.Builtin, h.Spec()...) }
 
 // canonical is spec as iptables -S prints it: --syn comes back spelled
 // out as the tcp match's flags.
