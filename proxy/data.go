@@ -27,11 +27,17 @@ const firewallTimeout = 5 * time.Second
 type dataOffer struct {
 	s       *Session
 	passive bool
-	local   netip.AddrPort // what the peer was told: where the proxy listens, or the kernel maps
+	local   netip.AddrPort // where the proxy listens, or the kernel maps
+	shown   netip.AddrPort // what the peer was told (the advertised address may differ from local's)
 	peer    netip.Addr     // the only address allowed to connect
 	target  netip.AddrPort // where the proxy dials once it has
 	from    netip.Addr     // the proxy's address to dial from
-	pinhole rules.Pinhole
+	// announced is what the far end itself announced: the server's
+	// passive address, or the client's PORT/EPRT address (for the
+	// diagnosis of a connection that does not come).
+	announced netip.AddrPort
+	pinhole   rules.Pinhole
+	ended     atomic.Bool // its outcome is counted
 
 	ln *net.TCPListener // splice path: the listener for the one connection
 
@@ -51,25 +57,43 @@ type dataOffer struct {
 
 func (o *dataOffer) settle() { o.settleOnce.Do(func() { close(o.settled) }) }
 
-// openOffer announces a data connection from peer on listenIP, to be
-// carried to target from the proxy's address from: in the kernel when the
-// session may use the kernel path, else through a listener of the proxy's.
-// It opens the pinhole for peer and starts waiting for the connection. It
-// takes no lock.
-func (s *Session) openOffer(passive bool, listenIP, peer netip.Addr, target netip.AddrPort, from netip.Addr) (*dataOffer, error) {
-	if s.kernelPath(listenIP, peer, target) {
-		o, err := s.openKernelOffer(passive, listenIP, peer, target, from)
+// offerSpec describes a data connection to announce.
+type offerSpec struct {
+	passive   bool
+	listenIP  netip.Addr     // where the proxy (or the kernel) takes the connection
+	shownIP   netip.Addr     // the address the peer is told (advertised)
+	peer      netip.Addr     // the only address allowed to connect
+	target    netip.AddrPort // where the connection is carried
+	from      netip.Addr     // the proxy's address toward target
+	announced netip.AddrPort // what the far end announced (for diagnoses)
+}
+
+// newOffer is the dataOffer of sp at the local address local.
+func (s *Session) newOffer(sp offerSpec, local netip.AddrPort) *dataOffer {
+	return &dataOffer{s: s, passive: sp.passive, local: local, shown: netip.AddrPortFrom(sp.shownIP, local.Port()),
+		peer: sp.peer.Unmap(), target: sp.target, from: sp.from, announced: sp.announced, settled: make(chan struct{})}
+}
+
+// openOffer announces the data connection sp describes: in the kernel when
+// the session may use the kernel path, else through a listener of the
+// proxy's. It opens the pinhole for the peer and starts waiting for the
+// connection. It takes no lock.
+func (s *Session) openOffer(sp offerSpec) (*dataOffer, error) {
+	if s.kernelPath(sp.listenIP, sp.peer, sp.target) {
+		o, err := s.openKernelOffer(sp)
 		if err == nil {
 			return o, nil
 		}
 		s.log.Warn("kernel data path failed for this data connection, using splice", zap.Error(err))
 	}
-	ln, local, err := s.srv.ports.Listen(listenIP)
+	ln, local, err := s.srv.ports.Listen(sp.listenIP)
 	if err != nil {
 		return nil, err
 	}
-	o := &dataOffer{s: s, passive: passive, ln: ln, local: local, peer: peer.Unmap(), target: target, from: from,
-		settled: make(chan struct{})}
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	o := s.newOffer(sp, local)
+	o.ln = ln
+	passive, target := sp.passive, sp.target
 	o.pinhole = rules.Pinhole{Proto: rules.ProtoTCP, Peer: o.peer, Local: local,
 		Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
 	ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
@@ -96,8 +120,7 @@ func (o *dataOffer) accept() {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				s.log.Info(MsgDataNotMade, zap.Stringer("listen", o.local),
-					zap.Duration("timeout", s.srv.cfg.DataAcceptTimeout))
+				o.diagnoseTimeout()
 			}
 			o.close()
 			s.clearOffer(o)
@@ -106,8 +129,7 @@ func (o *dataOffer) accept() {
 		}
 		from := nat.AddrPortOf(c.RemoteAddr())
 		if from.Addr() != o.peer {
-			s.refusal(MsgDataForeign, zap.Stringer("from", from),
-				zap.Stringer("allowed", o.peer), zap.Stringer("listen", o.local))
+			o.diagnoseForeign(from)
 			c.SetLinger(0)
 			c.Close()
 			continue
@@ -126,6 +148,7 @@ func (o *dataOffer) close() {
 	o.once.Do(func() {
 		if !o.acceptedConn.Load() {
 			defer o.settle()
+			o.outcome(OutcomeCancelled) // unless the timeout counted it first
 		}
 		if o.fwd != nil {
 			o.closeKernel()
@@ -154,7 +177,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	out, err := s.srv.dial(s.srv.dataCtx, o.from, 0, o.target.String())
 	o.settle()
 	if err != nil {
-		s.log.Warn(MsgDataFailed, zap.Stringer("to", o.target), zap.Error(err))
+		o.diagnoseDial(err)
 		in.SetLinger(0)
 		in.Close()
 		return

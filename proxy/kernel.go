@@ -45,19 +45,19 @@ func (s *Session) kernelPath(announceIP, peer netip.Addr, target netip.AddrPort)
 	return false
 }
 
-// openKernelOffer reserves a port on announceIP and maps it in the kernel.
-func (s *Session) openKernelOffer(passive bool, announceIP, peer netip.Addr, target netip.AddrPort, from netip.Addr) (*dataOffer, error) {
-	ap, release, err := s.srv.ports.Reserve(announceIP)
+// openKernelOffer reserves a port on sp.listenIP and maps it in the kernel.
+func (s *Session) openKernelOffer(sp offerSpec) (*dataOffer, error) {
+	ap, release, err := s.srv.ports.Reserve(sp.listenIP)
 	if err != nil {
 		return nil, err
 	}
-	peer = peer.Unmap()
+	o := s.newOffer(sp, ap)
+	o.release, o.closed = release, make(chan struct{})
+	passive, peer, target := sp.passive, o.peer, sp.target
 	m := rules.Mapping{Peer: peer, Announced: ap, Target: target, Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
-	if from.Unmap() != peer {
-		m.Source = from
+	if sp.from.Unmap() != peer {
+		m.Source = sp.from
 	}
-	o := &dataOffer{s: s, passive: passive, local: ap, peer: peer, target: target, from: from,
-		settled: make(chan struct{}), release: release, closed: make(chan struct{})}
 	// The forward path's filter sees the connection after DNAT: from the
 	// peer to the target.
 	o.pinhole = rules.Pinhole{Proto: rules.ProtoTCP, Peer: peer, Local: target, Forward: true,
@@ -140,8 +140,7 @@ func (o *dataOffer) awaitKernel() {
 		s.clearOffer(o)
 		o.settle()
 	case <-t.C:
-		s.log.Info(MsgDataNotMade, zap.Stringer("listen", o.local), zap.String("path", "kernel"),
-			zap.Duration("timeout", s.srv.cfg.DataAcceptTimeout))
+		o.diagnoseTimeout()
 		o.close()
 		s.clearOffer(o)
 	case <-o.closed:

@@ -59,9 +59,11 @@ func (s *Session) replyError(r *ftp.Reply, err error, greeted bool) {
 	switch {
 	case s.closing():
 	case !greeted && errors.As(err, &ne) && ne.Timeout():
+		s.srv.cfg.Observer.SessionRefused(RefusedGreeting)
 		s.log.Warn("server sent no greeting", zap.Duration("timeout", s.srv.cfg.ConnectTimeout))
 		s.end(endServerError, "421 Service not available: the FTP server did not answer.\r\n")
 	case errors.Is(err, ftp.ErrLineTooLong):
+		s.srv.cfg.Observer.Violation(ViolationLongLine)
 		s.log.Warn("reply line too long, closing session", zap.Int("limit", ftp.MaxLine))
 		s.end(endProtocol, "421 The server sent a reply line over 8192 bytes, closing control connection.\r\n")
 	case isEOF(err):
@@ -158,6 +160,7 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		// the proxy honours EPSV ALL itself, and a port the server opened
 		// is offered to no one. Any other 2xx (pyftpdlib says 220) is the
 		// server's acceptance and goes on as it is.
+		s.srv.cfg.Observer.Translated(TranslationEPSVAll)
 		s.log.Info(MsgEPSVAllHonoured, zap.Int("code", r.Code))
 		s.reply(x, "200 EPSV ALL command successful.\r\n")
 	case x.cmd.Verb == "FEAT":

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -28,12 +29,14 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		err = errors.New("malformed reply line")
 	}
 	if err != nil {
+		s.srv.cfg.Observer.Violation(ViolationBadPassive)
 		s.refusal("passive reply not understood, answering 425", zap.Int("code", r.Code),
 			zap.ByteString("reply", clipBytes(r.Raw())), zap.Error(err))
 		s.corr.emit(x, chunk{b: append(r.Telnet(), "425 Can't open data connection: the server's passive-mode reply could not be parsed.\r\n"...), changed: true}, true)
 		return
 	}
 	if err := ftp.CheckPassive(ap); err != nil {
+		s.srv.cfg.Observer.Violation(ViolationPrivilegedPort)
 		s.refusal("passive reply refused: the server announced a privileged port", zap.Int("code", r.Code),
 			zap.Uint16("port", ap.Port()), zap.Error(err))
 		s.reply(x, "425 Can't open data connection: the server announced a port below 1024.\r\n")
@@ -41,7 +44,8 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 	}
 	target := s.passiveTarget(ap)
 	adv, listenIP := s.advertised()
-	o, err := s.openOffer(true, listenIP, s.clientAddr.Addr(), target, s.serverSide.Addr())
+	o, err := s.openOffer(offerSpec{passive: true, listenIP: listenIP, shownIP: adv, peer: s.clientAddr.Addr(),
+		target: target, from: s.serverSide.Addr(), announced: ap})
 	if err != nil {
 		s.log.Warn(MsgListenFailed, zap.String("for", "client"), zap.Error(err))
 		s.reply(x, "425 Can't open data connection: no data port available.\r\n")
@@ -63,6 +67,7 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		text = ftp.FormatPASV(shown)
 	}
 	out := fmt.Appendf(r.Telnet(), "%d %s\r\n", code, text)
+	s.srv.cfg.Observer.Rewritten(strings.ToLower(x.cmd.Verb))
 	s.log.Info(MsgPassiveRewrite, zap.String("request", x.cmd.Verb),
 		zap.ByteString("server_reply", bytes.TrimRight(r.Lines[len(r.Lines)-1].Text, " ")),
 		zap.Stringer("server_data", target), zap.String("client_reply", fmt.Sprintf("%d %s", code, text)),
@@ -83,7 +88,9 @@ func (s *Session) passiveTarget(ap netip.AddrPort) netip.AddrPort {
 		return netip.AddrPortFrom(announced, ap.Port())
 	}
 	s.log.Info("server announced another address, using its control address", zap.Stringer("announced", announced),
-		zap.Stringer("dialing", ctl))
+		zap.Stringer("dialing", ctl), zap.String("diagnosis", fmt.Sprintf("the server announced %s in its passive reply, not %s, "+
+			"the address it is reached on (a private or wrong passive address: vsftpd pasv_address, ProFTPD MasqueradeAddress, "+
+			"pure-ftpd -P); ftpalg connects to %s instead, and its clients never see the announced address", announced, ctl, ctl)))
 	return netip.AddrPortFrom(ctl, ap.Port())
 }
 
@@ -106,6 +113,7 @@ func (s *Session) advertised() (adv, listen netip.Addr) {
 func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	announced, err := ftp.ParseActive(cmd)
 	if err != nil {
+		s.srv.cfg.Observer.Violation(ViolationBadArgument)
 		s.refusal("active-mode command refused", zap.Stringer("cmd", cmd), zap.Error(err))
 		if errors.Is(err, ftp.ErrFamily) {
 			return s.answer(cmd, "522 Network protocol not supported, use (1,2).\r\n")
@@ -113,11 +121,17 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 		return s.answer(cmd, fmt.Sprintf("501 Syntax error in %s argument.\r\n", cmd.Verb))
 	}
 	if err := ftp.CheckActive(announced, s.clientAddr.Addr()); err != nil {
+		if errors.Is(err, ftp.ErrPrivilegedPort) {
+			s.srv.cfg.Observer.Violation(ViolationPrivilegedPort)
+		} else {
+			s.srv.cfg.Observer.Violation(ViolationBounce)
+		}
 		s.refusal("active-mode address refused (RFC 2577)", zap.Stringer("cmd", cmd), zap.Error(err))
 		return s.answer(cmd, fmt.Sprintf("504 %s refused: data connections go only to your own address and a port above 1023.\r\n", cmd.Verb))
 	}
 	s.dropOffer(nil)
-	o, err := s.openOffer(false, s.serverSide.Addr(), s.serverAddr.Addr(), announced, s.clientSide.Addr())
+	o, err := s.openOffer(offerSpec{listenIP: s.serverSide.Addr(), shownIP: s.serverSide.Addr(), peer: s.serverAddr.Addr(),
+		target: announced, from: s.clientSide.Addr(), announced: announced})
 	if err != nil {
 		s.log.Warn(MsgListenFailed, zap.String("for", "server"), zap.Error(err))
 		return s.answer(cmd, "425 Can't open data connection: no data port available.\r\n")
@@ -127,6 +141,10 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	}
 	s.setActiveOffer(o)
 	verb, arg := s.activeVerb(cmd.Kind, o.local)
+	s.srv.cfg.Observer.Rewritten(strings.ToLower(cmd.Verb))
+	if verb != cmd.Verb {
+		s.srv.cfg.Observer.Translated(translationTo(verb))
+	}
 	out := make([]byte, 0, len(line.Telnet)+len(verb)+len(arg)+3)
 	out = append(out, line.Telnet...)
 	out = append(out, verb...)

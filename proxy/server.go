@@ -76,6 +76,9 @@ type Config struct {
 
 	// Firewall opens a pinhole for each announced data connection.
 	Firewall rules.Backend
+	// Observer, when set, is told what an operator counts (see Observer;
+	// package metrics). nil counts nothing.
+	Observer Observer
 	// DataPath, when set, has the kernel forward data connections (see
 	// rules.DataPath and kernel.go); those it cannot carry are spliced, and
 	// the session logs why. nil: every data connection is spliced.
@@ -134,6 +137,9 @@ type Server struct {
 	ports *nat.Ports
 
 	nextID atomic.Uint64
+	// serving: Serve is accepting; draining: it has stopped and waits
+	// for the sessions (see Ready).
+	serving, draining atomic.Bool
 	// dataCtx outlives sessions: a transfer may finish after its control
 	// connection is gone; it ends only with the server.
 	dataCtx    context.Context
@@ -182,6 +188,9 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	fitSessions(&cfg, fileLimit(), cfg.Logger)
 	s := &Server{
 		cfg:      cfg,
@@ -213,6 +222,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		zap.Stringer("data_ports", s.cfg.DataPorts), zap.String("firewall", s.cfg.Firewall.Name()))
 	var err error
 	var backoff time.Duration
+	s.serving.Store(true)
 	for {
 		c, aerr := ln.Accept()
 		if aerr != nil {
@@ -241,27 +251,43 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		backoff = 0
 		s.admit(c)
 	}
+	s.serving.Store(false)
+	s.draining.Store(true)
 	ln.Close()
 	s.drain(grace)
 	return err
+}
+
+// Ready returns nil while Serve accepts sessions, else why not: not
+// started, or stopped and draining (a load balancer's readiness check
+// sends new sessions elsewhere while the running ones finish).
+func (s *Server) Ready() error {
+	switch {
+	case s.serving.Load():
+		return nil
+	case s.draining.Load():
+		return errors.New("draining: not accepting new sessions")
+	}
+	return errors.New("not accepting yet")
 }
 
 // admit applies the session limits and starts a session for c.
 func (s *Server) admit(c net.Conn) {
 	peer := nat.AddrPortOf(c.RemoteAddr())
 	s.mu.Lock()
-	var refuse, limit string
+	var refuse, limit, reason string
 	var n int
 	switch {
 	case s.cfg.MaxSessions > 0 && len(s.sessions) >= s.cfg.MaxSessions:
-		limit, n = "max-sessions", s.cfg.MaxSessions
+		limit, n, reason = "max-sessions", s.cfg.MaxSessions, RefusedLimit
 		refuse = fmt.Sprintf("421 Too many sessions (limit %d), try again later.\r\n", n)
 	case s.cfg.MaxSessionsPerIP > 0 && s.perIP[peer.Addr()] >= s.cfg.MaxSessionsPerIP:
-		limit, n = "max-sessions-per-ip", s.cfg.MaxSessionsPerIP
+		limit, n, reason = "max-sessions-per-ip", s.cfg.MaxSessionsPerIP, RefusedPerIP
 		refuse = fmt.Sprintf("421 Too many sessions from %s (limit %d), try again later.\r\n", peer.Addr(), n)
 	}
 	if refuse != "" {
 		s.mu.Unlock()
+		s.cfg.Observer.SessionRefused(reason)
 		s.log.Warn(MsgSessionRefused, zap.Stringer("client", peer), zap.String("limit", limit), zap.Int("value", n))
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		c.Write([]byte(refuse))
@@ -280,7 +306,9 @@ func (s *Server) admit(c net.Conn) {
 // runSession owns sess until it ends.
 func (s *Server) runSession(sess *Session) {
 	defer s.wg.Done()
+	s.cfg.Observer.SessionStarted()
 	sess.run()
+	s.cfg.Observer.SessionEnded(sess.reason().label())
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	if s.perIP[sess.clientAddr.Addr()]--; s.perIP[sess.clientAddr.Addr()] <= 0 {

@@ -38,6 +38,9 @@ const (
 	endLoginTimeout
 )
 
+// label is the reason as a metric label value: "client_closed".
+func (r endReason) label() string { return strings.ReplaceAll(r.String(), " ", "_") }
+
 func (r endReason) String() string {
 	switch r {
 	case endClientClosed:
@@ -185,6 +188,7 @@ func (s *Session) dialServer() bool {
 	if dir := s.srv.cfg.Director; dir != nil {
 		ap, err := dir(s.rawClient)
 		if err != nil {
+			s.srv.cfg.Observer.SessionRefused(RefusedNoServer)
 			s.log.Warn("no server for this connection", zap.Error(err))
 			s.refuse("421 Service not available: no FTP server for this connection.\r\n")
 			return false
@@ -195,6 +199,7 @@ func (s *Session) dialServer() bool {
 	if s.srv.cfg.UpstreamSourceClient {
 		from = s.clientAddr.Addr()
 	}
+	dialStart := time.Now()
 	c, err := s.srv.dial(s.ctx, from, s.clientAddr.Port(), upstream)
 	if err != nil {
 		if s.ctx.Err() != nil { // ended while connecting (shutdown)
@@ -204,6 +209,7 @@ func (s *Session) dialServer() bool {
 			return false
 		}
 		if outOfResources(err) {
+			s.srv.cfg.Observer.SessionRefused(RefusedResources)
 			// The server is fine: the proxy has no descriptor (or
 			// buffer) left to reach it.
 			s.log.Warn("out of file descriptors or memory: cannot connect to the server", zap.String("upstream", upstream),
@@ -211,10 +217,12 @@ func (s *Session) dialServer() bool {
 			s.refuse("421 Too many connections: the proxy is out of resources, try again later.\r\n")
 			return false
 		}
+		s.srv.cfg.Observer.SessionRefused(RefusedUpstream)
 		s.log.Warn(MsgUpstreamDown, zap.String("upstream", upstream), zap.Error(err))
 		s.refuse("421 Service not available: the FTP server cannot be reached.\r\n")
 		return false
 	}
+	s.srv.cfg.Observer.UpstreamConnected(time.Since(dialStart))
 	s.server = wrapControl(c)
 	s.serverAddr = nat.AddrPortOf(c.RemoteAddr())
 	s.serverSide = nat.AddrPortOf(c.LocalAddr())

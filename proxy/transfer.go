@@ -11,6 +11,14 @@ import (
 	"github.com/ftpalg/ftpalg/rules"
 )
 
+// transferOutcome is the Observer outcome of each transfer report.
+var transferOutcome = map[string]string{
+	MsgTransferFinished:  OutcomeCompleted,
+	MsgTransferFailed:    OutcomeFailed,
+	MsgTransferAborted:   OutcomeAborted,
+	MsgTransferNoConfirm: OutcomeUnconfirmed,
+}
+
 // Why ftpalg cuts a running transfer.
 const (
 	abortShutdown = "shutdown after the grace period"
@@ -190,6 +198,8 @@ func (t *transfer) report(msg string, extra ...zap.Field) {
 	}
 	t.mu.Unlock()
 	fields = append(fields, extra...)
+	t.s.srv.cfg.Observer.DataConnection(t.mode, path, transferOutcome[msg])
+	t.s.srv.cfg.Observer.Transfer(path, t.toClient, t.toServer, t.took)
 	if msg == MsgTransferFinished {
 		t.s.log.Info(msg, fields...)
 	} else {

@@ -24,6 +24,19 @@ import (
 //   - EPSV ALL is honoured by the proxy itself, whatever the server says.
 //   - FEAT lists EPSV and EPRT, which the proxy always provides.
 
+// translationTo names a translation by the verb sent to the server.
+func translationTo(verb string) string {
+	switch verb {
+	case "PASV":
+		return TranslationToPASV
+	case "PORT":
+		return TranslationToPORT
+	case "EPRT":
+		return TranslationToEPRT
+	}
+	return TranslationToEPSV
+}
+
 // refusedCodes are replies that mean "this server does not do that
 // command": fall back to the RFC 959 form.
 func refused(code int) bool {
@@ -89,6 +102,7 @@ func (s *Session) passiveFallback(x *exchange, r *ftp.Reply) bool {
 	if !s.sendInternal(x, "PASV", []byte("PASV\r\n")) {
 		return false
 	}
+	s.srv.cfg.Observer.Translated(TranslationToPASV)
 	if sent == "EPSV" {
 		s.noEPSV.Store(true)
 	}
@@ -108,6 +122,7 @@ func (s *Session) activeFallback(x *exchange, r *ftp.Reply) bool {
 	if !s.sendInternal(x, "PORT", []byte("PORT "+arg+"\r\n")) {
 		return false
 	}
+	s.srv.cfg.Observer.Translated(TranslationToPORT)
 	if sent == "EPRT" {
 		s.noEPRT.Store(true)
 	}
@@ -159,6 +174,7 @@ func (s *Session) featReply(r *ftp.Reply) []byte {
 	if add == nil {
 		return raw
 	}
+	s.srv.cfg.Observer.Translated(TranslationFEAT)
 	s.log.Info("FEAT: adding what the proxy provides", zap.ByteString("added", bytes.TrimSpace(add)))
 	last := r.Lines[len(r.Lines)-1].Raw
 	out := append(raw[:len(raw)-len(last):len(raw)-len(last)], add...)
