@@ -33,6 +33,7 @@ type runFlags struct {
 	connectTimeout, dataTimeout, idleTimeout, grace time.Duration
 	dataIdleTimeout, loginTimeout, keepAlive        time.Duration
 	firewallCheck                                   time.Duration
+	metricsListen                                   string
 	maxSessions, maxPerIP                           int
 }
 
@@ -82,6 +83,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (0 or negative: no limit)")
 	f.fw.register(fs)
 	fs.DurationVar(&f.firewallCheck, "firewall-check-interval", rules.DefaultWatchInterval, "how often to check that ftpalg's firewall hooks, chains, sets and interception rules are still there, and restore them and the open pinholes after a firewall reload removed them (0: never)")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics), /healthz, /readyz and /log/level on this address, e.g. 127.0.0.1:9121 (default: off)")
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 }
@@ -125,6 +127,9 @@ type runConfig struct {
 	fw        firewallFlags
 	// firewallCheck is the interval of rules.Watch; 0: no watch.
 	firewallCheck time.Duration
+	// metricsListen is where /metrics and the health endpoints are
+	// served; empty: nowhere.
+	metricsListen string
 	logFormat     string
 	logLevel      zapcore.Level
 }
@@ -154,7 +159,8 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 // config checks the flags and turns them into a runConfig. Flags of
 // transparent mode are not looked at in reverse mode.
 func (f *runFlags) config() (runConfig, error) {
-	rc := runConfig{listen: f.listen.values, grace: f.grace, fw: f.fw, logFormat: f.logFormat, firewallCheck: f.firewallCheck}
+	rc := runConfig{listen: f.listen.values, grace: f.grace, fw: f.fw, logFormat: f.logFormat, firewallCheck: f.firewallCheck,
+		metricsListen: f.metricsListen}
 	if len(rc.listen) == 0 {
 		return rc, errors.New("run: --listen: no address")
 	}

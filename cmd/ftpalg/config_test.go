@@ -74,7 +74,8 @@ func TestRunConfig(t *testing.T) {
 			"--data-timeout", "4s", "--idle-timeout", "-1s", "--max-sessions", "-1", "--max-sessions-per-ip", "5",
 			"--data-idle-timeout", "1m", "--login-timeout", "-1s", "--tcp-keepalive", "30s",
 			"--shutdown-grace", "1s", "--firewall", "ipset", "--firewall-instance", "gw", "--iptables", "legacy",
-			"--keep-firewall-hooks", "--firewall-check-interval", "500ms", "--log-format", "json", "--log-level", "debug"},
+			"--keep-firewall-hooks", "--firewall-check-interval", "500ms", "--metrics-listen", "127.0.0.1:9121",
+			"--log-format", "json", "--log-level", "debug"},
 			proxy: func(c *proxy.Config) {
 				c.Upstream = "ftp.example:2100"
 				c.Advertise = netip.MustParseAddr("203.0.113.7")
@@ -89,7 +90,7 @@ func TestRunConfig(t *testing.T) {
 					t.Errorf("firewall flags %+v, want %+v", rc.fw, want)
 				}
 				if !reflect.DeepEqual(rc.listen, []string{"127.0.0.1:2121"}) || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel ||
-					rc.firewallCheck != 500*time.Millisecond {
+					rc.firewallCheck != 500*time.Millisecond || rc.metricsListen != "127.0.0.1:9121" {
 					t.Errorf("listen %q, grace %v, log %s/%s, firewall check %v", rc.listen, rc.grace, rc.logFormat, rc.logLevel, rc.firewallCheck)
 				}
 			}},

@@ -114,7 +114,7 @@ func rulesCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger("console", zapcore.WarnLevel)
+	log, err := newLogger("console", zap.NewAtomicLevelAt(zapcore.WarnLevel))
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/ftpalg/ftpalg/metrics"
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/proxy"
 	"github.com/ftpalg/ftpalg/rules"
@@ -36,14 +38,15 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(rc.logFormat, rc.logLevel)
+	level := zap.NewAtomicLevelAt(rc.logLevel)
+	log, err := newLogger(rc.logFormat, level)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, log, rc)
+	return run(ctx, log, level, rc)
 }
 
 // run starts what rc describes and, when ctx ends, shuts it down in order:
@@ -52,13 +55,21 @@ func runCmd(args []string) error {
 // path again), then the listener, then the sessions after rc.grace, then
 // the firewall backend's objects. A failed start removes what it had set
 // up.
-func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
+func run(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, rc runConfig) error {
 	fw, err := rc.fw.backend(ctx, log, true)
 	if err != nil {
 		return err
 	}
+	var m *metrics.Metrics
+	if rc.metricsListen != "" {
+		m = metrics.New()
+		fw = m.Backend(fw)
+	}
 	cfg := rc.proxy
 	cfg.Logger, cfg.Firewall = log, fw
+	if m != nil {
+		cfg.Observer = m.Observer()
+	}
 	ln, err := listen(ctx, rc, &cfg)
 	if err != nil {
 		return err
@@ -67,6 +78,14 @@ func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if m != nil {
+		stopMetrics, err := serveMetrics(ctx, log, level, rc.metricsListen, m, srv)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stopMetrics()
 	}
 	// Setup after the listen succeeded, so a failed start leaves no rules;
 	// it also removes what a crashed run left behind.
@@ -127,11 +146,33 @@ func run(ctx context.Context, log *zap.Logger, rc runConfig) error {
 	return serveErr
 }
 
+// serveMetrics serves /metrics, /healthz, /readyz (the proxy accepting
+// and the firewall's last check fine) and /log/level (GET shows, PUT
+// {"level":"debug"} sets the log level) on addr, until stop: after the
+// sessions have drained, so the drain shows as not ready.
+func serveMetrics(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, addr string, m *metrics.Metrics, srv *proxy.Server) (stop func(), err error) {
+	ln, err := metrics.Listen(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("run: --metrics-listen: %w", err)
+	}
+	h := m.Handler([]metrics.Check{{Name: "proxy", Func: srv.Ready}, {Name: "firewall", Func: m.FirewallHealthy}},
+		map[string]http.Handler{"/log/level": level})
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := metrics.Serve(mctx, ln, h, log); err != nil {
+			log.Warn("metrics server failed", zap.Error(err))
+		}
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
 // watched lists what the firewall watch keeps in place: the backend, unless
 // it is "none", and the interception rules, when installed.
 func watched(fw rules.Backend, icpt *intercept.Rules) []rules.Syncer {
 	var ss []rules.Syncer
-	if _, none := fw.(rules.None); !none {
+	if fw.Name() != "none" {
 		ss = append(ss, fw)
 	}
 	if icpt != nil {
@@ -193,7 +234,7 @@ func installInterception(ctx context.Context, log *zap.Logger, rc runConfig, ln 
 // newLogger builds the zap logger. Sampling is off: zap's production
 // sampling drops repeated messages, and per-session lifecycle lines are
 // exactly the repeated messages an operator needs.
-func newLogger(format string, level zapcore.Level) (*zap.Logger, error) {
+func newLogger(format string, level zap.AtomicLevel) (*zap.Logger, error) {
 	var cfg zap.Config
 	switch format {
 	case "json":
@@ -206,7 +247,7 @@ func newLogger(format string, level zapcore.Level) (*zap.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want json or console", format)
 	}
 	cfg.Sampling = nil
-	cfg.Level = zap.NewAtomicLevelAt(level)
+	cfg.Level = level
 	cfg.OutputPaths = []string{"stderr"}
 	cfg.ErrorOutputPaths = []string{"stderr"}
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
