@@ -44,8 +44,12 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 	}
 	target := s.passiveTarget(ap)
 	adv, listenIP := s.advertised()
+	announced := ap
+	if !ap.Addr().IsValid() { // 229: the control connection's address
+		announced = netip.AddrPortFrom(s.serverAddr.Addr(), ap.Port())
+	}
 	o, err := s.openOffer(offerSpec{passive: true, listenIP: listenIP, shownIP: adv, peer: s.clientAddr.Addr(),
-		target: target, from: s.serverSide.Addr(), announced: ap})
+		target: target, from: s.serverSide.Addr(), announced: announced})
 	if err != nil {
 		s.log.Warn(MsgListenFailed, zap.String("for", "client"), zap.Error(err))
 		s.reply(x, "425 Can't open data connection: no data port available.\r\n")
