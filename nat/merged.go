@@ -28,6 +28,7 @@ const (
 // the loops, closes a connection accepted but not yet handed over, and
 // returns once every loop has ended.
 type merged struct {
+	mu      sync.Mutex // guards lns
 	lns     []net.Listener
 	results chan acceptResult
 	done    chan struct{}
@@ -47,11 +48,55 @@ func mergeListeners(lns ...net.Listener) net.Listener {
 	if len(lns) == 1 {
 		return lns[0]
 	}
-	m := &merged{lns: lns, results: make(chan acceptResult), done: make(chan struct{})}
-	for _, ln := range lns {
-		m.wg.Go(func() { m.acceptLoop(ln) })
-	}
+	return NewSwitch(lns...)
+}
+
+// Switch is a merged listener whose listeners can be replaced while a
+// server accepts from it: a configuration reload opens the new addresses
+// and closes the ones no longer wanted, and the server's accept loop goes
+// on as it was. It behaves as mergeListeners describes.
+type Switch = merged
+
+// NewSwitch returns a Switch accepting from lns.
+func NewSwitch(lns ...net.Listener) *Switch {
+	m := &merged{results: make(chan acceptResult), done: make(chan struct{})}
+	m.Set(lns...)
 	return m
+}
+
+// Set makes lns the listeners accepted from: those new to it start being
+// accepted from, those no longer in it are closed (connections already
+// accepted from them are not touched). After Close it closes lns.
+func (m *merged) Set(lns ...net.Listener) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case <-m.done:
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return
+	default:
+	}
+	keep := map[net.Listener]bool{}
+	for _, ln := range lns {
+		keep[ln] = true
+	}
+	for _, ln := range m.lns {
+		if !keep[ln] {
+			ln.Close()
+		}
+	}
+	had := map[net.Listener]bool{}
+	for _, ln := range m.lns {
+		had[ln] = true
+	}
+	for _, ln := range lns {
+		if !had[ln] {
+			m.wg.Go(func() { m.acceptLoop(ln) })
+		}
+	}
+	m.lns = append([]net.Listener(nil), lns...)
 }
 
 // acceptLoop hands ln's connections and errors to Accept until ln or m is
@@ -124,20 +169,31 @@ func (m *merged) closedErr() error {
 func (m *merged) Close() error {
 	var errs []error
 	m.once.Do(func() {
+		m.mu.Lock()
 		close(m.done)
 		for _, ln := range m.lns {
 			errs = append(errs, ln.Close())
 		}
+		m.mu.Unlock()
 		m.wg.Wait()
 	})
 	return errors.Join(errs...)
 }
 
 // Addr is the first listener's address (the IPv4 one of a :PORT pair).
-func (m *merged) Addr() net.Addr { return m.lns[0].Addr() }
+func (m *merged) Addr() net.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.lns) == 0 {
+		return &net.TCPAddr{}
+	}
+	return m.lns[0].Addr()
+}
 
 // Addrs returns every listener's address.
 func (m *merged) Addrs() []net.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	out := make([]net.Addr, len(m.lns))
 	for i, ln := range m.lns {
 		out[i] = ln.Addr()

@@ -245,3 +245,56 @@ func TestListenSeveral(t *testing.T) {
 	}
 	fb.Close()
 }
+
+// TestSwitchSet: a Switch's listeners can be replaced while it is
+// accepted from; the removed ones are closed, the new ones accepted from.
+func TestSwitchSet(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	open := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
+	a, b := open(), open()
+	sw := NewSwitch(a)
+	defer sw.Close()
+	accepted := func(ln net.Listener) {
+		t.Helper()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatalf("dial %s: %v", ln.Addr(), err)
+		}
+		defer c.Close()
+		s, err := sw.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.LocalAddr().String() != ln.Addr().String() {
+			t.Errorf("accepted on %s, dialed %s", s.LocalAddr(), ln.Addr())
+		}
+		s.Close()
+	}
+	accepted(a)
+	sw.Set(b)
+	if c, err := net.Dial("tcp", a.Addr().String()); err == nil {
+		c.Close()
+		t.Errorf("the removed listener %s still accepts", a.Addr())
+	}
+	accepted(b)
+	c := open()
+	sw.Set(b, c)
+	accepted(c)
+	accepted(b)
+	if n := len(sw.Addrs()); n != 2 {
+		t.Errorf("%d addresses, want 2", n)
+	}
+	sw.Close()
+	d := open()
+	sw.Set(d) // after Close: closed at once
+	if c, err := net.Dial("tcp", d.Addr().String()); err == nil {
+		c.Close()
+		t.Error("a listener set after Close accepts")
+	}
+}

@@ -19,7 +19,7 @@ func (s *Session) commandPump() {
 		if err != nil {
 			switch {
 			case errors.Is(err, ftp.ErrLineTooLong):
-				s.srv.cfg.Observer.Violation(ViolationLongLine)
+				s.cfg.Observer.Violation(ViolationLongLine)
 				s.log.Warn("command line too long, closing session", zap.Int("limit", ftp.MaxLine))
 				s.end(endProtocol, "500 Command line too long (limit 8192 bytes), closing control connection.\r\n")
 			case isEOF(err) || s.closing():
@@ -33,7 +33,7 @@ func (s *Session) commandPump() {
 		s.idle.touch()
 		s.trace(ClientToProxy, line.Raw, false)
 		if !line.Clean() {
-			s.srv.cfg.Observer.Violation(ViolationBadLine)
+			s.cfg.Observer.Violation(ViolationBadLine)
 			s.refusal("command refused: bare CR, LF or NUL", zap.ByteString("line", clipBytes(line.Raw)))
 			if !s.answer(ftp.Command{}, "500 Command refused: it must end with CRLF and contain no other CR, LF or NUL.\r\n") {
 				return
@@ -58,7 +58,7 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 
 	switch {
 	case s.epsvAll.Load() && (cmd.Active() || cmd.Kind == ftp.KindPASV || cmd.Kind == ftp.KindLPSV):
-		s.srv.cfg.Observer.Violation(ViolationAfterEPSVAll)
+		s.cfg.Observer.Violation(ViolationAfterEPSVAll)
 		s.refusal(MsgEPSVAllRefused, zap.String("verb", cmd.Verb))
 		return s.answer(cmd, fmt.Sprintf("501 %s not allowed after EPSV ALL.\r\n", cmd.Verb))
 	case cmd.Active():
@@ -69,10 +69,10 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 		send, local := s.passiveUpstream(cmd)
 		switch {
 		case local != "":
-			s.srv.cfg.Observer.Translated(TranslationLocalAnswer)
+			s.cfg.Observer.Translated(TranslationLocalAnswer)
 			return s.answer(cmd, local)
 		case send != "":
-			s.srv.cfg.Observer.Translated(translationTo(send))
+			s.cfg.Observer.Translated(translationTo(send))
 			s.log.Info(MsgTranslated, zap.String("client", cmd.String()), zap.String("server", send))
 			out := append(append([]byte(nil), line.Telnet...), send+"\r\n"...)
 			return s.forward(&exchange{cmd: cmd, sent: send}, out, -1, true)
@@ -85,7 +85,7 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 		s.dropOffer(nil)
 		if s.noEPSV.Load() {
 			// Never sent to a server without EPSV: the proxy honours it.
-			s.srv.cfg.Observer.Translated(TranslationEPSVAll)
+			s.cfg.Observer.Translated(TranslationEPSVAll)
 			return s.answer(cmd, "200 EPSV ALL command successful.\r\n")
 		}
 		return s.forward(&exchange{cmd: cmd}, line.Raw, line.Urgent, false)

@@ -86,7 +86,7 @@ func (s *Session) openOffer(sp offerSpec) (*dataOffer, error) {
 		}
 		s.log.Warn("kernel data path failed for this data connection, using splice", zap.Error(err))
 	}
-	ln, local, err := s.srv.ports.Listen(sp.listenIP)
+	ln, local, err := s.ports.Listen(sp.listenIP)
 	if err != nil {
 		return nil, err
 	}
@@ -95,9 +95,9 @@ func (s *Session) openOffer(sp offerSpec) (*dataOffer, error) {
 	o.ln = ln
 	passive, target := sp.passive, sp.target
 	o.pinhole = rules.Pinhole{Proto: rules.ProtoTCP, Peer: o.peer, Local: local,
-		Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
+		Lifetime: s.cfg.DataAcceptTimeout, Session: s.id}
 	ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
-	err = s.srv.cfg.Firewall.Open(ctx, o.pinhole)
+	err = s.cfg.Firewall.Open(ctx, o.pinhole)
 	cancel()
 	if err != nil {
 		ln.Close()
@@ -114,7 +114,7 @@ func (s *Session) openOffer(sp offerSpec) (*dataOffer, error) {
 func (o *dataOffer) accept() {
 	s := o.s
 	defer s.data.Done()
-	o.ln.SetDeadline(time.Now().Add(s.srv.cfg.DataAcceptTimeout))
+	o.ln.SetDeadline(time.Now().Add(s.cfg.DataAcceptTimeout))
 	for {
 		c, err := o.ln.AcceptTCP()
 		if err != nil {
@@ -157,7 +157,7 @@ func (o *dataOffer) close() {
 		o.ln.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
 		defer cancel()
-		if err := o.s.srv.cfg.Firewall.Close(ctx, o.pinhole); err != nil {
+		if err := o.s.cfg.Firewall.Close(ctx, o.pinhole); err != nil {
 			o.s.log.Warn(MsgPinholeFailed, zap.Stringer("pinhole", o.pinhole), zap.Error(err))
 		}
 	})
@@ -174,7 +174,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	s.track(t, true)
 	defer s.track(t, false)
 
-	out, err := s.srv.dial(s.srv.dataCtx, o.from, 0, o.target.String())
+	out, err := s.dial(s.srv.dataCtx, o.from, 0, o.target.String())
 	o.settle()
 	if err != nil {
 		o.diagnoseDial(err)
@@ -191,7 +191,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	}
 	s.log.Info(MsgDataConnected, zap.String("mode", t.mode),
 		zap.Stringer("client_data", client.RemoteAddr()), zap.Stringer("server_data", server.RemoteAddr()))
-	stop := t.watchIdle(s.srv.cfg.DataIdleTimeout)
+	stop := t.watchIdle(s.cfg.DataIdleTimeout)
 	toServer, toClient, err := splice(client, server)
 	stop()
 	t.end(toServer, toClient, err)

@@ -36,13 +36,13 @@ func (o *dataOffer) mode() string {
 // outcome counts how the offer ended, once.
 func (o *dataOffer) outcome(outcome string) {
 	if o.ended.CompareAndSwap(false, true) {
-		o.s.srv.cfg.Observer.DataConnection(o.mode(), o.path(), outcome)
+		o.s.cfg.Observer.DataConnection(o.mode(), o.path(), outcome)
 	}
 }
 
 // portsText names the data-port range for advice.
 func (o *dataOffer) portsText() string {
-	if r := o.s.srv.cfg.DataPorts; r.Size() > 0 {
+	if r := o.s.cfg.DataPorts; r.Size() > 0 {
 		return "TCP " + r.String()
 	}
 	return fmt.Sprintf("TCP port %d", o.shown.Port())
@@ -52,7 +52,7 @@ func (o *dataOffer) portsText() string {
 func (o *dataOffer) diagnoseTimeout() {
 	s := o.s
 	o.outcome(OutcomeTimeout)
-	wait := s.srv.cfg.DataAcceptTimeout
+	wait := s.cfg.DataAcceptTimeout
 	fields := []zap.Field{zap.String("mode", o.mode()), zap.String("path", o.path()),
 		zap.Stringer("from", o.peer), zap.Stringer("to", o.shown), zap.Duration("waited", wait)}
 	var why string
@@ -60,7 +60,7 @@ func (o *dataOffer) diagnoseTimeout() {
 		fields = append(fields, zap.String("expected", "client"), zap.Stringer("server_announced", o.announced))
 		why = fmt.Sprintf("no SYN from %s reached %s within %s: a firewall between the client and ftpalg probably blocks %s, "+
 			"or the client dialled another address", o.peer, o.shown, wait, o.portsText())
-		if s.srv.cfg.Firewall.Name() == "none" {
+		if s.cfg.Firewall.Name() == "none" {
 			why += " (ftpalg opens no pinholes here, --firewall none: the data ports must be open in the host's firewall)"
 		}
 	} else {
@@ -74,7 +74,7 @@ func (o *dataOffer) diagnoseTimeout() {
 // diagnoseForeign explains a refused connection from the wrong address.
 func (o *dataOffer) diagnoseForeign(from netip.AddrPort) {
 	s := o.s
-	s.srv.cfg.Observer.DataConnection(o.mode(), o.path(), OutcomeForeign)
+	s.cfg.Observer.DataConnection(o.mode(), o.path(), OutcomeForeign)
 	who := "client"
 	if !o.passive {
 		who = "server"
@@ -95,7 +95,7 @@ func (o *dataOffer) diagnoseDial(err error) {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		how = "was refused"
 	case errors.As(err, &ne) && ne.Timeout():
-		how = fmt.Sprintf("timed out after %s", s.srv.cfg.ConnectTimeout)
+		how = fmt.Sprintf("timed out after %s", s.cfg.ConnectTimeout)
 	}
 	var why string
 	if o.passive {

@@ -31,11 +31,11 @@ import (
 // for target, goes through the kernel. The first time it does not in a
 // session that could use it, it logs why.
 func (s *Session) kernelPath(announceIP, peer netip.Addr, target netip.AddrPort) bool {
-	if s.srv.cfg.DataPath == nil {
+	if s.cfg.DataPath == nil {
 		return false
 	}
 	// The port is not chosen yet; any will do for the question.
-	err := s.srv.cfg.DataPath.Supports(rules.Mapping{Peer: peer, Announced: netip.AddrPortFrom(announceIP, 1), Target: target})
+	err := s.cfg.DataPath.Supports(rules.Mapping{Peer: peer, Announced: netip.AddrPortFrom(announceIP, 1), Target: target})
 	if err == nil {
 		return true
 	}
@@ -47,30 +47,30 @@ func (s *Session) kernelPath(announceIP, peer netip.Addr, target netip.AddrPort)
 
 // openKernelOffer reserves a port on sp.listenIP and maps it in the kernel.
 func (s *Session) openKernelOffer(sp offerSpec) (*dataOffer, error) {
-	ap, release, err := s.srv.ports.Reserve(sp.listenIP)
+	ap, release, err := s.ports.Reserve(sp.listenIP)
 	if err != nil {
 		return nil, err
 	}
 	o := s.newOffer(sp, ap)
 	o.release, o.closed = release, make(chan struct{})
 	passive, peer, target := sp.passive, o.peer, sp.target
-	m := rules.Mapping{Peer: peer, Announced: ap, Target: target, Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
+	m := rules.Mapping{Peer: peer, Announced: ap, Target: target, Lifetime: s.cfg.DataAcceptTimeout, Session: s.id}
 	if sp.from.Unmap() != peer {
 		m.Source = sp.from
 	}
 	// The forward path's filter sees the connection after DNAT: from the
 	// peer to the target.
 	o.pinhole = rules.Pinhole{Proto: rules.ProtoTCP, Peer: peer, Local: target, Forward: true,
-		Lifetime: s.srv.cfg.DataAcceptTimeout, Session: s.id}
+		Lifetime: s.cfg.DataAcceptTimeout, Session: s.id}
 	ctx, cancel := context.WithTimeout(context.Background(), firewallTimeout)
 	defer cancel()
-	if err := s.srv.cfg.Firewall.Open(ctx, o.pinhole); err != nil {
+	if err := s.cfg.Firewall.Open(ctx, o.pinhole); err != nil {
 		release()
 		return nil, err
 	}
-	fwd, err := s.srv.cfg.DataPath.Map(ctx, m)
+	fwd, err := s.cfg.DataPath.Map(ctx, m)
 	if err != nil {
-		s.srv.cfg.Firewall.Close(ctx, o.pinhole)
+		s.cfg.Firewall.Close(ctx, o.pinhole)
 		release()
 		return nil, fmt.Errorf("map %s: %w", m, err)
 	}
@@ -99,7 +99,7 @@ func (s *Session) syncKernel(code int) {
 	if o == nil {
 		return
 	}
-	t := time.NewTimer(s.srv.cfg.ConnectTimeout)
+	t := time.NewTimer(s.cfg.ConnectTimeout)
 	defer t.Stop()
 	if code/100 == 2 {
 		select {
@@ -130,7 +130,7 @@ func (s *Session) syncKernel(code int) {
 func (o *dataOffer) awaitKernel() {
 	s := o.s
 	defer s.data.Done()
-	t := time.NewTimer(s.srv.cfg.DataAcceptTimeout)
+	t := time.NewTimer(s.cfg.DataAcceptTimeout)
 	defer t.Stop()
 	select {
 	case <-o.fwd.Used():
@@ -156,7 +156,7 @@ func (o *dataOffer) closeKernel() {
 	if err := o.fwd.Close(ctx); err != nil {
 		o.s.log.Warn("removing the kernel mapping failed", zap.Error(err))
 	}
-	if err := o.s.srv.cfg.Firewall.Close(ctx, o.pinhole); err != nil {
+	if err := o.s.cfg.Firewall.Close(ctx, o.pinhole); err != nil {
 		o.s.log.Warn(MsgPinholeFailed, zap.Stringer("pinhole", o.pinhole), zap.Error(err))
 	}
 	o.release()

@@ -88,10 +88,10 @@ func keepAliveConfig(period time.Duration) net.KeepAliveConfig {
 		Interval: min(keepAliveInterval, max(period/4, time.Second)), Count: keepAliveProbes}
 }
 
-// setKeepAlive applies the server's keepalive to c, when it is TCP.
-func (s *Server) setKeepAlive(c net.Conn) {
+// setKeepAlive applies the keepalive period to c, when it is TCP.
+func setKeepAlive(c net.Conn, period time.Duration) {
 	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetKeepAliveConfig(keepAliveConfig(s.cfg.KeepAlive))
+		tc.SetKeepAliveConfig(keepAliveConfig(period))
 	}
 }
 

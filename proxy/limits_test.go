@@ -14,6 +14,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ftpalg/ftpalg/internal/ftpd"
 )
 
 // expectRefused reads one reply from c, which must be a 421 containing
@@ -344,5 +346,43 @@ func TestKeepAliveConfig(t *testing.T) {
 	}
 	if len(seen) < 100 {
 		t.Errorf("only %d different idle times in 1000: no jitter", len(seen))
+	}
+}
+
+// TestReconfigure: a new configuration applies to sessions admitted after
+// it, running sessions keep theirs, and an invalid one is refused.
+func TestReconfigure(t *testing.T) {
+	a := startMiniServer(t, "\r\n", nil)
+	b, err := ftpd.Start(ftpd.Options{Dir: servedDir, Listen: "127.0.0.1:0", Banner: "second server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	e := startProxy(t, a.ln.Addr().String(), time.Second)
+	old := dialCtl(t, e.addr, "")
+	if msg := old.expect(t, 220); !strings.Contains(msg, "lf-only server") {
+		t.Fatalf("first greeting %q, want the first upstream's", msg)
+	}
+	cfg := e.cfg
+	cfg.Upstream = b.Addr()
+	cfg.MaxSessions = 3
+	if err := e.srv.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	bad := cfg
+	bad.Upstream = ""
+	if err := e.srv.Reconfigure(bad); err == nil {
+		t.Fatal("a configuration without upstream was accepted")
+	}
+	nw := dialCtl(t, e.addr, "")
+	if msg := nw.expect(t, 220); !strings.Contains(msg, "second server") {
+		t.Errorf("a session after the reload greeted with %q, want the new upstream's", msg)
+	}
+	// The old session still talks to the old server.
+	old.cmd(t, 331, "USER a")
+	old.cmd(t, 230, "PASS b")
+	old.cmd(t, 200, "NOOP")
+	if got := e.srv.settings().cfg.MaxSessions; got != 3 {
+		t.Errorf("MaxSessions %d after the reload, want 3", got)
 	}
 }

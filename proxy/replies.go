@@ -19,7 +19,7 @@ func (s *Session) replyPump() {
 	rr := ftp.NewReplyReader(ftp.NewLearningReplyScanner(s.server))
 	// A server that accepts but never greets (an overflowing accept queue,
 	// a hung process) must not hold the client for the idle timeout.
-	s.server.SetReadDeadline(time.Now().Add(s.srv.cfg.ConnectTimeout))
+	s.server.SetReadDeadline(time.Now().Add(s.cfg.ConnectTimeout))
 	greeted := false
 	for {
 		// A client that does not read must not make the proxy buffer
@@ -59,11 +59,11 @@ func (s *Session) replyError(r *ftp.Reply, err error, greeted bool) {
 	switch {
 	case s.closing():
 	case !greeted && errors.As(err, &ne) && ne.Timeout():
-		s.srv.cfg.Observer.SessionRefused(RefusedGreeting)
-		s.log.Warn("server sent no greeting", zap.Duration("timeout", s.srv.cfg.ConnectTimeout))
+		s.cfg.Observer.SessionRefused(RefusedGreeting)
+		s.log.Warn("server sent no greeting", zap.Duration("timeout", s.cfg.ConnectTimeout))
 		s.end(endServerError, "421 Service not available: the FTP server did not answer.\r\n")
 	case errors.Is(err, ftp.ErrLineTooLong):
-		s.srv.cfg.Observer.Violation(ViolationLongLine)
+		s.cfg.Observer.Violation(ViolationLongLine)
 		s.log.Warn("reply line too long, closing session", zap.Int("limit", ftp.MaxLine))
 		s.end(endProtocol, "421 The server sent a reply line over 8192 bytes, closing control connection.\r\n")
 	case isEOF(err):
@@ -114,13 +114,13 @@ func (s *Session) awaitActiveData(r *ftp.Reply) {
 	if x := s.corr.awaiting(); x == nil || !ftp.TransferVerb(x.cmd.Verb) {
 		return
 	}
-	t := time.NewTimer(s.srv.cfg.ConnectTimeout)
+	t := time.NewTimer(s.cfg.ConnectTimeout)
 	defer t.Stop()
 	select {
 	case <-o.settled:
 	case <-t.C:
 		s.log.Warn("relaying the transfer's reply before the client's data connection is made",
-			zap.Int("code", r.Code), zap.Duration("waited", s.srv.cfg.ConnectTimeout))
+			zap.Int("code", r.Code), zap.Duration("waited", s.cfg.ConnectTimeout))
 	case <-s.done:
 	}
 }
@@ -160,7 +160,7 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		// the proxy honours EPSV ALL itself, and a port the server opened
 		// is offered to no one. Any other 2xx (pyftpdlib says 220) is the
 		// server's acceptance and goes on as it is.
-		s.srv.cfg.Observer.Translated(TranslationEPSVAll)
+		s.cfg.Observer.Translated(TranslationEPSVAll)
 		s.log.Info(MsgEPSVAllHonoured, zap.Int("code", r.Code))
 		s.reply(x, "200 EPSV ALL command successful.\r\n")
 	case x.cmd.Verb == "FEAT":

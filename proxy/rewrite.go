@@ -29,14 +29,14 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		err = errors.New("malformed reply line")
 	}
 	if err != nil {
-		s.srv.cfg.Observer.Violation(ViolationBadPassive)
+		s.cfg.Observer.Violation(ViolationBadPassive)
 		s.refusal("passive reply not understood, answering 425", zap.Int("code", r.Code),
 			zap.ByteString("reply", clipBytes(r.Raw())), zap.Error(err))
 		s.corr.emit(x, chunk{b: append(r.Telnet(), "425 Can't open data connection: the server's passive-mode reply could not be parsed.\r\n"...), changed: true}, true)
 		return
 	}
 	if err := ftp.CheckPassive(ap); err != nil {
-		s.srv.cfg.Observer.Violation(ViolationPrivilegedPort)
+		s.cfg.Observer.Violation(ViolationPrivilegedPort)
 		s.refusal("passive reply refused: the server announced a privileged port", zap.Int("code", r.Code),
 			zap.Uint16("port", ap.Port()), zap.Error(err))
 		s.reply(x, "425 Can't open data connection: the server announced a port below 1024.\r\n")
@@ -71,7 +71,7 @@ func (s *Session) passiveReply(x *exchange, r *ftp.Reply) {
 		text = ftp.FormatPASV(shown)
 	}
 	out := fmt.Appendf(r.Telnet(), "%d %s\r\n", code, text)
-	s.srv.cfg.Observer.Rewritten(strings.ToLower(x.cmd.Verb))
+	s.cfg.Observer.Rewritten(strings.ToLower(x.cmd.Verb))
 	s.log.Info(MsgPassiveRewrite, zap.String("request", x.cmd.Verb),
 		zap.ByteString("server_reply", bytes.TrimRight(r.Lines[len(r.Lines)-1].Text, " ")),
 		zap.Stringer("server_data", target), zap.String("client_reply", fmt.Sprintf("%d %s", code, text)),
@@ -88,7 +88,7 @@ func (s *Session) passiveTarget(ap netip.AddrPort) netip.AddrPort {
 	if !announced.IsValid() || announced == ctl {
 		return netip.AddrPortFrom(ctl, ap.Port())
 	}
-	if s.srv.cfg.TrustPASVAddress && !announced.IsUnspecified() && !announced.IsMulticast() {
+	if s.cfg.TrustPASVAddress && !announced.IsUnspecified() && !announced.IsMulticast() {
 		return netip.AddrPortFrom(announced, ap.Port())
 	}
 	s.log.Info("server announced another address, using its control address", zap.Stringer("announced", announced),
@@ -102,13 +102,13 @@ func (s *Session) passiveTarget(ap netip.AddrPort) netip.AddrPort {
 // the address the proxy listens on for it.
 func (s *Session) advertised() (adv, listen netip.Addr) {
 	listen = s.clientSide.Addr()
-	if s.srv.cfg.Transparent {
+	if s.cfg.Transparent {
 		// Listen on the server's own address: the client is told that
 		// address, and clients that use the control connection's address
 		// instead (curl, ftplib, FileZilla) land there too.
 		listen = s.serverAddr.Addr()
 	}
-	return nat.Advertised(s.srv.cfg.Advertise, listen), listen
+	return nat.Advertised(s.cfg.Advertise, listen), listen
 }
 
 // active validates and rewrites PORT, EPRT and LPRT: the proxy listens on
@@ -117,7 +117,7 @@ func (s *Session) advertised() (adv, listen netip.Addr) {
 func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	announced, err := ftp.ParseActive(cmd)
 	if err != nil {
-		s.srv.cfg.Observer.Violation(ViolationBadArgument)
+		s.cfg.Observer.Violation(ViolationBadArgument)
 		s.refusal("active-mode command refused", zap.Stringer("cmd", cmd), zap.Error(err))
 		if errors.Is(err, ftp.ErrFamily) {
 			return s.answer(cmd, "522 Network protocol not supported, use (1,2).\r\n")
@@ -126,9 +126,9 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	}
 	if err := ftp.CheckActive(announced, s.clientAddr.Addr()); err != nil {
 		if errors.Is(err, ftp.ErrPrivilegedPort) {
-			s.srv.cfg.Observer.Violation(ViolationPrivilegedPort)
+			s.cfg.Observer.Violation(ViolationPrivilegedPort)
 		} else {
-			s.srv.cfg.Observer.Violation(ViolationBounce)
+			s.cfg.Observer.Violation(ViolationBounce)
 		}
 		s.refusal("active-mode address refused (RFC 2577)", zap.Stringer("cmd", cmd), zap.Error(err))
 		return s.answer(cmd, fmt.Sprintf("504 %s refused: data connections go only to your own address and a port above 1023.\r\n", cmd.Verb))
@@ -145,9 +145,9 @@ func (s *Session) active(line ftp.Line, cmd ftp.Command) bool {
 	}
 	s.setActiveOffer(o)
 	verb, arg := s.activeVerb(cmd.Kind, o.local)
-	s.srv.cfg.Observer.Rewritten(strings.ToLower(cmd.Verb))
+	s.cfg.Observer.Rewritten(strings.ToLower(cmd.Verb))
 	if verb != cmd.Verb {
-		s.srv.cfg.Observer.Translated(translationTo(verb))
+		s.cfg.Observer.Translated(translationTo(verb))
 	}
 	out := make([]byte, 0, len(line.Telnet)+len(verb)+len(arg)+3)
 	out = append(out, line.Telnet...)

@@ -132,9 +132,8 @@ type TraceEvent struct {
 // Server accepts FTP control connections and relays each to the upstream
 // server as a Session.
 type Server struct {
-	cfg   Config
-	log   *zap.Logger
-	ports *nat.Ports
+	set atomic.Pointer[settings] // the configuration new sessions get
+	log *zap.Logger
 
 	nextID atomic.Uint64
 	// serving: Serve is accepting; draining: it has stopped and waits
@@ -152,8 +151,51 @@ type Server struct {
 	idle     chan struct{} // closed when the last session ends during drain
 }
 
+// settings is one configuration of a Server, with what is built from it;
+// never changed once made (Reconfigure makes a new one).
+type settings struct {
+	cfg   Config
+	ports *nat.Ports
+}
+
+// settings returns the configuration for a session starting now.
+func (s *Server) settings() *settings { return s.set.Load() }
+
 // NewServer checks cfg and returns a Server.
 func NewServer(cfg Config) (*Server, error) {
+	set, err := newSettings(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		log:      set.cfg.Logger,
+		sessions: map[*Session]struct{}{},
+		perIP:    map[netip.Addr]int{},
+	}
+	s.set.Store(set)
+	s.dataCtx, s.dataCancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Reconfigure makes cfg the configuration of the sessions admitted from
+// now on (a configuration reload); running sessions keep theirs to their
+// end. An invalid cfg is refused and the current one stays.
+func (s *Server) Reconfigure(cfg Config) error {
+	set, err := newSettings(cfg)
+	if err != nil {
+		return err
+	}
+	if old := s.settings(); old.cfg.DataPorts == set.cfg.DataPorts && old.cfg.Transparent == set.cfg.Transparent {
+		// The same range: keep the allocator, which knows the ports
+		// reserved for the kernel path by running sessions.
+		set.ports = old.ports
+	}
+	s.set.Store(set)
+	return nil
+}
+
+// newSettings checks cfg and fills in the defaults.
+func newSettings(cfg Config) (*settings, error) {
 	switch {
 	case cfg.Director == nil && cfg.Upstream == "":
 		return nil, errors.New("proxy: no upstream server")
@@ -192,16 +234,9 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg.Observer = nopObserver{}
 	}
 	fitSessions(&cfg, fileLimit(), cfg.Logger)
-	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		ports:    nat.NewPorts(cfg.DataPorts),
-		sessions: map[*Session]struct{}{},
-		perIP:    map[netip.Addr]int{},
-	}
-	s.ports.Transparent = cfg.Transparent
-	s.dataCtx, s.dataCancel = context.WithCancel(context.Background())
-	return s, nil
+	ports := nat.NewPorts(cfg.DataPorts)
+	ports.Transparent = cfg.Transparent
+	return &settings{cfg: cfg, ports: ports}, nil
 }
 
 // Serve accepts connections on ln until ctx is cancelled, then stops
@@ -210,8 +245,9 @@ func NewServer(cfg Config) (*Server, error) {
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	upstream := s.cfg.Upstream
-	if s.cfg.Director != nil {
+	cfg := &s.settings().cfg
+	upstream := cfg.Upstream
+	if cfg.Director != nil {
 		upstream = "(original destination)"
 	}
 	var addrs []string
@@ -219,7 +255,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		addrs = append(addrs, a.String())
 	}
 	s.log.Info("listening", zap.Strings("addr", addrs), zap.String("upstream", upstream),
-		zap.Stringer("data_ports", s.cfg.DataPorts), zap.String("firewall", s.cfg.Firewall.Name()))
+		zap.Stringer("data_ports", cfg.DataPorts), zap.String("firewall", cfg.Firewall.Name()))
 	var err error
 	var backoff time.Duration
 	s.serving.Store(true)
@@ -275,26 +311,27 @@ func (s *Server) Ready() error {
 func (s *Server) admit(c net.Conn) {
 	peer := nat.AddrPortOf(c.RemoteAddr())
 	s.mu.Lock()
+	cfg := &s.settings().cfg
 	var refuse, limit, reason string
 	var n int
 	switch {
-	case s.cfg.MaxSessions > 0 && len(s.sessions) >= s.cfg.MaxSessions:
-		limit, n, reason = "max-sessions", s.cfg.MaxSessions, RefusedLimit
+	case cfg.MaxSessions > 0 && len(s.sessions) >= cfg.MaxSessions:
+		limit, n, reason = "max-sessions", cfg.MaxSessions, RefusedLimit
 		refuse = fmt.Sprintf("421 Too many sessions (limit %d), try again later.\r\n", n)
-	case s.cfg.MaxSessionsPerIP > 0 && s.perIP[peer.Addr()] >= s.cfg.MaxSessionsPerIP:
-		limit, n, reason = "max-sessions-per-ip", s.cfg.MaxSessionsPerIP, RefusedPerIP
+	case cfg.MaxSessionsPerIP > 0 && s.perIP[peer.Addr()] >= cfg.MaxSessionsPerIP:
+		limit, n, reason = "max-sessions-per-ip", cfg.MaxSessionsPerIP, RefusedPerIP
 		refuse = fmt.Sprintf("421 Too many sessions from %s (limit %d), try again later.\r\n", peer.Addr(), n)
 	}
 	if refuse != "" {
 		s.mu.Unlock()
-		s.cfg.Observer.SessionRefused(reason)
+		cfg.Observer.SessionRefused(reason)
 		s.log.Warn(MsgSessionRefused, zap.Stringer("client", peer), zap.String("limit", limit), zap.Int("value", n))
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		c.Write([]byte(refuse))
 		c.Close()
 		return
 	}
-	s.setKeepAlive(c)
+	setKeepAlive(c, cfg.KeepAlive)
 	sess := newSession(s, s.nextID.Add(1), c, peer)
 	s.sessions[sess] = struct{}{}
 	s.perIP[peer.Addr()]++
@@ -306,9 +343,9 @@ func (s *Server) admit(c net.Conn) {
 // runSession owns sess until it ends.
 func (s *Server) runSession(sess *Session) {
 	defer s.wg.Done()
-	s.cfg.Observer.SessionStarted()
+	sess.cfg.Observer.SessionStarted()
 	sess.run()
-	s.cfg.Observer.SessionEnded(sess.reason().label())
+	sess.cfg.Observer.SessionEnded(sess.reason().label())
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	if s.perIP[sess.clientAddr.Addr()]--; s.perIP[sess.clientAddr.Addr()] <= 0 {
@@ -370,7 +407,7 @@ func (s *Server) Sessions() int {
 // client's address and port would repeat that connection's 4-tuple, and
 // conntrack would take the SYN for the intercepted connection and redirect
 // it to the proxy again.
-func (s *Server) dial(ctx context.Context, from netip.Addr, avoid uint16, to string) (*net.TCPConn, error) {
+func (s *Session) dial(ctx context.Context, from netip.Addr, avoid uint16, to string) (*net.TCPConn, error) {
 	if s.cfg.Transparent && from.IsValid() {
 		ap, err := netip.ParseAddrPort(to)
 		if err != nil {
@@ -378,7 +415,7 @@ func (s *Server) dial(ctx context.Context, from netip.Addr, avoid uint16, to str
 		}
 		c, err := nat.DialTransparentAvoiding(ctx, from, avoid, ap, s.cfg.ConnectTimeout)
 		if err == nil {
-			s.setKeepAlive(c)
+			setKeepAlive(c, s.cfg.KeepAlive)
 		}
 		return c, err
 	}

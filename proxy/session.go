@@ -68,7 +68,11 @@ func (r endReason) String() string {
 // Session relays one client's control connection to the server and brokers
 // its data connections. See doc.go for its goroutines and its lock.
 type Session struct {
-	srv     *Server
+	srv *Server
+	// cfg and ports are the server's configuration when the session
+	// began: a reload (Server.Reconfigure) applies to later sessions.
+	cfg     *Config
+	ports   *nat.Ports
 	id      uint64
 	started time.Time
 
@@ -126,8 +130,11 @@ type Session struct {
 }
 
 func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *Session {
+	set := srv.settings()
 	s := &Session{
 		srv:        srv,
+		cfg:        &set.cfg,
+		ports:      set.ports,
 		id:         id,
 		started:    time.Now(),
 		client:     wrapControl(client),
@@ -140,7 +147,7 @@ func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *S
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.done = s.ctx.Done()
-	s.log = srv.log.With(zap.Uint64("session", id), zap.Stringer("client", peer))
+	s.log = set.cfg.Logger.With(zap.Uint64("session", id), zap.Stringer("client", peer))
 	return s
 }
 
@@ -161,8 +168,8 @@ func (s *Session) run() {
 		defer close(torn)
 		s.teardown()
 	})
-	s.idle = newIdleWatch(s.srv.cfg.IdleTimeout, s.idleTimeout)
-	if d := s.srv.cfg.LoginTimeout; d > 0 {
+	s.idle = newIdleWatch(s.cfg.IdleTimeout, s.idleTimeout)
+	if d := s.cfg.LoginTimeout; d > 0 {
 		s.login = time.AfterFunc(d, s.loginTimeout)
 	}
 	s.corr.add(&exchange{cmd: ftp.Command{Verb: "(greeting)"}}, s.done) // the queue is empty: never waits
@@ -184,11 +191,11 @@ func (s *Session) run() {
 // dialServer connects to the server. On failure the client has been told
 // why (the writer is not running yet, so it writes directly).
 func (s *Session) dialServer() bool {
-	upstream := s.srv.cfg.Upstream
-	if dir := s.srv.cfg.Director; dir != nil {
+	upstream := s.cfg.Upstream
+	if dir := s.cfg.Director; dir != nil {
 		ap, err := dir(s.rawClient)
 		if err != nil {
-			s.srv.cfg.Observer.SessionRefused(RefusedNoServer)
+			s.cfg.Observer.SessionRefused(RefusedNoServer)
 			s.log.Warn("no server for this connection", zap.Error(err))
 			s.refuse("421 Service not available: no FTP server for this connection.\r\n")
 			return false
@@ -196,11 +203,11 @@ func (s *Session) dialServer() bool {
 		upstream = ap.String()
 	}
 	var from netip.Addr
-	if s.srv.cfg.UpstreamSourceClient {
+	if s.cfg.UpstreamSourceClient {
 		from = s.clientAddr.Addr()
 	}
 	dialStart := time.Now()
-	c, err := s.srv.dial(s.ctx, from, s.clientAddr.Port(), upstream)
+	c, err := s.dial(s.ctx, from, s.clientAddr.Port(), upstream)
 	if err != nil {
 		if s.ctx.Err() != nil { // ended while connecting (shutdown)
 			if b := s.corr.takeGoodbye(); b != nil {
@@ -209,20 +216,20 @@ func (s *Session) dialServer() bool {
 			return false
 		}
 		if outOfResources(err) {
-			s.srv.cfg.Observer.SessionRefused(RefusedResources)
+			s.cfg.Observer.SessionRefused(RefusedResources)
 			// The server is fine: the proxy has no descriptor (or
 			// buffer) left to reach it.
 			s.log.Warn("out of file descriptors or memory: cannot connect to the server", zap.String("upstream", upstream),
-				zap.Error(err), zap.Uint64("rlimit_nofile", fileLimit()), zap.Int("max_sessions", s.srv.cfg.MaxSessions))
+				zap.Error(err), zap.Uint64("rlimit_nofile", fileLimit()), zap.Int("max_sessions", s.cfg.MaxSessions))
 			s.refuse("421 Too many connections: the proxy is out of resources, try again later.\r\n")
 			return false
 		}
-		s.srv.cfg.Observer.SessionRefused(RefusedUpstream)
+		s.cfg.Observer.SessionRefused(RefusedUpstream)
 		s.log.Warn(MsgUpstreamDown, zap.String("upstream", upstream), zap.Error(err))
 		s.refuse("421 Service not available: the FTP server cannot be reached.\r\n")
 		return false
 	}
-	s.srv.cfg.Observer.UpstreamConnected(time.Since(dialStart))
+	s.cfg.Observer.UpstreamConnected(time.Since(dialStart))
 	s.server = wrapControl(c)
 	s.serverAddr = nat.AddrPortOf(c.RemoteAddr())
 	s.serverSide = nat.AddrPortOf(c.LocalAddr())
@@ -287,8 +294,8 @@ func (s *Session) loginTimeout() {
 	if s.loggedIn.Load() {
 		return
 	}
-	s.log.Info("login timeout", zap.Duration("timeout", s.srv.cfg.LoginTimeout))
-	s.end(endLoginTimeout, "421 Login timeout: not logged in within "+s.srv.cfg.LoginTimeout.String()+", closing control connection.\r\n")
+	s.log.Info("login timeout", zap.Duration("timeout", s.cfg.LoginTimeout))
+	s.end(endLoginTimeout, "421 Login timeout: not logged in within "+s.cfg.LoginTimeout.String()+", closing control connection.\r\n")
 }
 
 // loginDone records a successful login (or a control channel turned
@@ -305,12 +312,12 @@ func (s *Session) stopLoginTimer() {
 }
 
 func (s *Session) idleTimeout() {
-	s.log.Info("idle timeout", zap.Duration("timeout", s.srv.cfg.IdleTimeout))
-	s.end(endIdle, "421 Timeout: no activity for "+s.srv.cfg.IdleTimeout.String()+", closing control connection.\r\n")
+	s.log.Info("idle timeout", zap.Duration("timeout", s.cfg.IdleTimeout))
+	s.end(endIdle, "421 Timeout: no activity for "+s.cfg.IdleTimeout.String()+", closing control connection.\r\n")
 }
 
 func (s *Session) trace(dir Direction, line []byte, changed bool) {
-	if s.srv.cfg.Trace == nil {
+	if s.cfg.Trace == nil {
 		return
 	}
 	text := strings.TrimRight(string(line), "\r\n")
@@ -319,7 +326,7 @@ func (s *Session) trace(dir Direction, line []byte, changed bool) {
 			text = c.String()
 		}
 	}
-	s.srv.cfg.Trace(TraceEvent{Session: s.id, Dir: dir, Line: text, Changed: changed})
+	s.cfg.Trace(TraceEvent{Session: s.id, Dir: dir, Line: text, Changed: changed})
 }
 
 func (s *Session) closing() bool {

@@ -198,8 +198,8 @@ func (t *transfer) report(msg string, extra ...zap.Field) {
 	}
 	t.mu.Unlock()
 	fields = append(fields, extra...)
-	t.s.srv.cfg.Observer.DataConnection(t.mode, path, transferOutcome[msg])
-	t.s.srv.cfg.Observer.Transfer(path, t.toClient, t.toServer, t.took)
+	t.s.cfg.Observer.DataConnection(t.mode, path, transferOutcome[msg])
+	t.s.cfg.Observer.Transfer(path, t.toClient, t.toServer, t.took)
 	if msg == MsgTransferFinished {
 		t.s.log.Info(msg, fields...)
 	} else {

@@ -102,7 +102,7 @@ func (s *Session) passiveFallback(x *exchange, r *ftp.Reply) bool {
 	if !s.sendInternal(x, "PASV", []byte("PASV\r\n")) {
 		return false
 	}
-	s.srv.cfg.Observer.Translated(TranslationToPASV)
+	s.cfg.Observer.Translated(TranslationToPASV)
 	if sent == "EPSV" {
 		s.noEPSV.Store(true)
 	}
@@ -122,7 +122,7 @@ func (s *Session) activeFallback(x *exchange, r *ftp.Reply) bool {
 	if !s.sendInternal(x, "PORT", []byte("PORT "+arg+"\r\n")) {
 		return false
 	}
-	s.srv.cfg.Observer.Translated(TranslationToPORT)
+	s.cfg.Observer.Translated(TranslationToPORT)
 	if sent == "EPRT" {
 		s.noEPRT.Store(true)
 	}
@@ -174,7 +174,7 @@ func (s *Session) featReply(r *ftp.Reply) []byte {
 	if add == nil {
 		return raw
 	}
-	s.srv.cfg.Observer.Translated(TranslationFEAT)
+	s.cfg.Observer.Translated(TranslationFEAT)
 	s.log.Info("FEAT: adding what the proxy provides", zap.ByteString("added", bytes.TrimSpace(add)))
 	last := r.Lines[len(r.Lines)-1].Raw
 	out := append(raw[:len(raw)-len(last):len(raw)-len(last)], add...)
