@@ -176,7 +176,7 @@ func run(o *options) error {
 		var vs *nstest.Proc
 		if useVsftpd {
 			var err error
-			if vs, serverAddr, err = startVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000); err != nil {
+			if vs, serverAddr, err = benchkit.StartVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000); err != nil {
 				return err
 			}
 			res.serverName = "vsftpd (" + o.Vsftpd + ", separate process)"
