@@ -42,6 +42,60 @@ func MakeFiles(dir string, size int64) error {
 	return f.Close()
 }
 
+// Workdir makes a run's temporary directory (named ftpalg-NAME-…) and
+// the directory the server serves, dir/root, both readable by vsftpd's
+// unprivileged user. The caller removes dir.
+func Workdir(name string) (dir, root string, err error) {
+	dir, err = os.MkdirTemp("", "ftpalg-"+name+"-")
+	if err != nil {
+		return "", "", err
+	}
+	root = filepath.Join(dir, "root")
+	if err := errors.Join(os.Chmod(dir, 0o755), os.Mkdir(root, 0o755)); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, root, nil
+}
+
+// Setup is what a benchmark on loopback prepares first: RLIMIT_NOFILE
+// raised for its idle sessions (RaiseNofileFor) and its temporary
+// directory (Workdir).
+type Setup struct {
+	Dir, Root string
+	// Notes are for the program to print: a limit still too low, the
+	// directory kept.
+	Notes []string
+	keep  bool
+}
+
+// NewSetup prepares a run of the benchmark name with idle sessions; keep
+// leaves the directory in place at Close.
+func NewSetup(name string, idle int, keep bool) (*Setup, error) {
+	warn, err := RaiseNofileFor(idle)
+	if err != nil {
+		return nil, err
+	}
+	s := &Setup{keep: keep}
+	if s.Dir, s.Root, err = Workdir(name); err != nil {
+		return nil, err
+	}
+	if warn != "" {
+		s.Notes = append(s.Notes, warn)
+	}
+	if keep {
+		s.Notes = append(s.Notes, "temporary directory (kept): "+s.Dir)
+	}
+	return s, nil
+}
+
+// Close removes the directory unless it is to be kept.
+func (s *Setup) Close() {
+	if !s.keep {
+		os.RemoveAll(s.Dir)
+	}
+}
+
 // BuildProxy builds ./cmd/ftpalg of the module the current directory is
 // in into dir and returns the binary's path.
 func BuildProxy(dir string) (string, error) {

@@ -106,6 +106,20 @@ func (f *Flags) Parse() error {
 	return nil
 }
 
+// Main is a benchmark's main: parse the flags (on an error, exit status
+// 2), then run (on an error, status 1); errors are printed as "PROG: …".
+func Main[O any](prog string, parse func() (O, error), run func(O) error) {
+	o, err := parse()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+		os.Exit(1)
+	}
+}
+
 // Report prints the summary table and, with --markdown, writes the
 // Markdown that md renders to that file.
 func (f *Flags) Report(table string, md func() string) error {
