@@ -8,12 +8,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/ftpd"
 	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
 
 type churnResult struct {
 	sessions, clients int
+	server            string
 	rate              benchkit.Rate
 	before, peak      benchkit.ProcSnap
 	after             benchkit.ProcSnap
@@ -30,16 +32,25 @@ type churnResult struct {
 // half with a RETR of SmallFile.
 func (e *env) runChurn() (*churnResult, error) {
 	o := e.o
+	upstream, server := e.vsftpd, e.res.vsftpd
+	if o.churnServer == "ftpd" {
+		srv, err := ftpd.Start(ftpd.Options{Dir: e.root, Listen: "127.0.0.1:0"})
+		if err != nil {
+			return nil, err
+		}
+		defer srv.Close()
+		upstream, server = srv.Addr(), "internal/ftpd (in the benchmark process)"
+	}
 	// warn: at info each session would log six lines.
-	px, addr, err := e.proxy("proxy-churn", e.vsftpd, nil, "--log-level", "warn")
+	px, addr, err := e.proxy("proxy-churn", upstream, nil, "--log-level", "warn")
 	if err != nil {
 		return nil, err
 	}
 	defer px.Stop(stopGrace)
 	pid := px.PID()
-	res := &churnResult{sessions: o.sessions, clients: o.Clients, nofile: benchkit.NofileLimit(pid)}
-	fmt.Printf("\n== churn: %d short sessions (login, EPSV+LIST or EPSV+RETR %s, QUIT) from %d clients, proxy pid %d ==\n",
-		o.sessions, benchkit.FormatSize(benchkit.SmallSize), o.Clients, pid)
+	res := &churnResult{sessions: o.sessions, clients: o.Clients, server: server, nofile: benchkit.NofileLimit(pid)}
+	fmt.Printf("\n== churn: %d short sessions (login, EPSV+LIST or EPSV+RETR %s, QUIT) from %d clients, proxy pid %d, server %s ==\n",
+		o.sessions, benchkit.FormatSize(benchkit.SmallSize), o.Clients, pid, server)
 	time.Sleep(o.settle)
 	if res.before, err = benchkit.Snapshot(pid); err != nil {
 		return nil, err

@@ -14,14 +14,17 @@
 //     together and held for a while; how many are still alive.
 //
 // The proxy is the built ftpalg binary, a separate process with the flags
-// each scenario needs, in front of vsftpd (started here on 127.0.0.1) or,
-// for idle sessions and a server that misbehaves on cue, a small scripted
-// server inside this program. It is a measurement, not a test: nothing
-// passes or fails, but what a scenario did not expect is printed as
-// UNEXPECTED. Run it as root from the module root:
+// each scenario needs, in front of vsftpd (started here on 127.0.0.1) for
+// the faults, internal/ftpd for the churn (--churn-server vsftpd for
+// vsftpd, which forks per session and is the bottleneck on a small
+// machine), and a small scripted server inside this program for idle
+// sessions (no process and no keepalive of its own) and for a server that
+// misbehaves on cue. It is a measurement, not a test: nothing passes or
+// fails, but what a scenario did not expect is printed as UNEXPECTED. Run
+// it as root from the module root:
 //
-//	go run ./test/bench/load                      # idle, churn, faults (about 6 minutes)
-//	go run ./test/bench/load --idle 500 --sessions 2000 --garbage-conns 20 --garbage-for 3s   # smoke
+//	go run ./test/bench/load                      # idle, churn, faults (about 5 minutes)
+//	go run ./test/bench/load --idle 500 --sessions 2000 --garbage-conns 20 --garbage-for 3s   # smoke, under a minute
 //	go run ./test/bench/load --only keepalive --keepalive-hold 4m
 //
 // docs/benchmarks-load.md has the method and the figures.
@@ -37,6 +40,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
 
@@ -56,7 +60,8 @@ type options struct {
 	settle      time.Duration
 	releaseWait time.Duration
 
-	sessions int
+	sessions    int
+	churnServer string
 
 	faultSize    int64
 	readRate     int64
@@ -84,6 +89,7 @@ func parseFlags() (*options, error) {
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "idle, churn: wait before reading the proxy's figures")
 	flag.DurationVar(&o.releaseWait, "release-wait", 0, "idle: after closing, wait up to this long for the proxy's RSS to come back near the baseline (the Go runtime's forced GC comes 2 minutes after the last: 3m to see it)")
 	flag.IntVar(&o.sessions, "sessions", 100000, "churn: short sessions in all (from --clients concurrent clients)")
+	flag.StringVar(&o.churnServer, "churn-server", "ftpd", "churn: the server, ftpd (internal/ftpd in this process) or vsftpd (two processes per session: slower on a small machine)")
 	flag.StringVar(&o.faultSizeFlag, "fault-size", "64MiB", "faults: size of the file downloaded in the transfer faults")
 	flag.StringVar(&o.readRateFlag, "read-rate", "4MiB", "faults: the paced client's read rate per second (the transfer must outlast the fault)")
 	flag.StringVar(&o.faultsFlag, "faults", strings.Join(faultList, ","), "faults: which, comma-separated")
@@ -116,6 +122,9 @@ func parseFlags() (*options, error) {
 			return nil, fmt.Errorf("--faults: unknown %q (want %s)", f, strings.Join(faultList, ", "))
 		}
 	}
+	if o.churnServer != "vsftpd" && o.churnServer != "ftpd" {
+		return nil, fmt.Errorf("--churn-server %q: want vsftpd or ftpd", o.churnServer)
+	}
 	if o.idle < 1 || o.sessions < 1 || o.slowloris < 1 || o.garbageConns < 1 || o.kaSessions < 1 || o.fdLimit < 16 {
 		return nil, errors.New("--idle, --sessions, --slowloris, --garbage-conns and --keepalive-sessions must be positive, --fd-limit at least 16")
 	}
@@ -126,6 +135,7 @@ func parseFlags() (*options, error) {
 type env struct {
 	o      *options
 	dir    string // temporary directory: configs, logs
+	root   string // the served files
 	bin    string // ftpalg
 	vsftpd string // its address, "" if not started
 	// vsftpdPID is vsftpd's listening process, the parent of its
@@ -175,7 +185,7 @@ func run(o *options) error {
 		}
 		fmt.Printf("background load before starting: %.2f of %d CPUs busy (load average %s)%s\n", res.background, runtime.NumCPU(), res.facts.LoadAvg, note)
 	}
-	e := &env{o: o, dir: dir, bin: o.ProxyBin, res: res}
+	e := &env{o: o, dir: dir, root: root, bin: o.ProxyBin, res: res}
 	if e.bin == "" {
 		fmt.Println("building ./cmd/ftpalg ...")
 		if e.bin, err = benchkit.BuildProxy(dir); err != nil {
@@ -191,6 +201,8 @@ func run(o *options) error {
 		if err := benchkit.MakeFiles(root, o.faultSize); err != nil {
 			return fmt.Errorf("writing test files: %w", err)
 		}
+	}
+	if o.Only["faults"] || o.Only["churn"] && o.churnServer == "vsftpd" {
 		vs, addr, err := benchkit.StartVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000)
 		if err != nil {
 			return err
@@ -223,6 +235,12 @@ func run(o *options) error {
 // override them.
 func (e *env) proxy(name, upstream string, wrapper []string, args ...string) (*nstest.Proc, string, error) {
 	base := []string{"--firewall", "none", "--log-format", "json", "--log-level", "info", "--shutdown-grace", "1s"}
-	return benchkit.Proxy{Bin: e.bin, Dir: e.dir, Name: name, Upstream: upstream, DataPorts: e.o.ProxyData,
+	px, addr, err := benchkit.Proxy{Bin: e.bin, Dir: e.dir, Name: name, Upstream: upstream, DataPorts: e.o.ProxyData,
 		Args: append(base, args...), Wrapper: wrapper}.Start()
+	if err == nil && !slices.Contains(args, "--log-level") {
+		// The start-up check's session ends before the scenario's begin,
+		// so that the log from here on is the scenario's alone.
+		waitLog(px, 0, 2*time.Second, isMsg(proxy.MsgSessionEnded))
+	}
+	return px, addr, err
 }

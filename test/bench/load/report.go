@@ -27,6 +27,7 @@ func summary(r *results) string {
 	}
 	if c := r.churn; c != nil {
 		ok := len(c.rate.Latencies)
+		row("churn: server", c.server)
 		row(fmt.Sprintf("churn: sessions ok of %d (%d clients)", c.sessions, c.clients), fmt.Sprintf("%d, %d errors", ok, c.rate.Errors))
 		for _, k := range benchkit.TopKinds(c.rate.ErrKinds, 3) {
 			row("churn: error", fmt.Sprintf("%d × %s", c.rate.ErrKinds[k], k))
