@@ -24,6 +24,7 @@ type churnResult struct {
 	socketsBackSecs   float64
 	cpuMs             float64 // proxy CPU per session
 	warnings          int     // lines the proxy logged at warn and above
+	warned            string  // their messages
 	nofile            string
 }
 
@@ -34,7 +35,11 @@ func (e *env) runChurn() (*churnResult, error) {
 	o := e.o
 	upstream, server := e.vsftpd, e.res.vsftpd
 	if o.churnServer == "ftpd" {
-		srv, err := ftpd.Start(ftpd.Options{Dir: e.root, Listen: "127.0.0.1:0"})
+		// Passive ports out of ip_local_port_range, like vsftpd's: at
+		// hundreds of sessions a second the TIME_WAITs of loopback fill
+		// that range, and a listen on port 0 fails.
+		lo, hi, _ := benchkit.ParseRange(o.ServerPasv)
+		srv, err := ftpd.Start(ftpd.Options{Dir: e.root, Listen: "127.0.0.1:0", PassiveLo: lo, PassiveHi: hi})
 		if err != nil {
 			return nil, err
 		}
@@ -95,7 +100,8 @@ func (e *env) runChurn() (*churnResult, error) {
 	if n := res.kindsAfter["pipe"] - res.kindsBefore["pipe"]; n > 0 {
 		fmt.Printf("  the %d pipe fds more than before are Go's splice pipe cache (internal/poll keeps pipes for the next splice and closes them at a garbage collection), not sessions\n", n)
 	}
-	res.warnings = len(logSince(px, 0))
+	lines := logSince(px, 0)
+	res.warnings, res.warned = len(lines), tally(lines, func(logLine) bool { return true }, "msg")
 	if res.warnings > 0 {
 		fmt.Printf("  the proxy logged %d lines at warn level or above; last ones:\n%s\n", res.warnings, benchkit.Indent(nstest.Tail(px.Log(), 5)))
 	}

@@ -101,9 +101,14 @@ func (e *env) runIdle() (*idleResult, error) {
 		res.releaseSecs = time.Since(t0).Seconds()
 		fmt.Printf("  VmRSS %d KiB %.0f s after closing (%+d KiB over the baseline)\n", res.released, res.releaseSecs, res.released-res.before.RSS)
 	}
-	res.warnings = len(logSince(px, 0))
+	// --max-sessions is above what the proxy's descriptor check allows
+	// (it counts 8 descriptors a session, for transfers): that start-up
+	// warning is expected here.
+	lines := logSince(px, 0)
+	res.warnings = len(lines) - count(lines, hasMsg(txtNofileShort))
 	if res.warnings > 0 {
-		fmt.Printf("  UNEXPECTED: the proxy logged %d lines at warn level or above; last ones:\n%s\n", res.warnings, benchkit.Indent(nstest.Tail(px.Log(), 5)))
+		fmt.Printf("  UNEXPECTED: the proxy logged %d lines at warn level or above besides the descriptor check at start; last ones:\n%s\n",
+			res.warnings, benchkit.Indent(nstest.Tail(px.Log(), 5)))
 	}
 	return res, nil
 }

@@ -39,6 +39,9 @@ func summary(r *results) string {
 		row("churn: proxy VmRSS before/peak/after, MiB", fmt.Sprintf("%.1f/%.1f/%.1f", mib(c.before.RSS), mib(c.peak.RSS), mib(c.after.RSS)))
 		row("churn: proxy CPU ms per session", benchkit.F2(c.cpuMs))
 		row("churn: proxy log lines at warn and above", strconv.Itoa(c.warnings))
+		if c.warnings > 0 {
+			row("churn: their messages", c.warned)
+		}
 	}
 	if k := r.keepalive; k != nil {
 		row(fmt.Sprintf("keepalive: alive after %s idle (--tcp-keepalive %s)", k.hold, k.period), fmt.Sprintf("%d of %d (%d failed to open)", k.alive, k.sessions, k.failed))
@@ -64,6 +67,9 @@ func markdown(r *results, table string) string {
 	f := r.facts
 	b.WriteString(f.MarkdownHead("test/bench/load", r.vsftpd))
 	fmt.Fprintf(&b, "- background load before the run: %.2f CPUs busy, load average %s\n", r.background, f.LoadAvg)
+	for _, n := range r.notes {
+		fmt.Fprintf(&b, "- %s\n", n)
+	}
 	fmt.Fprintf(&b, "\n```\n%s```\n", table)
 	if len(r.faults) > 0 {
 		b.WriteString("\n| fault | what was done | what the client saw | what the proxy logged | when |\n|---|---|---|---|---|\n")

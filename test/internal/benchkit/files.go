@@ -59,34 +59,50 @@ func Workdir(name string) (dir, root string, err error) {
 }
 
 // Setup is what a benchmark on loopback prepares first: RLIMIT_NOFILE
-// raised for its idle sessions (RaiseNofileFor) and its temporary
-// directory (Workdir).
+// raised for its idle sessions and its temporary directory (Workdir).
 type Setup struct {
 	Dir, Root string
+	// Nofile is RLIMIT_NOFILE now, of this process and of the children
+	// it starts.
+	Nofile uint64
 	// Notes are for the program to print: a limit still too low, the
 	// directory kept.
 	Notes []string
 	keep  bool
 }
 
-// NewSetup prepares a run of the benchmark name with idle sessions; keep
-// leaves the directory in place at Close.
+// idleSpare is the descriptors a process holding idle sessions needs
+// besides them.
+const idleSpare = 200
+
+// NewSetup prepares a run of the benchmark name with idle sessions: it
+// raises RLIMIT_NOFILE (RaiseNofile) for them, with both of their ends
+// in one process, and room to spare; keep leaves the directory in place
+// at Close.
 func NewSetup(name string, idle int, keep bool) (*Setup, error) {
-	warn, err := RaiseNofileFor(idle)
+	limit, err := RaiseNofile(uint64(2*idle + 4096))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
 	}
-	s := &Setup{keep: keep}
+	s := &Setup{Nofile: limit, keep: keep}
 	if s.Dir, s.Root, err = Workdir(name); err != nil {
 		return nil, err
 	}
-	if warn != "" {
-		s.Notes = append(s.Notes, warn)
+	if s.IdleFit(idle) < idle {
+		s.Notes = append(s.Notes, fmt.Sprintf("warning: the open-file limit %d (the hard limit, which this process cannot raise) carries %d idle sessions, not %d",
+			limit, s.IdleFit(idle), idle))
 	}
 	if keep {
 		s.Notes = append(s.Notes, "temporary directory (kept): "+s.Dir)
 	}
 	return s, nil
+}
+
+// IdleFit is how many of n idle sessions the open-file limit carries in
+// a process that holds both ends of each (the proxy; this process when it
+// also runs the server).
+func (s *Setup) IdleFit(n int) int {
+	return max(min(n, (int(s.Nofile)-idleSpare)/2), 0)
 }
 
 // Close removes the directory unless it is to be kept.

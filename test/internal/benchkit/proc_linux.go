@@ -240,20 +240,6 @@ func RaiseNofile(want uint64) (uint64, error) {
 	return r.Cur, nil
 }
 
-// RaiseNofileFor raises RLIMIT_NOFILE (see RaiseNofile) for n sessions
-// with both ends in this process and room to spare. The message, when
-// not "", says the limit is still too low.
-func RaiseNofileFor(n int) (string, error) {
-	limit, err := RaiseNofile(uint64(2*n + 4096))
-	if err != nil {
-		return "", fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
-	}
-	if need := uint64(2*n + 200); limit < need {
-		return fmt.Sprintf("warning: open-file limit %d is below the %d that %d idle sessions need", limit, need, n), nil
-	}
-	return "", nil
-}
-
 // CPUSample is the "cpu" line of /proc/stat (the whole machine), in clock
 // ticks.
 type CPUSample struct {
