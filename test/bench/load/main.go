@@ -23,8 +23,8 @@
 // fails, but what a scenario did not expect is printed as UNEXPECTED. Run
 // it as root from the module root:
 //
-//	go run ./test/bench/load                      # idle, churn, faults (about 5 minutes)
-//	go run ./test/bench/load --idle 500 --sessions 2000 --garbage-conns 20 --garbage-for 3s   # smoke, under a minute
+//	go run ./test/bench/load                      # idle, faults, churn (about 4 minutes)
+//	go run ./test/bench/load --idle 500 --sessions 2000 --slowloris 12 --garbage-conns 20 --garbage-for 3s   # smoke, about a minute
 //	go run ./test/bench/load --only keepalive --keepalive-hold 4m
 //
 // docs/benchmarks-load.md has the method and the figures.
@@ -234,7 +234,7 @@ func run(o *options) error {
 		}
 	}
 	table := summary(res)
-	return o.Report(table, func() string { return markdown(res, table) })
+	return o.Report(table, func() string { return markdown(res) })
 }
 
 // proxy starts an ftpalg in front of upstream with the benchmark's base

@@ -8,10 +8,15 @@ import (
 	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
 
-// summary is the compact report printed at the end and put in the
-// Markdown: the figures of idle, churn and keepalive, and one line per
-// fault.
+// summary is the compact report printed at the end: the figures of idle,
+// churn and keepalive, and one line per fault.
 func summary(r *results) string {
+	return figures(r) + faultLines(r)
+}
+
+// figures are the summary's figures of idle, churn and keepalive (the
+// Markdown's code block; its faults are a table).
+func figures(r *results) string {
 	var b strings.Builder
 	row := func(name, value string) { fmt.Fprintf(&b, "%-46s %s\n", name, value) }
 	if i := r.idle; i != nil {
@@ -47,6 +52,12 @@ func summary(r *results) string {
 		row(fmt.Sprintf("keepalive: alive after %s idle (--tcp-keepalive %s)", k.hold, k.period), fmt.Sprintf("%d of %d (%d failed to open)", k.alive, k.sessions, k.failed))
 		row("keepalive: proxy sessions ended during the hold", k.ended)
 	}
+	return b.String()
+}
+
+// faultLines are one line per fault, and one per unexpected outcome.
+func faultLines(r *results) string {
+	var b strings.Builder
 	if len(r.faults) > 0 {
 		b.WriteString("faults (what the client saw | what the proxy logged | when):\n")
 	}
@@ -62,7 +73,7 @@ func summary(r *results) string {
 func mib(kib int64) float64 { return float64(kib) / 1024 }
 
 // markdown renders the run for docs/benchmarks-load.md.
-func markdown(r *results, table string) string {
+func markdown(r *results) string {
 	var b strings.Builder
 	f := r.facts
 	b.WriteString(f.MarkdownHead("test/bench/load", r.vsftpd))
@@ -70,7 +81,9 @@ func markdown(r *results, table string) string {
 	for _, n := range r.notes {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}
-	fmt.Fprintf(&b, "\n```\n%s```\n", table)
+	if f := figures(r); f != "" {
+		fmt.Fprintf(&b, "\n```\n%s```\n", f)
+	}
 	if len(r.faults) > 0 {
 		b.WriteString("\n| fault | what was done | what the client saw | what the proxy logged | when |\n|---|---|---|---|---|\n")
 		cell := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
