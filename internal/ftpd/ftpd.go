@@ -26,6 +26,10 @@ type Options struct {
 	DisableActive bool
 	// Banner is the greeting text.
 	Banner string
+	// PassiveLo and PassiveHi, when not zero, are the range passive
+	// data ports are taken from; by default the kernel picks any port
+	// (from ip_local_port_range, where a busy loopback runs short).
+	PassiveLo, PassiveHi int
 }
 
 // Server is a running FTP server.
@@ -54,6 +58,9 @@ func Start(o Options) (*Server, error) {
 		PasvConnectionsCheck:   ftpserver.IPMatchRequired,
 		ActiveConnectionsCheck: ftpserver.IPMatchRequired,
 	}}
+	if o.PassiveLo > 0 {
+		d.settings.PassiveTransferPortRange = ftpserver.PortRange{Start: o.PassiveLo, End: o.PassiveHi}
+	}
 	s := &Server{srv: ftpserver.NewFtpServer(d), ln: ln, done: make(chan error, 1)}
 	if err := s.srv.Listen(); err != nil {
 		ln.Close()

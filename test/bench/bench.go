@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ftpalg/ftpalg/test/internal/benchftp"
@@ -154,40 +152,11 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 	res.fdBefore, _ = benchkit.FDCount(proxyPID)
 	fmt.Printf("  before: VmRSS %d KiB (RssAnon %d KiB), %d fds\n", res.rssBefore, res.anonBefore, res.fdBefore)
 
-	conns := make([]*benchftp.Client, o.idle)
-	var failed atomic.Int64
-	kinds := map[string]int{}
-	var mu sync.Mutex
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	t0 := time.Now()
-	for range 32 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= o.idle {
-					return
-				}
-				c, err := benchftp.Open(proxyAddr, time.Now().Add(o.SessionTimeout))
-				if err != nil {
-					failed.Add(1)
-					mu.Lock()
-					kinds[benchftp.ErrKind(err)]++
-					mu.Unlock()
-					continue
-				}
-				c.NoDeadline() // idle from now on, no timeout
-				conns[i] = c
-			}
-		})
-	}
-	wg.Wait()
-	res.openSecs = time.Since(t0).Seconds()
-	res.failed = int(failed.Load())
-	res.sessions = o.idle - res.failed
+	idle := benchkit.OpenIdle(benchftp.Dialer{}, proxyAddr, o.idle, 32, o.SessionTimeout)
+	res.openSecs, res.failed, res.sessions = idle.Secs, idle.Failed, idle.Opened
 	fmt.Printf("  opened %d sessions in %.1f s (%d failed)\n", res.sessions, res.openSecs, res.failed)
-	for _, k := range benchkit.TopKinds(kinds, 5) {
-		fmt.Printf("         %6d × %s\n", kinds[k], k)
+	for _, k := range benchkit.TopKinds(idle.ErrKinds, 5) {
+		fmt.Printf("         %6d × %s\n", idle.ErrKinds[k], k)
 	}
 	time.Sleep(o.settle)
 	st, err = benchkit.ProcStatus(proxyPID)
@@ -206,39 +175,22 @@ func runIdle(o *options, proxyAddr string, proxyPID int) (*idleResult, error) {
 		res.perSession, res.anonPerSess, float64(res.fdAfter-res.fdBefore)/float64(max(res.sessions, 1)))
 
 	// Close everything and see the proxy come back down.
-	t0 = time.Now()
-	for _, c := range conns {
-		if c != nil {
-			c.Close()
-		}
-	}
-	end := time.Now().Add(30 * time.Second)
-	for time.Now().Before(end) {
-		if n, _ := benchkit.FDCount(proxyPID); n <= res.fdBefore {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	t0 := time.Now()
+	idle.Close()
+	benchkit.WaitFDs(proxyPID, res.fdBefore, 30*time.Second)
 	res.closeSecs = time.Since(t0).Seconds()
 	res.fdClosed, _ = benchkit.FDCount(proxyPID)
 	time.Sleep(o.settle)
 	rss, _ := benchkit.RSSKiB(proxyPID)
 	fmt.Printf("  closed all: %d fds after %.1f s (baseline %d); VmRSS %d KiB %s later (baseline %d KiB, %+d KiB)\n",
 		res.fdClosed, res.closeSecs, res.fdBefore, rss, o.settle, res.rssBefore, rss-res.rssBefore)
-	// The Go runtime gives freed memory back to the kernel only after a
-	// garbage collection, and an idle proxy allocates nothing that would
-	// start one before the periodic forced GC (2 minutes after the last
-	// one). Wait for that, forcing nothing, until at least three quarters
+	// Wait, forcing nothing (see WaitRSS), until at least three quarters
 	// of what the sessions added is gone. (The runtime keeps some heap
 	// above the live data, so the last quarter comes back slowly or not
 	// at all: that is reuse, not a leak.)
 	near := res.rssBefore + max((res.rssAfter-res.rssBefore)/4, 2048)
-	t1 := time.Now()
-	for rss > near && time.Since(t1) < o.releaseWait {
-		time.Sleep(time.Second)
-		if rss, err = benchkit.RSSKiB(proxyPID); err != nil {
-			return nil, err
-		}
+	if rss, err = benchkit.WaitRSS(proxyPID, near, o.releaseWait); err != nil {
+		return nil, err
 	}
 	res.rssClosed = rss
 	res.releaseSecs = time.Since(t0).Seconds()

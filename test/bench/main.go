@@ -46,17 +46,7 @@ type options struct {
 	server      string
 }
 
-func main() {
-	o, err := parseFlags()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(2)
-	}
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("bench", parseFlags, run) }
 
 func parseFlags() (*options, error) {
 	o := &options{}
@@ -94,35 +84,13 @@ func run(o *options) error {
 		return fmt.Errorf("needs Linux (/proc), not %s", runtime.GOOS)
 	}
 	res := &results{facts: benchkit.MachineFacts()}
-	limit, err := benchkit.RaiseNofile(uint64(2*o.idle + 4096))
-	if err != nil {
-		return fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
-	}
-	if need := uint64(2*o.idle + 200); limit < need {
-		fmt.Printf("warning: open-file limit %d is below the %d the idle test needs\n", limit, need)
-	}
-
-	dir, err := os.MkdirTemp("", "ftpalg-bench-")
+	setup, err := benchkit.NewSetup("bench", o.idle, o.Keep)
 	if err != nil {
 		return err
 	}
-	if o.Keep {
-		fmt.Println("temporary directory (kept):", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
-	root := dir + "/root"
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return err
-	}
-	// vsftpd serves as the unprivileged ftp user: the path must be
-	// readable by it.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
-
-	fmt.Printf("ftpalg benchmark — %s — %s CPUs (%s), %s RAM, kernel %s, %s\n",
-		res.facts.Date, res.facts.NProc, res.facts.CPU, res.facts.Mem, res.facts.Kernel, res.facts.GoVersion)
+	defer setup.Close()
+	dir, root := setup.Dir, setup.Root
+	fmt.Println(strings.Join(append(setup.Notes, res.facts.Title("ftpalg benchmark")), "\n"))
 	if d, err := benchkit.Background(); err == nil {
 		_, res.background = busy(d)
 		note := ""
@@ -158,9 +126,7 @@ func run(o *options) error {
 	defer benchkit.StopAll(stopGrace)
 	benchkit.OnSignal("bench", "stopping the server and proxy", func() {
 		benchkit.StopAll(stopGrace)
-		if !o.Keep {
-			os.RemoveAll(dir)
-		}
+		setup.Close()
 	})
 
 	if needFiles {
@@ -176,7 +142,7 @@ func run(o *options) error {
 		var vs *nstest.Proc
 		if useVsftpd {
 			var err error
-			if vs, serverAddr, err = startVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000); err != nil {
+			if vs, serverAddr, err = benchkit.StartVsftpd(o.Vsftpd, dir, root, o.ServerPasv, 100000); err != nil {
 				return err
 			}
 			res.serverName = "vsftpd (" + o.Vsftpd + ", separate process)"
@@ -297,10 +263,7 @@ func mib(kib int64) float64 {
 func markdown(o *options, r *results, table string) string {
 	var b strings.Builder
 	f := r.facts
-	fmt.Fprintf(&b, "### Run of %s\n\n", f.Date)
-	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.NProc, f.CPU, f.Mem)
-	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n", f.Kernel, f.GoVersion)
-	fmt.Fprintf(&b, "- command: `go run ./test/bench %s`\n", strings.Join(os.Args[1:], " "))
+	b.WriteString(f.MarkdownHead("test/bench", ""))
 	fmt.Fprintf(&b, "- background load before the run: %.2f CPUs busy\n", r.background)
 	if r.serverName != "" {
 		fmt.Fprintf(&b, "- server (throughput, session rate): %s; idle sessions: internal/ftpd\n", r.serverName)

@@ -153,8 +153,7 @@ func run(o *options) error {
 	// vsftpd -v writes its version to file descriptor 0.
 	e := &env{o: o, facts: facts{Facts: benchkit.MachineFacts(), vsftpd: benchkit.Output("sh", "-c", o.Vsftpd+" -v 0>&1")}}
 	f := &e.facts
-	fmt.Printf("ftpalg gateway benchmark — %s — %s CPUs (%s), %s RAM, kernel %s, %s\n",
-		f.Date, f.NProc, f.CPU, f.Mem, f.Kernel, f.GoVersion)
+	fmt.Println(f.Facts.Title("ftpalg gateway benchmark"))
 	fmt.Printf("load average %s", f.LoadAvg)
 	if d, err := benchkit.Background(); err == nil {
 		f.background = d.CPUs()
@@ -165,7 +164,7 @@ func run(o *options) error {
 	}
 	fmt.Println()
 
-	dir, err := os.MkdirTemp("", "ftpalg-gwbench-")
+	dir, root, err := benchkit.Workdir("gwbench")
 	if err != nil {
 		return err
 	}
@@ -176,17 +175,9 @@ func run(o *options) error {
 	if o.Keep {
 		fmt.Println("temporary directory (kept):", dir)
 	}
-	// vsftpd serves as the unprivileged ftp user: the path must be
-	// readable by it.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
-	root := filepath.Join(dir, "root")
 	empty := filepath.Join(dir, "empty")
-	for _, d := range []string{root, empty} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return err
-		}
+	if err := os.Mkdir(empty, 0o755); err != nil {
+		return err
 	}
 	e.bin = o.ProxyBin
 	if e.bin == "" && o.Only["ftpalg"] {
@@ -798,10 +789,7 @@ func toAny(s []string) []any {
 func markdown(e *env, res []*cfgResult, table string) string {
 	var b strings.Builder
 	f := e.facts
-	fmt.Fprintf(&b, "### Run of %s\n\n", f.Date)
-	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.NProc, f.CPU, f.Mem)
-	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n- server: %s\n", f.Kernel, f.GoVersion, f.vsftpd)
-	fmt.Fprintf(&b, "- command: `go run ./test/bench/gateway %s`\n", strings.Join(os.Args[1:], " "))
+	b.WriteString(f.MarkdownHead("test/bench/gateway", f.vsftpd))
 	fmt.Fprintf(&b, "- load average before the run: %s; background load: %.2f CPUs busy\n", f.LoadAvg, f.background)
 	fmt.Fprintf(&b, "\n```\n%s```\n", table)
 	fmt.Fprintf(&b, "\nThroughput runs (MB/s = 10^6 bytes/s; busy = CPUs of the whole machine busy during the run, of %s):\n\n", f.NProc)

@@ -38,11 +38,26 @@ func StepErr(step string, err error) error {
 	return &stepError{step: step, err: err}
 }
 
+// Dialer opens control connections. The zero Dialer is what Dial and
+// Open use.
+type Dialer struct {
+	// KeepAlive is the control connection's TCP keepalive period, as in
+	// net.Dialer: 0 is Go's default (15 s), negative turns it off (for
+	// idle sessions whose keepalive should come from the proxy alone).
+	KeepAlive time.Duration
+}
+
 // Dial connects, sets deadline on the control connection and reads the
 // greeting.
-func Dial(addr string, deadline time.Time) (*Client, error) {
-	d := net.Dialer{Deadline: deadline}
-	conn, err := d.Dial("tcp", addr)
+func Dial(addr string, deadline time.Time) (*Client, error) { return Dialer{}.Dial(addr, deadline) }
+
+// Open dials addr and logs in anonymously (see Dial and Login).
+func Open(addr string, deadline time.Time) (*Client, error) { return Dialer{}.Open(addr, deadline) }
+
+// Dial is the package's Dial with d's settings.
+func (d Dialer) Dial(addr string, deadline time.Time) (*Client, error) {
+	nd := net.Dialer{Deadline: deadline, KeepAlive: d.KeepAlive}
+	conn, err := nd.Dial("tcp", addr)
 	if err != nil {
 		return nil, StepErr("connect", err)
 	}
@@ -56,9 +71,9 @@ func Dial(addr string, deadline time.Time) (*Client, error) {
 	return c, nil
 }
 
-// Open dials addr and logs in anonymously (see Dial and Login).
-func Open(addr string, deadline time.Time) (*Client, error) {
-	c, err := Dial(addr, deadline)
+// Open is the package's Open with d's settings.
+func (d Dialer) Open(addr string, deadline time.Time) (*Client, error) {
+	c, err := d.Dial(addr, deadline)
 	if err != nil {
 		return nil, err
 	}
@@ -75,14 +90,24 @@ func (c *Client) Close() error { return c.tp.Close() }
 // is to stay idle.
 func (c *Client) NoDeadline() { c.conn.SetDeadline(time.Time{}) }
 
-// cmd sends one command and reads its reply, which must start with the
+// Cmd sends one command and reads its reply, which must start with the
 // digit want (1..5; 0 accepts anything).
 func (c *Client) Cmd(want int, format string, args ...any) (int, string, error) {
-	if err := c.tp.PrintfLine(format, args...); err != nil {
+	if err := c.Send(format, args...); err != nil {
 		return 0, "", err
 	}
-	return c.tp.ReadResponse(want)
+	return c.Reply(want)
 }
+
+// Send sends one command line without reading a reply.
+func (c *Client) Send(format string, args ...any) error { return c.tp.PrintfLine(format, args...) }
+
+// Reply reads one reply, which must start with the digit want (1..5; 0
+// accepts anything).
+func (c *Client) Reply(want int) (int, string, error) { return c.tp.ReadResponse(want) }
+
+// Conn is the control connection, for deadlines and raw writes.
+func (c *Client) Conn() net.Conn { return c.conn }
 
 // Login logs in anonymously.
 func (c *Client) Login() error {
@@ -170,7 +195,7 @@ func (c *Client) Transfer(command string, deadline time.Time, connectTimeout tim
 		return n, port, StepErr(verb+" data", err)
 	}
 	dc.Close()
-	if _, _, err := c.tp.ReadResponse(2); err != nil {
+	if _, _, err := c.Reply(2); err != nil {
 		return n, port, StepErr(verb+" end", err)
 	}
 	return n, port, nil
@@ -208,7 +233,7 @@ func (c *Client) ActiveTransfer(command, localIP string, deadline time.Time, acc
 		return n, from, StepErr(verb+" data", err)
 	}
 	dc.Close()
-	if _, _, err := c.tp.ReadResponse(2); err != nil {
+	if _, _, err := c.Reply(2); err != nil {
 		return n, from, StepErr(verb+" end", err)
 	}
 	return n, from, nil

@@ -60,3 +60,24 @@ func LoadAvg() string {
 	}
 	return strings.Join(fs[:3], " ")
 }
+
+// Title is the first line a benchmark prints: what runs, when and on
+// what.
+func (f Facts) Title(what string) string {
+	return fmt.Sprintf("%s — %s — %s CPUs (%s), %s RAM, kernel %s, %s", what, f.Date, f.NProc, f.CPU, f.Mem, f.Kernel, f.GoVersion)
+}
+
+// MarkdownHead starts the Markdown of a run of `go run ./PKG`: the date as
+// a heading, the machine, the kernel, Go, the server (when not "") and the
+// command line.
+func (f Facts) MarkdownHead(pkg, server string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "### Run of %s\n\n", f.Date)
+	fmt.Fprintf(&b, "- machine: %s CPUs (`nproc`), %s, %s RAM\n", f.NProc, f.CPU, f.Mem)
+	fmt.Fprintf(&b, "- kernel: %s\n- Go: %s\n", f.Kernel, f.GoVersion)
+	if server != "" {
+		fmt.Fprintf(&b, "- server: %s\n", server)
+	}
+	fmt.Fprintf(&b, "- command: `go run ./%s %s`\n", pkg, strings.Join(os.Args[1:], " "))
+	return b.String()
+}

@@ -42,6 +42,76 @@ func MakeFiles(dir string, size int64) error {
 	return f.Close()
 }
 
+// Workdir makes a run's temporary directory (named ftpalg-NAME-…) and
+// the directory the server serves, dir/root, both readable by vsftpd's
+// unprivileged user. The caller removes dir.
+func Workdir(name string) (dir, root string, err error) {
+	dir, err = os.MkdirTemp("", "ftpalg-"+name+"-")
+	if err != nil {
+		return "", "", err
+	}
+	root = filepath.Join(dir, "root")
+	if err := errors.Join(os.Chmod(dir, 0o755), os.Mkdir(root, 0o755)); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, root, nil
+}
+
+// Setup is what a benchmark on loopback prepares first: RLIMIT_NOFILE
+// raised for its idle sessions and its temporary directory (Workdir).
+type Setup struct {
+	Dir, Root string
+	// Nofile is RLIMIT_NOFILE now, of this process and of the children
+	// it starts.
+	Nofile uint64
+	// Notes are for the program to print: a limit still too low, the
+	// directory kept.
+	Notes []string
+	keep  bool
+}
+
+// idleSpare is the descriptors a process holding idle sessions needs
+// besides them.
+const idleSpare = 200
+
+// NewSetup prepares a run of the benchmark name with idle sessions: it
+// raises RLIMIT_NOFILE (RaiseNofile) for them, with both of their ends
+// in one process, and room to spare; keep leaves the directory in place
+// at Close.
+func NewSetup(name string, idle int, keep bool) (*Setup, error) {
+	limit, err := RaiseNofile(uint64(2*idle + 4096))
+	if err != nil {
+		return nil, fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
+	}
+	s := &Setup{Nofile: limit, keep: keep}
+	if s.Dir, s.Root, err = Workdir(name); err != nil {
+		return nil, err
+	}
+	if s.IdleFit(idle) < idle {
+		s.Notes = append(s.Notes, fmt.Sprintf("warning: the open-file limit %d (the hard limit, which this process cannot raise) carries %d idle sessions, not %d",
+			limit, s.IdleFit(idle), idle))
+	}
+	if keep {
+		s.Notes = append(s.Notes, "temporary directory (kept): "+s.Dir)
+	}
+	return s, nil
+}
+
+// IdleFit is how many of n idle sessions the open-file limit carries in
+// a process that holds both ends of each (the proxy; this process when it
+// also runs the server).
+func (s *Setup) IdleFit(n int) int {
+	return max(min(n, (int(s.Nofile)-idleSpare)/2), 0)
+}
+
+// Close removes the directory unless it is to be kept.
+func (s *Setup) Close() {
+	if !s.keep {
+		os.RemoveAll(s.Dir)
+	}
+}
+
 // BuildProxy builds ./cmd/ftpalg of the module the current directory is
 // in into dir and returns the binary's path.
 func BuildProxy(dir string) (string, error) {

@@ -10,7 +10,10 @@ import (
 	"time"
 )
 
-// Flags are the command-line options both benchmarks take.
+// Flags are the command-line options the benchmarks take. Define
+// registers all of them; DefineCommon leaves out the throughput and
+// session-rate ones (--size, --runs, --bufsize, --xfer-timeout,
+// --duration).
 type Flags struct {
 	Size           int64 // of BigFile
 	Runs           int   // throughput runs per path
@@ -29,21 +32,30 @@ type Flags struct {
 
 	size, bufSize, only string
 	choices             []string
+	throughput          bool // Define, not only DefineCommon, registered the flags
 }
 
 // Define registers the flags on flag.CommandLine: clients is the default
 // of --clients; --only picks of choices (all by default), onlyHelp
 // describes it.
 func (f *Flags) Define(clients int, choices []string, onlyHelp string) {
-	f.choices = choices
+	f.DefineCommon(clients, choices, choices, onlyHelp)
+	f.throughput = true
 	flag.StringVar(&f.size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
 	flag.IntVar(&f.Runs, "runs", 3, "throughput runs of each path measured")
 	flag.StringVar(&f.bufSize, "bufsize", "256KiB", "client read buffer for the throughput test")
 	flag.DurationVar(&f.XferTimeout, "xfer-timeout", 5*time.Minute, "time limit of one throughput run")
-	flag.IntVar(&f.Clients, "clients", clients, "concurrent clients in the session-rate test")
 	flag.DurationVar(&f.Duration, "duration", 10*time.Second, "length of each session-rate measurement")
+}
+
+// DefineCommon registers the flags every benchmark takes: clients is the
+// default of --clients; --only picks of choices, those in defaults unless
+// told, and onlyHelp describes it.
+func (f *Flags) DefineCommon(clients int, choices, defaults []string, onlyHelp string) {
+	f.choices = choices
+	flag.IntVar(&f.Clients, "clients", clients, "concurrent clients in the session-rate test")
 	flag.DurationVar(&f.SessionTimeout, "session-timeout", 10*time.Second, "time limit of one session in the rate test (and of one login in the idle test)")
-	flag.StringVar(&f.only, "only", strings.Join(choices, ","), onlyHelp)
+	flag.StringVar(&f.only, "only", strings.Join(defaults, ","), onlyHelp)
 	flag.StringVar(&f.Vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
 	flag.StringVar(&f.ProxyBin, "proxy-bin", "", "use this ftpalg binary instead of building ./cmd/ftpalg")
 	flag.StringVar(&f.ServerPasv, "server-pasv-ports", "25000-27999", "vsftpd passive port range (keep it out of net.ipv4.ip_local_port_range)")
@@ -53,21 +65,12 @@ func (f *Flags) Define(clients int, choices []string, onlyHelp string) {
 }
 
 // Parse parses the command line (flag.Parse), which takes no arguments,
-// and checks the flags Define registered.
+// and checks the flags Define or DefineCommon registered.
 func (f *Flags) Parse() error {
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
 	}
-	var err error
-	if f.Size, err = ParseSize(f.size); err != nil {
-		return fmt.Errorf("--size: %w", err)
-	}
-	n, err := ParseSize(f.bufSize)
-	if err != nil || n < 1 || n > 1<<30 {
-		return fmt.Errorf("--bufsize %q: want a size up to 1GiB", f.bufSize)
-	}
-	f.BufSize = int(n)
 	f.Only = map[string]bool{}
 	for _, w := range strings.Split(f.only, ",") {
 		switch w = strings.TrimSpace(w); {
@@ -82,10 +85,39 @@ func (f *Flags) Parse() error {
 			return err
 		}
 	}
-	if f.Runs < 1 || f.Clients < 1 || f.Size < 1 || f.Duration <= 0 {
-		return errors.New("--runs, --clients, --size and --duration must be positive")
+	if f.Clients < 1 {
+		return errors.New("--clients must be positive")
+	}
+	if !f.throughput {
+		return nil
+	}
+	var err error
+	if f.Size, err = ParseSize(f.size); err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	n, err := ParseSize(f.bufSize)
+	if err != nil || n < 1 || n > 1<<30 {
+		return fmt.Errorf("--bufsize %q: want a size up to 1GiB", f.bufSize)
+	}
+	f.BufSize = int(n)
+	if f.Runs < 1 || f.Size < 1 || f.Duration <= 0 {
+		return errors.New("--runs, --size and --duration must be positive")
 	}
 	return nil
+}
+
+// Main is a benchmark's main: parse the flags (on an error, exit status
+// 2), then run (on an error, status 1); errors are printed as "PROG: …".
+func Main[O any](prog string, parse func() (O, error), run func(O) error) {
+	o, err := parse()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+		os.Exit(1)
+	}
 }
 
 // Report prints the summary table and, with --markdown, writes the

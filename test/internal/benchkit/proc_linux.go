@@ -103,6 +103,34 @@ func (m ProcCPU) Since(p ProcCPU) float64 {
 	return s
 }
 
+// Descendants returns the processes below pid (its children, theirs
+// ...): the session processes of a forking server such as vsftpd, which
+// puts them in sessions of their own.
+func Descendants(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f, err := StatFields(p); err == nil {
+			if ppid, err := strconv.Atoi(f[1]); err == nil { // field 4
+				children[ppid] = append(children[ppid], p)
+			}
+		}
+	}
+	var out []int
+	for todo := children[pid]; len(todo) > 0; todo = todo[1:] {
+		out = append(out, todo[0])
+		todo = append(todo, children[todo[0]]...)
+	}
+	return out
+}
+
 // StatusFile reads a "Key: number ..." file such as /proc/meminfo or
 // /proc/PID/status (VmRSS, VmHWM, RssAnon ... in KiB).
 func StatusFile(path string) (map[string]int64, error) {
@@ -147,6 +175,29 @@ func RSSKiB(pid int) (int64, error) {
 func FDCount(pid int) (int, error) {
 	es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	return len(es), err
+}
+
+// FDKinds counts the open file descriptors of pid by kind: "socket",
+// "pipe", "anon_inode" (epoll, eventfd ...) or "file".
+func FDKinds(pid int) map[string]int {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	m := map[string]int{}
+	for _, e := range es {
+		target, err := os.Readlink(dir + "/" + e.Name())
+		if err != nil {
+			continue // closed meanwhile
+		}
+		kind, _, ok := strings.Cut(target, ":")
+		if !ok || strings.HasPrefix(target, "/") {
+			kind = "file"
+		}
+		m[kind]++
+	}
+	return m
 }
 
 // NofileLimit returns the soft "Max open files" of pid, and the hard one

@@ -21,6 +21,36 @@ func Session(addr string, timeout time.Duration, buf []byte) error {
 		return err
 	}
 	defer c.Close()
+	if err := List(c, deadline, buf); err != nil {
+		return err
+	}
+	if err := RetrSmall(c, deadline, buf); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+// ShortSession is the lighter script of the churn measurement: connect,
+// login, one EPSV+LIST (list) or EPSV+RETR of SmallFile, QUIT.
+func ShortSession(addr string, timeout time.Duration, buf []byte, list bool) error {
+	deadline := time.Now().Add(timeout)
+	c, err := benchftp.Open(addr, deadline)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	step := RetrSmall
+	if list {
+		step = List
+	}
+	if err := step(c, deadline, buf); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+// List runs EPSV+LIST and wants a listing that is not empty.
+func List(c *benchftp.Client, deadline time.Time, buf []byte) error {
 	n, _, err := c.Transfer("LIST", deadline, 0, buf)
 	if err != nil {
 		return err
@@ -28,7 +58,12 @@ func Session(addr string, timeout time.Duration, buf []byte) error {
 	if n == 0 {
 		return benchftp.StepErr("LIST", errors.New("empty listing"))
 	}
-	n, _, err = c.Transfer("RETR "+SmallFile, deadline, 0, buf)
+	return nil
+}
+
+// RetrSmall runs EPSV+RETR of SmallFile and checks its size.
+func RetrSmall(c *benchftp.Client, deadline time.Time, buf []byte) error {
+	n, _, err := c.Transfer("RETR "+SmallFile, deadline, 0, buf)
 	if err != nil {
 		return err
 	}
@@ -37,7 +72,7 @@ func Session(addr string, timeout time.Duration, buf []byte) error {
 	if n < SmallSize || n > 2*SmallSize {
 		return benchftp.StepErr("RETR", fmt.Errorf("got %d bytes, want %d", n, SmallSize))
 	}
-	return c.Quit()
+	return nil
 }
 
 // Download logs in to addr, switches to TYPE I and downloads BigFile,
@@ -85,12 +120,21 @@ type Rate struct {
 // RunRate runs Session against addr from clients concurrent loops until
 // duration has passed; each session may take up to timeout.
 func RunRate(addr string, clients int, duration, timeout time.Duration) Rate {
+	return RunLoad(clients, duration, 0, func(_ int, buf []byte) error { return Session(addr, timeout, buf) })
+}
+
+// RunLoad runs session from clients concurrent loops until duration has
+// passed or, when total is above zero, total sessions have been started;
+// session gets the session's number (from 0) and a 32 KiB buffer of its
+// loop's own.
+func RunLoad(clients int, duration time.Duration, total int, session func(i int, buf []byte) error) Rate {
 	var (
-		mu    sync.Mutex
-		r     = Rate{ErrKinds: map[string]int{}}
-		nerr  atomic.Int64
-		wg    sync.WaitGroup
-		start = time.Now()
+		mu      sync.Mutex
+		r       = Rate{ErrKinds: map[string]int{}}
+		nerr    atomic.Int64
+		started atomic.Int64
+		wg      sync.WaitGroup
+		start   = time.Now()
 	)
 	stopAt := start.Add(duration)
 	for range clients {
@@ -98,8 +142,12 @@ func RunRate(addr string, clients int, duration, timeout time.Duration) Rate {
 			buf := make([]byte, 32<<10)
 			var mine []time.Duration
 			for time.Now().Before(stopAt) {
+				i := int(started.Add(1)) - 1
+				if total > 0 && i >= total {
+					break
+				}
 				t0 := time.Now()
-				if err := Session(addr, timeout, buf); err != nil {
+				if err := session(i, buf); err != nil {
 					nerr.Add(1)
 					mu.Lock()
 					r.ErrKinds[benchftp.ErrKind(err)]++
