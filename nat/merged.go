@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -24,12 +25,16 @@ const (
 // is accepted ahead of the caller. An error is passed on, and that loop
 // then waits before it accepts again (acceptBackoffMin doubling up to
 // acceptBackoffMax, reset by a success), so a listener that keeps failing
-// costs at most one Accept a second whatever the caller does. Close stops
-// the loops, closes a connection accepted but not yet handed over, and
-// returns once every loop has ended.
+// costs at most one Accept a second whatever the caller does; a
+// SetDeadline cuts the waits short (the caller has just freed a
+// descriptor and wants one more try at once). Close stops the loops,
+// closes a connection accepted but not yet handed over, and returns once
+// every loop has ended.
 type merged struct {
-	mu      sync.Mutex // guards lns
-	lns     []net.Listener
+	mu       sync.Mutex // guards lns, deadline, retry
+	lns      []net.Listener
+	deadline time.Time
+	retry    chan struct{} // closed (and replaced) to end the loops' backoff waits
 	results chan acceptResult
 	done    chan struct{}
 	once    sync.Once
@@ -59,7 +64,7 @@ type Switch = merged
 
 // NewSwitch returns a Switch accepting from lns.
 func NewSwitch(lns ...net.Listener) *Switch {
-	m := &merged{results: make(chan acceptResult), done: make(chan struct{})}
+	m := &merged{results: make(chan acceptResult), done: make(chan struct{}), retry: make(chan struct{})}
 	m.Set(lns...)
 	return m
 }
@@ -134,8 +139,12 @@ func (m *merged) acceptLoop(ln net.Listener) {
 		} else {
 			timer.Reset(backoff)
 		}
+		m.mu.Lock()
+		retry := m.retry
+		m.mu.Unlock()
 		select {
 		case <-timer.C:
+		case <-retry:
 		case <-m.done:
 			return
 		}
@@ -151,12 +160,37 @@ func (m *merged) Accept() (net.Conn, error) {
 		return nil, m.closedErr()
 	default:
 	}
+	m.mu.Lock()
+	dl := m.deadline
+	m.mu.Unlock()
+	var expired <-chan time.Time
+	if !dl.IsZero() {
+		t := time.NewTimer(time.Until(dl))
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case r := <-m.results:
 		return r.c, r.err
 	case <-m.done:
 		return nil, m.closedErr()
+	case <-expired:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: m.Addr(), Err: os.ErrDeadlineExceeded}
 	}
+}
+
+// SetDeadline bounds the Accept calls that start after it (zero: no
+// bound), and ends the accept loops' backoff waits, so that a caller that
+// has freed a descriptor gets the next connection at once.
+func (m *merged) SetDeadline(t time.Time) error {
+	m.mu.Lock()
+	m.deadline = t
+	if !t.IsZero() {
+		close(m.retry)
+		m.retry = make(chan struct{})
+	}
+	m.mu.Unlock()
+	return nil
 }
 
 func (m *merged) closedErr() error {

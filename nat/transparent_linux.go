@@ -216,3 +216,18 @@ func dialAvoiding(ctx context.Context, from netip.Addr, avoid uint16, to netip.A
 		}
 	}
 }
+
+// ipBindAddressNoPort defers the choice of a source port from bind(2) to
+// connect(2) (IP_BIND_ADDRESS_NO_PORT, Linux 4.2), for a dial bound to a
+// source address with port 0: bind alone must pick a port no socket on
+// that address uses, whatever the destination, and with many connections
+// in TIME_WAIT it fails with EADDRINUSE; connect picks one unused for the
+// whole 4-tuple. It applies to IPv4 and IPv6 sockets alike (the flag is
+// the inet socket's).
+var ipBindAddressNoPort = sockopt{"IP_BIND_ADDRESS_NO_PORT", unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, ""}
+
+// BindNoPort is a net.Dialer Control function setting
+// IP_BIND_ADDRESS_NO_PORT, for dials with a LocalAddr of port 0.
+func BindNoPort(network, address string, c syscall.RawConn) error {
+	return ipBindAddressNoPort.set(c)
+}

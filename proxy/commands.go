@@ -34,7 +34,7 @@ func (s *Session) commandPump() {
 		s.trace(ClientToProxy, line.Raw, false)
 		if !line.Clean() {
 			s.cfg.Observer.Violation(ViolationBadLine)
-			s.refusal("command refused: bare CR, LF or NUL", zap.ByteString("line", clipBytes(line.Raw)))
+			s.refusal(MsgBadLine, zap.ByteString("line", clipBytes(line.Raw)))
 			if !s.answer(ftp.Command{}, "500 Command refused: it must end with CRLF and contain no other CR, LF or NUL.\r\n") {
 				return
 			}

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"errors"
+	"os"
+	"sync"
 	"math/rand/v2"
 	"net"
 	"syscall"
@@ -43,13 +45,13 @@ func fitSessions(cfg *Config, nofile uint64, log *zap.Logger) {
 	case cfg.MaxSessions == 0:
 		cfg.MaxSessions = min(DefaultMaxSessions, fit)
 		if cfg.MaxSessions < DefaultMaxSessions {
-			log.Warn("session limit lowered to what the descriptor limit carries",
+			log.Warn(MsgFDLimitFitted,
 				zap.Int("max_sessions", cfg.MaxSessions), zap.Uint64("rlimit_nofile", nofile),
 				zap.Int("descriptors_per_session", descriptorsPerSession),
 				zap.String("fix", "raise LimitNOFILE (systemd) or ulimit -n"))
 		}
 	case nofile > 0 && (cfg.MaxSessions < 0 || cfg.MaxSessions > fit):
-		log.Warn("the session limit needs more file descriptors than RLIMIT_NOFILE allows: sessions beyond it will be refused for lack of descriptors",
+		log.Warn(MsgFDLimitLow,
 			zap.Int("max_sessions", cfg.MaxSessions), zap.Int("sessions_that_fit", fit),
 			zap.Uint64("rlimit_nofile", nofile), zap.Int("descriptors_per_session", descriptorsPerSession),
 			zap.String("fix", "raise LimitNOFILE (systemd) or ulimit -n, or lower --max-sessions"))
@@ -118,4 +120,66 @@ func (s *Session) refusalSummary() {
 	if n := s.refused.Load(); n > warnLimit {
 		s.log.Warn(MsgRefusedOmitted, zap.Int64("count", n-warnLimit), zap.Int64("refused", n))
 	}
+}
+
+// spareFD is a descriptor held in reserve (the "reserve fd" of nginx and
+// HAProxy): when accept fails for want of descriptors, the server gives
+// it up, accepts one waiting client, tells it 421 and closes it, and takes
+// the spare back. Without it the client waits in the listen queue with no
+// answer for as long as the shortage lasts.
+type spareFD struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+// acquire opens the spare if it is not held; false if it cannot.
+func (sp *spareFD) acquire() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.f == nil {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			return false
+		}
+		sp.f = f
+	}
+	return true
+}
+
+// release closes the spare; false if none was held.
+func (sp *spareFD) release() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.f == nil {
+		return false
+	}
+	sp.f.Close()
+	sp.f = nil
+	return true
+}
+
+// spareAcceptWait bounds the accept made with the spare descriptor: the
+// client that caused the EMFILE is normally still queued.
+const spareAcceptWait = 100 * time.Millisecond
+
+// refuseWithSpare answers one client queued on ln with a 421, using the
+// spare descriptor, after accept failed for want of descriptors.
+func (s *Server) refuseWithSpare(ln net.Listener) {
+	dl, ok := ln.(interface{ SetDeadline(time.Time) error })
+	if !ok || !s.spare.release() {
+		return
+	}
+	defer s.spare.acquire()
+	dl.SetDeadline(time.Now().Add(spareAcceptWait))
+	c, err := ln.Accept()
+	dl.SetDeadline(time.Time{})
+	if err != nil {
+		return
+	}
+	cfg := &s.settings().cfg
+	cfg.Observer.SessionRefused(RefusedResources)
+	s.log.Warn(MsgOutOfFDsSpare, zap.Stringer("client", c.RemoteAddr()), zap.Uint64("rlimit_nofile", fileLimit()))
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write([]byte("421 Too many connections: the proxy is out of file descriptors, try again later.\r\n"))
+	c.Close()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -243,30 +244,14 @@ func TestRefusalLogBounded(t *testing.T) {
 	}
 }
 
-// TestUpstreamOutOfDescriptors: a proxy out of file descriptors tells the
-// client so, and logs it as a local problem, not as an unreachable
-// server.
-func TestUpstreamOutOfDescriptors(t *testing.T) {
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	e := startProxy(t, up.Addr().String(), time.Second)
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
-	// New descriptors take the lowest free number, and the limit bounds
-	// the number: fill every hole below the highest descriptor, then
-	// leave room for exactly two more, this test's connection and the
-	// proxy's accept, and none for the proxy's connection to the server.
-	var fillers []*os.File
-	defer func() {
-		for _, f := range fillers {
-			f.Close()
-		}
-	}()
+// withFreeDescriptors runs f with exactly free descriptors left to the
+// process: RLIMIT_NOFILE lowered to a few above the highest descriptor in
+// use, every number below it taken by /dev/null until open fails, then the
+// last free ones given back. It first waits until e serves, so that its
+// Serve holds its spare descriptor already.
+func withFreeDescriptors(t *testing.T, e *env, free int, f func()) {
+	t.Helper()
+	eventually(t, ioTimeout, "the proxy never served", func() bool { return e.srv.Ready() == nil })
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
@@ -277,31 +262,104 @@ func TestUpstreamOutOfDescriptors(t *testing.T) {
 			highest = max(highest, n)
 		}
 	}
-	top := -1
-	for top <= highest { // the lowest free number beyond all: no hole left
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fillers = append(fillers, f)
-		top = int(f.Fd())
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
 	}
 	low := old
-	low.Cur = uint64(top + 1 + 2)
+	low.Cur = uint64(highest + 1 + free + 8)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
 		t.Fatal(err)
 	}
-	c := dialCtl(t, e.addr, "")
-	code, msg, err := c.read()
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+	defer func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	var fillers []*os.File
+	defer func() {
+		for _, f := range fillers {
+			f.Close()
+		}
+	}()
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break // every number below the limit is taken
+		}
+		fillers = append(fillers, f)
+	}
+	if len(fillers) < free {
+		t.Fatalf("only %d descriptors could be taken", len(fillers))
+	}
+	for _, f := range fillers[len(fillers)-free:] {
+		f.Close()
+	}
+	fillers = fillers[:len(fillers)-free]
+	f()
+}
+
+// TestUpstreamOutOfDescriptors: a proxy out of file descriptors when it
+// connects to the server tells the client so, and logs it as a local
+// problem, not as an unreachable server. The director, which runs right
+// before that connect, takes every free descriptor.
+func TestUpstreamOutOfDescriptors(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer up.Close()
+	var fillers []*os.File
+	defer func() {
+		for _, f := range fillers {
+			f.Close()
+		}
+	}()
+	e := startProxy(t, "", time.Second, func(c *Config) {
+		c.Director = func(net.Conn) (netip.AddrPort, error) {
+			for {
+				f, err := os.Open(os.DevNull)
+				if err != nil {
+					break
+				}
+				fillers = append(fillers, f)
+			}
+			return up.Addr().(*net.TCPAddr).AddrPort(), nil
+		}
+	})
+	c := dialCtl(t, e.addr, "")
+	code, msg, err := c.read()
 	if err != nil || code != 421 || !strings.Contains(msg, "out of resources") {
 		t.Fatalf("got %d %s, %v; want 421 saying the proxy is out of resources", code, msg, err)
 	}
 	if n := e.logs.FilterMessage(MsgUpstreamDown).Len(); n != 0 {
 		t.Errorf("logged as an unreachable server")
 	}
+	if n := e.logs.FilterMessage(MsgOutOfFDs).Len(); n != 1 {
+		t.Errorf("%d out-of-descriptor lines logged, want 1", n)
+	}
+}
+
+// TestAcceptOutOfDescriptors: with no descriptor left even to accept, a
+// client still gets an answer: the spare descriptor is given up to accept
+// it and tell it 421, instead of leaving it in the listen queue.
+func TestAcceptOutOfDescriptors(t *testing.T) {
+	e := newEnv(t)
+	var code int
+	var msg string
+	var err error
+	withFreeDescriptors(t, e, 1, func() { // this test's connection only
+		c := dialCtl(t, e.addr, "")
+		code, msg, err = c.read()
+	})
+	if err != nil || code != 421 || !strings.Contains(msg, "out of file descriptors") {
+		t.Fatalf("got %d %s, %v; want 421 saying the proxy is out of file descriptors", code, msg, err)
+	}
+	if n := e.logs.FilterMessage(MsgOutOfFDsSpare).Len(); n != 1 {
+		t.Errorf("%d spare refusals logged, want 1", n)
+	}
+	// Descriptors back: sessions work again.
+	dialCtl(t, e.addr, "").login(t, "tester")
 }
 
 // TestFitSessions: the session limit against the descriptor limit.

@@ -25,6 +25,15 @@ const (
 	MsgPinholeFailed  = "closing pinhole failed"
 	MsgListenFailed   = "cannot listen for a data connection"
 	MsgRefusedOmitted = "refused input not logged" // field count: warnings past the per-session limit
+	MsgBadLine        = "command refused: bare CR, LF or NUL"
+	MsgLoginTimeout   = "login timeout"
+	MsgDataIdle       = "data connection idle, aborting the transfer"
+
+	MsgFDLimitLow    = "the session limit needs more file descriptors than RLIMIT_NOFILE allows: sessions beyond it will be refused for lack of descriptors"
+	MsgFDLimitFitted = "session limit lowered to what the descriptor limit carries"
+	MsgOutOfFDs      = "out of file descriptors or memory: cannot connect to the server"
+	MsgAcceptFailed  = "accept failed, retrying"
+	MsgOutOfFDsSpare = "out of file descriptors: refused a connection with the spare descriptor"
 
 	MsgTransferFinished  = "transfer finished"    // data ended cleanly and the server confirmed it (2xx)
 	MsgTransferFailed    = "transfer failed"      // the server answered 4xx/5xx, or a peer reset the data connection

@@ -139,6 +139,7 @@ type Server struct {
 	// serving: Serve is accepting; draining: it has stopped and waits
 	// for the sessions (see Ready).
 	serving, draining atomic.Bool
+	spare             spareFD // for refusing a client when descriptors run out
 	// dataCtx outlives sessions: a transfer may finish after its control
 	// connection is gone; it ends only with the server.
 	dataCtx    context.Context
@@ -258,6 +259,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		zap.Stringer("data_ports", cfg.DataPorts), zap.String("firewall", cfg.Firewall.Name()))
 	var err error
 	var backoff time.Duration
+	s.spare.acquire()
+	defer s.spare.release()
 	s.serving.Store(true)
 	for {
 		c, aerr := ln.Accept()
@@ -271,7 +274,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 					// Out of descriptors or buffers for a moment: wait
 					// and retry, as net/http does, instead of ending.
 					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-					s.log.Warn("accept failed, retrying", zap.Error(aerr), zap.Duration("in", backoff))
+					s.log.Warn(MsgAcceptFailed, zap.Error(aerr), zap.Duration("in", backoff))
+					s.refuseWithSpare(ln)
 					t := time.NewTimer(backoff)
 					select {
 					case <-t.C:
@@ -422,6 +426,9 @@ func (s *Session) dial(ctx context.Context, from netip.Addr, avoid uint16, to st
 	d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAliveConfig: keepAliveConfig(s.cfg.KeepAlive)}
 	if from.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))
+		// The port is picked at connect, for the whole 4-tuple, not at
+		// bind, where TIME_WAIT sockets can make it fail.
+		d.Control = nat.BindNoPort
 	}
 	c, err := d.DialContext(ctx, "tcp", to)
 	if err != nil {

@@ -157,7 +157,13 @@ func (s *Session) run() {
 	defer s.reportUnconfirmed()
 	defer s.data.Wait()
 	s.log.Info(MsgSessionStarted, zap.Stringer("local", s.clientSide))
+	// The login timeout counts from the client's connect, the server's
+	// connect time included.
+	if d := s.cfg.LoginTimeout; d > 0 {
+		s.login = time.AfterFunc(d, s.loginTimeout)
+	}
 	if !s.dialServer() {
+		s.stopLoginTimer()
 		s.rawClient.Close()
 		s.cancel()
 		s.log.Info(MsgSessionEnded, zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)))
@@ -169,9 +175,6 @@ func (s *Session) run() {
 		s.teardown()
 	})
 	s.idle = newIdleWatch(s.cfg.IdleTimeout, s.idleTimeout)
-	if d := s.cfg.LoginTimeout; d > 0 {
-		s.login = time.AfterFunc(d, s.loginTimeout)
-	}
 	s.corr.add(&exchange{cmd: ftp.Command{Verb: "(greeting)"}}, s.done) // the queue is empty: never waits
 
 	var wg sync.WaitGroup
@@ -219,7 +222,7 @@ func (s *Session) dialServer() bool {
 			s.cfg.Observer.SessionRefused(RefusedResources)
 			// The server is fine: the proxy has no descriptor (or
 			// buffer) left to reach it.
-			s.log.Warn("out of file descriptors or memory: cannot connect to the server", zap.String("upstream", upstream),
+			s.log.Warn(MsgOutOfFDs, zap.String("upstream", upstream),
 				zap.Error(err), zap.Uint64("rlimit_nofile", fileLimit()), zap.Int("max_sessions", s.cfg.MaxSessions))
 			s.refuse("421 Too many connections: the proxy is out of resources, try again later.\r\n")
 			return false
@@ -294,7 +297,7 @@ func (s *Session) loginTimeout() {
 	if s.loggedIn.Load() {
 		return
 	}
-	s.log.Info("login timeout", zap.Duration("timeout", s.cfg.LoginTimeout))
+	s.log.Info(MsgLoginTimeout, zap.Duration("timeout", s.cfg.LoginTimeout))
 	s.end(endLoginTimeout, "421 Login timeout: not logged in within "+s.cfg.LoginTimeout.String()+", closing control connection.\r\n")
 }
 

@@ -231,7 +231,7 @@ func (t *transfer) watchIdle(idle time.Duration) (stop func()) {
 		if p := t.progress(); p != last {
 			last, lastChange = p, time.Now()
 		} else if time.Since(lastChange) >= idle {
-			t.s.log.Warn("data connection idle, aborting the transfer", zap.Duration("data_idle_timeout", idle))
+			t.s.log.Warn(MsgDataIdle, zap.Duration("data_idle_timeout", idle))
 			t.abort(abortDataIdle)
 			return
 		}

@@ -8,17 +8,16 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 )
 
-// Lines of the proxy's log that are not constants in proxy/messages.go
-// yet; matched as text, so a change of wording there shows up here as a
-// line not found.
+// Lines of the proxy's log the benchmark looks for.
 const (
-	txtNofileShort  = "the session limit needs more file descriptors than RLIMIT_NOFILE allows"
-	txtOutOfFDs     = "out of file descriptors or memory"
-	txtAcceptFailed = "accept failed, retrying"
-	txtDataIdle     = "data connection idle, aborting the transfer"
-	txtRefusedLine  = "command refused: bare CR, LF or NUL"
+	txtNofileShort  = proxy.MsgFDLimitLow
+	txtOutOfFDs     = proxy.MsgOutOfFDs
+	txtAcceptFailed = proxy.MsgAcceptFailed
+	txtDataIdle     = proxy.MsgDataIdle
+	txtRefusedLine  = proxy.MsgBadLine
 	reasonLogin     = "login timeout" // MsgSessionEnded's reason
 )
 
