@@ -86,7 +86,8 @@
 // data-error, list-failed, active-no-connect, auth-tls, incomplete.
 // Failed connects to the same address with the same result are merged
 // into one finding ("ports 40012 (EPSV) and 40077 (PASV) on 192.0.2.10
-// did not answer within 5s").
+// did not answer within 5s"; "port 40012 (EPSV, PASV)" when both
+// announced the same port).
 //
 // # Report fields
 //

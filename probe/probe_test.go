@@ -322,7 +322,7 @@ func TestDataRefused(t *testing.T) {
 	r := probeT(t, f, Options{})
 	wantVerdict(t, r, VerdictDataRefused, false)
 	fd, ok := finding(r, FindDataRefused)
-	if !ok || fd.Severity != SevError || !strings.Contains(fd.Title, fmt.Sprintf("ports %d (EPSV) and %d (PASV) on 127.0.0.1 refused", closed, closed)) {
+	if !ok || fd.Severity != SevError || !strings.Contains(fd.Title, fmt.Sprintf("port %d (EPSV, PASV) on 127.0.0.1 refused", closed)) {
 		t.Errorf("findings %+v", r.Findings)
 	}
 	if len(r.Findings) != 1 {
@@ -348,7 +348,7 @@ func TestDataTimeout(t *testing.T) {
 		}
 	}
 	fd, ok := finding(r, FindDataTimeout)
-	if !ok || fd.Title != "ports 50012 (EPSV) and 50012 (PASV) on 127.0.0.1 did not answer within 1s" ||
+	if !ok || fd.Title != "port 50012 (EPSV, PASV) on 127.0.0.1 did not answer within 1s" ||
 		!strings.Contains(fd.Advice, "ftpalg") || !strings.Contains(fd.Detail, "firewall") {
 		t.Errorf("finding %+v", fd)
 	}

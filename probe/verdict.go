@@ -232,9 +232,23 @@ func (j *judge) login() {
 type failure struct {
 	result  ConnectResult
 	host    netip.Addr
-	ports   []string // "40012 (EPSV)"
-	elapsed float64  // the longest wait, ms
+	ports   []uint16
+	modes   map[uint16][]string // port → the modes that announced it
+	elapsed float64             // the longest wait, ms
 	err     string
+}
+
+// portList says which ports failed for which modes: "port 40012 (EPSV,
+// PASV)", "ports 40012 (EPSV) and 40077 (PASV)".
+func (f *failure) portList() string {
+	var parts []string
+	for _, p := range f.ports {
+		parts = append(parts, fmt.Sprintf("%d (%s)", p, strings.Join(f.modes[p], ", ")))
+	}
+	if len(parts) == 1 {
+		return "port " + parts[0]
+	}
+	return "ports " + strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
 }
 
 // passive makes the findings about passive modes and returns the verdict
@@ -368,28 +382,29 @@ func addFailure(fails []*failure, mode string, a Attempt) []*failure {
 	if err != nil {
 		return fails
 	}
-	port := fmt.Sprintf("%d (%s)", ap.Port(), mode)
-	for _, f := range fails {
-		if f.result == a.Result && f.host == ap.Addr() {
-			f.ports = append(f.ports, port)
-			f.elapsed = max(f.elapsed, a.ElapsedMS)
-			return fails
-		}
+	i := slices.IndexFunc(fails, func(f *failure) bool { return f.result == a.Result && f.host == ap.Addr() })
+	if i < 0 {
+		fails = append(fails, &failure{result: a.Result, host: ap.Addr(), modes: map[uint16][]string{}, err: a.Error})
+		i = len(fails) - 1
 	}
-	return append(fails, &failure{result: a.Result, host: ap.Addr(), ports: []string{port}, elapsed: a.ElapsedMS, err: a.Error})
+	f := fails[i]
+	if _, seen := f.modes[ap.Port()]; !seen {
+		f.ports = append(f.ports, ap.Port())
+	}
+	f.modes[ap.Port()] = append(f.modes[ap.Port()], mode)
+	f.elapsed = max(f.elapsed, a.ElapsedMS)
+	return fails
 }
 
 func (j *judge) dataFailure(f *failure, sev Severity) {
-	ports := "port " + f.ports[0]
-	if len(f.ports) > 1 {
-		ports = "ports " + strings.Join(f.ports[:len(f.ports)-1], ", ") + " and " + f.ports[len(f.ports)-1]
-	}
+	ports := f.portList()
 	x := Finding{Severity: sev}
 	switch f.result {
 	case ConnectTimeout:
 		x.Code = FindDataTimeout
 		x.Title = fmt.Sprintf("%s on %s did not answer within %s", ports, f.host, dur(f.elapsed))
-		x.Detail = "The server announced the port, but no answer to the connection attempt came back: a firewall between you " +
+		x.Detail = "The server announced " + map[bool]string{true: "these ports", false: "the port"}[len(f.ports) > 1] +
+			", but no answer to the connection attempt came back: a firewall between you " +
 			"and the server (yours, a router's or the server's own) probably drops its passive port range. This is the " +
 			"classic \"login works, LIST hangs\"."
 		x.Advice = adviceOpenRange
