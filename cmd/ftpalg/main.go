@@ -2,6 +2,7 @@
 //
 //	ftpalg demo                         see the problem and the fix on loopback
 //	ftpalg run --upstream HOST:PORT ... relay FTP to a server, rewriting data-channel addresses
+//	ftpalg probe ftp://HOST             check from here why "login works, LIST hangs"
 //	ftpalg version
 //
 // It is a composition root and holds no socket or kernel code: config.go
@@ -9,7 +10,8 @@
 // effects; run.go opens the listener (package nat), sets up the firewall
 // backend and the interception (package rules), serves (package proxy)
 // and shuts down in order; firewall.go holds the backend flags and
-// `ftpalg rules`.
+// `ftpalg rules`; probe.go turns the flags of `ftpalg probe` into
+// probe.Options and prints the report (package probe does the probing).
 package main
 
 import (
@@ -26,6 +28,9 @@ Usage:
   ftpalg demo                    run a server, the proxy and a client on loopback and show the rewrite
   ftpalg run [flags]             run the proxy (ftpalg run --help lists the flags)
   ftpalg rules show|flush|cleanup  the firewall pinholes ftpalg holds
+  ftpalg probe [--active] [--json] [--timeout 20s] ftp://[user[:pass]@]host[:port]
+                                 check from here whether data transfers work ("login works, LIST hangs");
+                                 exit status 0 if they do, 1 if not
   ftpalg version                 print the version
 `
 
@@ -42,6 +47,8 @@ func main() {
 		err = demoCmd(os.Args[2:])
 	case "rules":
 		err = rulesCmd(os.Args[2:])
+	case "probe":
+		os.Exit(probeCmd(os.Args[2:], os.Stdout, os.Stderr))
 	case "version", "--version", "-v":
 		fmt.Println("ftpalg", version)
 	case "help", "--help", "-h":
