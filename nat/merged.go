@@ -35,10 +35,10 @@ type merged struct {
 	lns      []net.Listener
 	deadline time.Time
 	retry    chan struct{} // closed (and replaced) to end the loops' backoff waits
-	results chan acceptResult
-	done    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
+	results  chan acceptResult
+	done     chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
 }
 
 type acceptResult struct {

@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"errors"
-	"os"
-	"sync"
 	"math/rand/v2"
 	"net"
+	"os"
+	"sync"
 	"syscall"
 	"time"
 
