@@ -34,6 +34,7 @@ type runFlags struct {
 	dataIdleTimeout, loginTimeout, keepAlive        time.Duration
 	firewallCheck                                   time.Duration
 	metricsListen                                   string
+	dataPath                                        string
 	maxSessions, maxPerIP                           int
 }
 
@@ -83,6 +84,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (0 or negative: no limit)")
 	f.fw.register(fs)
 	fs.DurationVar(&f.firewallCheck, "firewall-check-interval", rules.DefaultWatchInterval, "how often to check that ftpalg's firewall hooks, chains, sets and interception rules are still there, and restore them and the open pinholes after a firewall reload removed them (0: never)")
+	fs.StringVar(&f.dataPath, "data-path", "auto", "how data connections are carried: kernel (nftables NAT, the data never passes through ftpalg), splice (through ftpalg's sockets, zero-copy) or auto (kernel where the host allows it, reported at start; sessions the kernel cannot serve are spliced and say why)")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics), /healthz, /readyz and /log/level on this address, e.g. 127.0.0.1:9121 (default: off)")
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -130,8 +132,11 @@ type runConfig struct {
 	// metricsListen is where /metrics and the health endpoints are
 	// served; empty: nowhere.
 	metricsListen string
-	logFormat     string
-	logLevel      zapcore.Level
+	// dataPath is --data-path: "auto", "splice" or a registered kernel
+	// data path ("nftables").
+	dataPath  string
+	logFormat string
+	logLevel  zapcore.Level
 }
 
 const runUsage = "Usage: ftpalg run --upstream HOST:PORT [flags]\n       ftpalg run --mode transparent [flags]\n\nFlags:\n"
@@ -160,7 +165,12 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 // transparent mode are not looked at in reverse mode.
 func (f *runFlags) config() (runConfig, error) {
 	rc := runConfig{listen: f.listen.values, grace: f.grace, fw: f.fw, logFormat: f.logFormat, firewallCheck: f.firewallCheck,
-		metricsListen: f.metricsListen}
+		metricsListen: f.metricsListen, dataPath: f.dataPath}
+	switch f.dataPath {
+	case "auto", "kernel", rules.Splice:
+	default:
+		return rc, fmt.Errorf("run: --data-path %q: want kernel, splice or auto", f.dataPath)
+	}
 	if len(rc.listen) == 0 {
 		return rc, errors.New("run: --listen: no address")
 	}

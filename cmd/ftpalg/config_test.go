@@ -97,6 +97,13 @@ func TestRunConfig(t *testing.T) {
 		// Transparent-mode flags are not looked at in reverse mode.
 		{name: "reverse-ignores-transparent-flags", args: []string{"--upstream", "192.0.2.10:21", "--interception", "dnat", "--intercept", "10.0.0.300"}},
 		{name: "reverse-needs-upstream", args: nil, err: "--upstream HOST:PORT is required"},
+		{name: "data-path", args: []string{"--upstream", "192.0.2.10:21", "--data-path", "splice"},
+			check: func(t *testing.T, rc runConfig) {
+				if rc.dataPath != "splice" {
+					t.Errorf("data path %q", rc.dataPath)
+				}
+			}},
+		{name: "bad-data-path", args: []string{"--upstream", "192.0.2.10:21", "--data-path", "ebpf"}, err: `--data-path "ebpf": want kernel, splice or auto`},
 		{name: "listen-repeated", args: []string{"--upstream", "192.0.2.10:21", "--listen", "192.0.2.1:21", "--listen", "[2001:db8::1]:21,127.0.0.1:2121"},
 			check: func(t *testing.T, rc runConfig) {
 				if want := []string{"192.0.2.1:21", "[2001:db8::1]:21", "127.0.0.1:2121"}; !reflect.DeepEqual(rc.listen, want) {
@@ -291,11 +298,11 @@ func TestRulesConfig(t *testing.T) {
 // TestWatched: the firewall watch keeps the backend in place unless it is
 // "none", and the interception when there is one.
 func TestWatched(t *testing.T) {
-	if ss := watched(rules.None{}, nil); len(ss) != 0 {
+	if ss := watched(rules.None{}, nil, nil); len(ss) != 0 {
 		t.Errorf("watched(none) = %v, want nothing", ss)
 	}
 	fw := rulestest.NewFake()
-	if ss := watched(fw, nil); len(ss) != 1 || ss[0] != rules.Syncer(fw) {
+	if ss := watched(fw, nil, nil); len(ss) != 1 || ss[0] != rules.Syncer(fw) {
 		t.Errorf("watched(fake) = %v, want the backend", ss)
 	}
 }

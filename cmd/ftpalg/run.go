@@ -70,6 +70,21 @@ func run(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, rc runConf
 	if m != nil {
 		cfg.Observer = m.Observer()
 	}
+	dp, err := startDataPath(ctx, log, rc)
+	if err != nil {
+		return err
+	}
+	if dp != nil {
+		defer func() {
+			if err := teardown(dp); err != nil {
+				log.Warn("data path teardown failed", zap.String("data_path", dp.Name()), zap.Error(err))
+			}
+		}()
+		cfg.DataPath = dp
+		if m != nil {
+			cfg.DataPath = m.DataPath(dp)
+		}
+	}
 	ln, err := listen(ctx, rc, &cfg)
 	if err != nil {
 		return err
@@ -110,7 +125,7 @@ func run(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, rc runConf
 	}
 	// A firewall reload removes hooks, chains, sets and interception
 	// rules; the watch puts them back, with the open pinholes.
-	stopWatch := rules.StartWatch(ctx, rc.firewallCheck, log, watched(fw, icpt)...)
+	stopWatch := rules.StartWatch(ctx, rc.firewallCheck, log, watched(fw, icpt, dp)...)
 	defer stopWatch()
 	if icpt != nil {
 		remove := func() {
@@ -170,10 +185,13 @@ func serveMetrics(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, a
 
 // watched lists what the firewall watch keeps in place: the backend, unless
 // it is "none", and the interception rules, when installed.
-func watched(fw rules.Backend, icpt *intercept.Rules) []rules.Syncer {
+func watched(fw rules.Backend, icpt *intercept.Rules, dp rules.DataPath) []rules.Syncer {
 	var ss []rules.Syncer
 	if fw.Name() != "none" {
 		ss = append(ss, fw)
+	}
+	if s, ok := dp.(rules.Syncer); ok && dp != nil {
+		ss = append(ss, s)
 	}
 	if icpt != nil {
 		ss = append(ss, icpt)
@@ -181,9 +199,51 @@ func watched(fw rules.Backend, icpt *intercept.Rules) []rules.Syncer {
 	return ss
 }
 
+// startDataPath sets up the kernel data path --data-path asks for: auto
+// takes the best one that works here (and splice when none does, with the
+// reason logged), kernel the nftables one or fails with what to fix,
+// splice none. nil means splice.
+func startDataPath(ctx context.Context, log *zap.Logger, rc runConfig) (rules.DataPath, error) {
+	opts := rc.fw.options(log)
+	name := rc.dataPath
+	switch name {
+	case rules.Splice:
+		log.Info("data path", zap.String("data_path", rules.Splice), zap.String("reason", "--data-path splice"))
+		return nil, nil
+	case "auto":
+		name, _ = rules.DetectDataPath(ctx, opts) // logs its choice and reason
+		if name == rules.Splice {
+			return nil, nil
+		}
+	case "kernel":
+		names := rules.DataPathNames()
+		if len(names) < 2 { // Splice only
+			return nil, errors.New("run: --data-path kernel: this build has no kernel data path")
+		}
+		name = names[0]
+	}
+	dp, err := rules.NewDataPath(name, opts)
+	if err != nil {
+		return nil, fmt.Errorf("run: --data-path: %w", err)
+	}
+	if err := dp.Setup(ctx); err != nil {
+		err = errors.Join(fmt.Errorf("data path %s: %w", name, err), teardown(dp))
+		if rc.dataPath == "auto" {
+			log.Warn("data path", zap.String("data_path", rules.Splice), zap.String("reason", "the kernel data path could not be set up: "+err.Error()))
+			return nil, nil
+		}
+		return nil, err
+	}
+	log.Info("data path", zap.String("data_path", name))
+	return dp, nil
+}
+
+// tearable is what teardown removes: a firewall backend or a data path.
+type tearable interface{ Teardown(context.Context) error }
+
 // teardown removes the firewall backend's kernel objects, within
 // teardownTimeout.
-func teardown(fw rules.Backend) error {
+func teardown(fw tearable) error {
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	return fw.Teardown(ctx)
