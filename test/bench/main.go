@@ -40,6 +40,8 @@ import (
 
 type options struct {
 	benchkit.Flags
+	MetricsData string // --data-ports of the proxy with metrics
+	metricsPort string
 	idle        int
 	settle      time.Duration
 	releaseWait time.Duration
@@ -50,7 +52,9 @@ func main() { benchkit.Main("bench", parseFlags, run) }
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	o.Define(32, []string{"throughput", "rate", "idle"}, "which measurements to run, comma-separated")
+	o.Define(32, []string{"throughput", "rate", "idle", "metrics"}, "which measurements to run, comma-separated")
+	flag.StringVar(&o.MetricsData, "metrics-data-ports", "31000-31999", "--data-ports of the second proxy, the one with metrics (apart from the first's)")
+	flag.StringVar(&o.metricsPort, "metrics-port", "39121", "port of the second proxy's --metrics-listen on 127.0.0.1")
 	flag.IntVar(&o.idle, "idle", 5000, "idle sessions held open through the proxy in the memory test")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "wait before reading memory figures")
 	flag.DurationVar(&o.releaseWait, "release-wait", 300*time.Second, "after closing the idle sessions, how long to wait for the proxy's RSS to come back near the baseline")
@@ -77,6 +81,7 @@ type results struct {
 	rateDirect *rateResult
 	rateProxy  *rateResult
 	idle       *idleResult
+	metrics    *metricsResult
 }
 
 func run(o *options) error {
@@ -106,9 +111,9 @@ func run(o *options) error {
 			return err
 		}
 	}
-	needFiles := o.Only["throughput"] || o.Only["rate"]
+	needFiles := o.Only["throughput"] || o.Only["rate"] || o.Only["metrics"]
 	size := o.Size
-	if !o.Only["throughput"] {
+	if !o.Only["throughput"] && !o.Only["metrics"] {
 		size = 0
 	}
 	if needFiles {
@@ -176,6 +181,17 @@ func run(o *options) error {
 			fmt.Printf("  ratio proxy/direct: rate %s, p50 latency %s, p99 latency %s\n",
 				benchkit.Ratio(p.rate, d.rate, 3), benchkit.Ratio(benchkit.Ms(p.p50), benchkit.Ms(d.p50), 2), benchkit.Ratio(benchkit.Ms(p.p99), benchkit.Ms(d.p99), 2))
 		}
+		if o.Only["metrics"] {
+			pm, pmAddr, err := startProxyWith(bin, dir, "proxy-metrics", serverAddr, o.MetricsData, 100000, "--metrics-listen", "127.0.0.1:"+o.metricsPort)
+			if err != nil {
+				return err
+			}
+			if res.metrics, err = runMetricsCost(o, serverAddr, proxyAddr, px.PID(), pmAddr, "http://127.0.0.1:"+o.metricsPort+"/metrics", pm.PID()); err != nil {
+				return err
+			}
+			logTail(pm)
+			pm.Stop(stopGrace)
+		}
 		logTail(px)
 		px.Stop(stopGrace)
 		if vs != nil {
@@ -240,6 +256,9 @@ func summary(o *options, r *results) string {
 			row("machine CPU ms per session", benchkit.F2(md), benchkit.F2(mp), benchkit.Ratio(mp, md, 3))
 		}
 		row("proxy CPU ms per session", "", benchkit.F2(p.proxyCPU), "")
+	}
+	if m := r.metrics; m != nil {
+		metricsRows(row, o, m)
 	}
 	if i := r.idle; i != nil {
 		row(fmt.Sprintf("proxy VmRSS per idle session, KiB (%d)", i.sessions), "", benchkit.F1(i.perSession), "")

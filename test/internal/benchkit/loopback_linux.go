@@ -73,11 +73,16 @@ func (x Proxy) Start() (*nstest.Proc, string, error) {
 		return nil, "", err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	// On the host's loopback: no firewall objects (they would be the
+	// host's, and two proxies of one run would share their names) and no
+	// kernel data path (loopback targets are spliced anyway). x.Args
+	// come after and may say otherwise.
 	argv := append(append([]string{}, x.Wrapper...), x.Bin, "run",
 		"--listen", addr,
 		"--upstream", x.Upstream,
 		"--advertise", "127.0.0.1",
-		"--data-ports", x.DataPorts)
+		"--data-ports", x.DataPorts,
+		"--firewall", "none", "--data-path", "splice")
 	p, err := Start(nil, x.Name, filepath.Join(x.Dir, x.Name+".log"), append(argv, x.Args...)...)
 	if err != nil {
 		return nil, "", err
