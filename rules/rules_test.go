@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -192,4 +193,28 @@ func TestOptionsCheck(t *testing.T) {
 	if got := (Options{Instance: "web"}).Suffix(); got != "-web" {
 		t.Errorf("Suffix = %q", got)
 	}
+}
+
+// TestClaim: one claim per instance name in a network namespace, given
+// back by release; other names are independent.
+func TestClaim(t *testing.T) {
+	name := fmt.Sprintf("test%d", os.Getpid()%100000)
+	release, err := Claim(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Claim(name); err == nil || !strings.Contains(err.Error(), "--firewall-instance") {
+		t.Fatalf("second claim: %v, want a refusal naming --firewall-instance", err)
+	}
+	other, err := Claim(name + "x")
+	if err != nil {
+		t.Fatalf("another name: %v", err)
+	}
+	other()
+	release()
+	again, err := Claim(name)
+	if err != nil {
+		t.Fatalf("claim after release: %v", err)
+	}
+	again()
 }
