@@ -56,12 +56,15 @@ func runCmd(args []string) error {
 // the firewall backend's objects. A failed start removes what it had set
 // up.
 func run(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, rc runConfig) error {
-	// One process per set of kernel object names in a network namespace.
-	release, err := rules.Claim(rc.fw.instance)
-	if err != nil {
-		return fmt.Errorf("run: %w", err)
+	// One process per set of kernel object names in a network namespace
+	// (a process that owns none needs no claim).
+	if rc.fw.name != "none" || rc.dataPath != rules.Splice || rc.intercept != nil {
+		release, err := rules.Claim(rc.fw.instance)
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		defer release()
 	}
-	defer release()
 	fw, err := rc.fw.backend(ctx, log, true)
 	if err != nil {
 		return err
