@@ -160,7 +160,10 @@ func (s *Session) run() {
 	// The login timeout counts from the client's connect, the server's
 	// connect time included.
 	if d := s.cfg.LoginTimeout; d > 0 {
-		s.login = time.AfterFunc(d, s.loginTimeout)
+		// It may fire while dialServer still sets up the session's
+		// logger: it logs with the one of now.
+		log := s.log
+		s.login = time.AfterFunc(d, func() { s.loginTimeout(log) })
 	}
 	if !s.dialServer() {
 		s.stopLoginTimer()
@@ -293,11 +296,11 @@ func (s *Session) shutdown() {
 
 // loginTimeout ends a session whose client has not logged in within
 // LoginTimeout.
-func (s *Session) loginTimeout() {
+func (s *Session) loginTimeout(log *zap.Logger) {
 	if s.loggedIn.Load() {
 		return
 	}
-	s.log.Info(MsgLoginTimeout, zap.Duration("timeout", s.cfg.LoginTimeout))
+	log.Info(MsgLoginTimeout, zap.Duration("timeout", s.cfg.LoginTimeout))
 	s.end(endLoginTimeout, "421 Login timeout: not logged in within "+s.cfg.LoginTimeout.String()+", closing control connection.\r\n")
 }
 
