@@ -321,6 +321,13 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	}
 	expires := b.now().Add(time.Duration(to) * time.Second)
 	if err := call(func() error { return b.h.IpsetAdd(f.set, e) }); err != nil {
+		// The caller takes a failed Open for a pinhole not open and will
+		// not Close it: forget the key (an element of it from an earlier
+		// Open goes too, best effort), so that Sync cannot bring it back.
+		if _, had := b.open[p.Key()]; had {
+			delete(b.open, p.Key())
+			call(func() error { return b.h.IpsetDel(f.set, element(p)) })
+		}
 		return b.nlerr("open "+desc(p), err)
 	}
 	b.seq++
