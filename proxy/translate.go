@@ -143,21 +143,14 @@ func (s *Session) activeVerb(k ftp.Kind, local netip.AddrPort) (verb, arg string
 // provides them by translation) and learns what the server lacks.
 func (s *Session) featReply(r *ftp.Reply) []byte {
 	raw := r.Raw()
-	if r.Code != 211 || len(r.Lines) < 2 {
+	feats, ok := ftp.ParseFEAT(r)
+	if !ok {
 		return raw
 	}
-	has := map[string]bool{}
-	for _, l := range r.Lines[1 : len(r.Lines)-1] {
-		f := strings.ToUpper(strings.TrimSpace(string(l.Text)))
-		if i := strings.IndexByte(f, ' '); i >= 0 {
-			f = f[:i]
-		}
-		has[f] = true
-	}
-	if !has["EPSV"] {
+	if !feats.Has("EPSV") {
 		s.noEPSV.Store(true)
 	}
-	if !has["EPRT"] {
+	if !feats.Has("EPRT") {
 		s.noEPRT.Store(true)
 	}
 	if s.serverAddr.Addr().Is6() {
@@ -167,7 +160,7 @@ func (s *Session) featReply(r *ftp.Reply) []byte {
 	}
 	var add []byte
 	for _, f := range []string{"EPRT", "EPSV"} {
-		if !has[f] {
+		if !feats.Has(f) {
 			add = append(add, " "+f+"\r\n"...)
 		}
 	}

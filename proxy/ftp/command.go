@@ -25,6 +25,10 @@ const (
 	KindQUIT
 	KindREIN
 	KindPASS
+	KindPBSZ // PBSZ (RFC 4217): protection buffer size, 0 for TLS
+	KindPROT // PROT C|S|E|P (RFC 4217): data channel protection
+	KindCCC  // CCC (RFC 4217): clear the control channel
+	KindUSER
 )
 
 // Command is a parsed command line.
@@ -77,6 +81,14 @@ func ParseCommand(text []byte) Command {
 		c.Kind = KindLPRT
 	case "AUTH":
 		c.Kind = KindAUTH
+	case "PBSZ":
+		c.Kind = KindPBSZ
+	case "PROT":
+		c.Kind = KindPROT
+	case "CCC":
+		c.Kind = KindCCC
+	case "USER":
+		c.Kind = KindUSER
 	case "ABOR":
 		c.Kind = KindABOR
 	case "QUIT":
