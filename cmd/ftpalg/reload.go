@@ -128,10 +128,50 @@ func planReload(old, next runConfig) (reloadPlan, error) {
 		p.remove = append(p.remove, fe.name)
 		p.summary = append(p.summary, fmt.Sprintf("frontend %q removed (its sessions drain)", fe.name))
 	}
+	errs = append(errs, checkHandover(old, p)...)
 	if err := errors.Join(errs...); err != nil {
 		return reloadPlan{}, err
 	}
 	return p, nil
+}
+
+// checkHandover refuses to open an address that one the reload closes
+// still holds: new addresses are bound before old ones are closed, so a
+// front end renamed with its addresses, an address moved between front
+// ends or respelled (":21" as "0.0.0.0:21") takes two reloads.
+func checkHandover(old runConfig, p reloadPlan) []error {
+	type held struct{ frontend, addr string }
+	var closing []held
+	for _, c := range p.change {
+		for _, a := range c.close {
+			closing = append(closing, held{c.fe.name, a})
+		}
+	}
+	for _, fe := range old.frontends {
+		if slices.Contains(p.remove, fe.name) {
+			for _, a := range fe.listen {
+				closing = append(closing, held{fe.name, a})
+			}
+		}
+	}
+	var errs []error
+	check := func(name string, addrs []string) {
+		for _, a := range addrs {
+			for _, h := range closing {
+				if listenOverlap(a, h.addr) {
+					errs = append(errs, fmt.Errorf("frontend %q: listen %s: front end %q holds %s until this reload is done "+
+						"(new addresses are opened first): move it in two reloads, one that closes it and one that opens it", name, a, h.frontend, h.addr))
+				}
+			}
+		}
+	}
+	for _, c := range p.change {
+		check(c.fe.name, c.open)
+	}
+	for _, fe := range p.add {
+		check(fe.name, fe.listen)
+	}
+	return errs
 }
 
 // planFrontend is what changes in a front end that stays, with one

@@ -206,6 +206,8 @@ type frontends struct {
 
 // frontendRun is one running front end.
 type frontendRun struct {
+	name string // fe.name, which never changes (/readyz reads it)
+	// fe is the configuration it runs; only run's goroutine reads it.
 	fe  frontend
 	srv *proxy.Server
 	// ln is what srv accepts from: in reverse mode sw, a switch over lns
@@ -232,11 +234,11 @@ func (fes *frontends) proxyConfig(fe frontend, director func(net.Conn) (netip.Ad
 
 // open opens fe's listeners and makes its server, not yet serving.
 func (fes *frontends) open(ctx context.Context, fe frontend) (*frontendRun, error) {
-	fr := &frontendRun{fe: fe}
+	fr := &frontendRun{name: fe.name, fe: fe}
 	if fe.mode == 0 {
 		lns, err := listenEach(ctx, fe.listen)
 		if err != nil {
-			return nil, fes.wrap(fe, err)
+			return nil, fes.wrap(fe.name, err)
 		}
 		fr.lns = lns
 		fr.sw = nat.NewSwitch(inOrder(lns, fe.listen)...)
@@ -244,30 +246,30 @@ func (fes *frontends) open(ctx context.Context, fe frontend) (*frontendRun, erro
 	} else {
 		ln, err := nat.ListenIntercepted(ctx, fe.mode, fe.listen[0])
 		if err != nil {
-			return nil, fes.wrap(fe, err)
+			return nil, fes.wrap(fe.name, err)
 		}
 		dir, err := nat.Director(fe.mode)
 		if err != nil {
 			ln.Close()
-			return nil, fes.wrap(fe, err)
+			return nil, fes.wrap(fe.name, err)
 		}
 		fr.ln, fr.director = ln, dir
 	}
 	srv, err := proxy.NewServer(fes.proxyConfig(fe, fr.director))
 	if err != nil {
 		fr.ln.Close()
-		return nil, fes.wrap(fe, err)
+		return nil, fes.wrap(fe.name, err)
 	}
 	fr.srv = srv
 	return fr, nil
 }
 
 // wrap says which front end err is about.
-func (fes *frontends) wrap(fe frontend, err error) error {
-	if fe.name == "" {
+func (fes *frontends) wrap(name string, err error) error {
+	if name == "" {
 		return fmt.Errorf("run: %w", err)
 	}
-	return fmt.Errorf("run: frontend %q: %w", fe.name, err)
+	return fmt.Errorf("run: frontend %q: %w", name, err)
 }
 
 // listenEach opens a listener on each address (nat.Listen); a failure
@@ -329,13 +331,13 @@ func (fes *frontends) start(ctx context.Context, fr *frontendRun) {
 		err := fr.srv.Serve(fctx, fr.ln, fes.grace)
 		switch {
 		case fr.removed.Load():
-			fes.log.Info("front end removed: sessions done", zap.String("frontend", fr.fe.name), zap.Error(err))
+			fes.log.Info("front end removed: sessions done", zap.String("frontend", fr.name), zap.Error(err))
 		case fctx.Err() == nil || err != nil:
 			if err == nil {
 				err = errors.New("stopped accepting")
 			}
 			select {
-			case fes.failed <- fes.wrap(fr.fe, err):
+			case fes.failed <- fes.wrap(fr.name, err):
 			default: // one failure is enough to end the run
 			}
 		}
@@ -349,8 +351,8 @@ func (fes *frontends) ready() error {
 	var errs []error
 	for _, fr := range fes.list {
 		if err := fr.srv.Ready(); err != nil {
-			if fr.fe.name != "" {
-				err = fmt.Errorf("frontend %q: %w", fr.fe.name, err)
+			if fr.name != "" {
+				err = fmt.Errorf("frontend %q: %w", fr.name, err)
 			}
 			errs = append(errs, err)
 		}
@@ -424,7 +426,7 @@ func (fes *frontends) reload(ctx context.Context, level zap.AtomicLevel, old, ne
 	}
 	byName := map[string]*frontendRun{}
 	for _, fr := range fes.list {
-		byName[fr.fe.name] = fr
+		byName[fr.name] = fr
 	}
 	for _, c := range p.change {
 		fr := byName[c.fe.name]
@@ -451,7 +453,7 @@ func (fes *frontends) reload(ctx context.Context, level zap.AtomicLevel, old, ne
 	}
 	for _, fr := range added {
 		fes.start(ctx, fr)
-		byName[fr.fe.name] = fr
+		byName[fr.name] = fr
 	}
 	list := make([]*frontendRun, 0, len(next.frontends))
 	for _, fe := range next.frontends {
