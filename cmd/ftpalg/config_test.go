@@ -63,10 +63,10 @@ func TestRunConfig(t *testing.T) {
 	}{
 		{name: "reverse-defaults", args: []string{"--upstream", "192.0.2.10:21"},
 			check: func(t *testing.T, rc runConfig) {
-				if !reflect.DeepEqual(rc.listen, []string{":21"}) || rc.mode != 0 || rc.grace != 30*time.Second || rc.fw.name != "auto" ||
+				if !reflect.DeepEqual(rc.frontends[0].listen, []string{":21"}) || rc.frontends[0].mode != 0 || rc.grace != 30*time.Second || rc.fw.name != "auto" ||
 					rc.logFormat != "console" || rc.logLevel != zapcore.InfoLevel || rc.firewallCheck != 2*time.Second {
 					t.Errorf("listen %q, mode %v, grace %v, firewall %q, log %s/%s, firewall check %v",
-						rc.listen, rc.mode, rc.grace, rc.fw.name, rc.logFormat, rc.logLevel, rc.firewallCheck)
+						rc.frontends[0].listen, rc.frontends[0].mode, rc.grace, rc.fw.name, rc.logFormat, rc.logLevel, rc.firewallCheck)
 				}
 			}},
 		{name: "reverse-everything", args: []string{"--upstream", "ftp.example:2100", "--listen", "127.0.0.1:2121",
@@ -89,9 +89,9 @@ func TestRunConfig(t *testing.T) {
 				if want := (firewallFlags{name: "ipset", instance: "gw", iptables: "legacy", keepHooks: true}); rc.fw != want {
 					t.Errorf("firewall flags %+v, want %+v", rc.fw, want)
 				}
-				if !reflect.DeepEqual(rc.listen, []string{"127.0.0.1:2121"}) || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel ||
+				if !reflect.DeepEqual(rc.frontends[0].listen, []string{"127.0.0.1:2121"}) || rc.grace != time.Second || rc.logFormat != "json" || rc.logLevel != zapcore.DebugLevel ||
 					rc.firewallCheck != 500*time.Millisecond || rc.metricsListen != "127.0.0.1:9121" {
-					t.Errorf("listen %q, grace %v, log %s/%s, firewall check %v", rc.listen, rc.grace, rc.logFormat, rc.logLevel, rc.firewallCheck)
+					t.Errorf("listen %q, grace %v, log %s/%s, firewall check %v", rc.frontends[0].listen, rc.grace, rc.logFormat, rc.logLevel, rc.firewallCheck)
 				}
 			}},
 		// Transparent-mode flags are not looked at in reverse mode.
@@ -106,8 +106,8 @@ func TestRunConfig(t *testing.T) {
 		{name: "bad-data-path", args: []string{"--upstream", "192.0.2.10:21", "--data-path", "ebpf"}, err: `--data-path "ebpf": want kernel, splice or auto`},
 		{name: "listen-repeated", args: []string{"--upstream", "192.0.2.10:21", "--listen", "192.0.2.1:21", "--listen", "[2001:db8::1]:21,127.0.0.1:2121"},
 			check: func(t *testing.T, rc runConfig) {
-				if want := []string{"192.0.2.1:21", "[2001:db8::1]:21", "127.0.0.1:2121"}; !reflect.DeepEqual(rc.listen, want) {
-					t.Errorf("listen %q, want %q", rc.listen, want)
+				if want := []string{"192.0.2.1:21", "[2001:db8::1]:21", "127.0.0.1:2121"}; !reflect.DeepEqual(rc.frontends[0].listen, want) {
+					t.Errorf("listen %q, want %q", rc.frontends[0].listen, want)
 				}
 			}},
 		{name: "listen-empty", args: []string{"--upstream", "192.0.2.10:21", "--listen", ","}, err: "--listen: no address"},
@@ -136,8 +136,8 @@ func TestRunConfig(t *testing.T) {
 
 		{name: "transparent-defaults", args: tp, intercept: func(*intercept.Config) bool { return true },
 			check: func(t *testing.T, rc runConfig) {
-				if rc.mode != nat.ModeRedirect {
-					t.Errorf("mode %v, want redirect", rc.mode)
+				if rc.frontends[0].mode != nat.ModeRedirect {
+					t.Errorf("mode %v, want redirect", rc.frontends[0].mode)
 				}
 			}},
 		{name: "transparent-everything", args: append(tp, "--interception", "tproxy", "--listen", ":2121",
@@ -154,8 +154,8 @@ func TestRunConfig(t *testing.T) {
 				return true
 			},
 			check: func(t *testing.T, rc runConfig) {
-				if rc.mode != nat.ModeTProxy || !reflect.DeepEqual(rc.listen, []string{":2121"}) {
-					t.Errorf("mode %v, listen %q", rc.mode, rc.listen)
+				if rc.frontends[0].mode != nat.ModeTProxy || !reflect.DeepEqual(rc.frontends[0].listen, []string{":2121"}) {
+					t.Errorf("mode %v, listen %q", rc.frontends[0].mode, rc.frontends[0].listen)
 				}
 			}},
 		{name: "bad-interception", args: append(tp, "--interception", "dnat"), err: `--interception: nat: interception mode "dnat"`},
@@ -182,22 +182,22 @@ func TestRunConfig(t *testing.T) {
 				t.Fatalf("run %q: %v\n%s", tc.args, err, out.String())
 			}
 			wantProxy := reverseDefaults()
-			if rc.mode != 0 {
+			if rc.frontends[0].mode != 0 {
 				wantProxy = transparentDefaults()
 			}
 			if tc.proxy != nil {
 				tc.proxy(&wantProxy)
 			}
-			if !reflect.DeepEqual(rc.proxy, wantProxy) {
-				t.Errorf("run %q:\nproxy.Config %+v\nwant         %+v", tc.args, rc.proxy, wantProxy)
+			if !reflect.DeepEqual(rc.frontends[0].proxy, wantProxy) {
+				t.Errorf("run %q:\nproxy.Config %+v\nwant         %+v", tc.args, rc.frontends[0].proxy, wantProxy)
 			}
 			wantIcpt := interceptDefaults()
 			if tc.intercept == nil || !tc.intercept(&wantIcpt) {
-				if rc.intercept != nil {
-					t.Errorf("run %q: intercept.Config %+v, want none", tc.args, *rc.intercept)
+				if rc.frontends[0].intercept != nil {
+					t.Errorf("run %q: intercept.Config %+v, want none", tc.args, *rc.frontends[0].intercept)
 				}
-			} else if rc.intercept == nil || !reflect.DeepEqual(*rc.intercept, wantIcpt) {
-				t.Errorf("run %q:\nintercept.Config %+v\nwant             %+v", tc.args, rc.intercept, wantIcpt)
+			} else if rc.frontends[0].intercept == nil || !reflect.DeepEqual(*rc.frontends[0].intercept, wantIcpt) {
+				t.Errorf("run %q:\nintercept.Config %+v\nwant             %+v", tc.args, rc.frontends[0].intercept, wantIcpt)
 			}
 			if tc.check != nil {
 				tc.check(t, rc)
@@ -213,9 +213,9 @@ func TestRunConfigLeavesToStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc.proxy.Firewall != nil || rc.proxy.Director != nil || rc.proxy.Logger != nil || rc.intercept.Logger != nil ||
-		rc.intercept.ListenPort != 0 || rc.intercept.OnIP != nil {
-		t.Errorf("config has start-time fields set: %+v, %+v", rc.proxy, *rc.intercept)
+	if rc.frontends[0].proxy.Firewall != nil || rc.frontends[0].proxy.Director != nil || rc.frontends[0].proxy.Logger != nil || rc.frontends[0].intercept.Logger != nil ||
+		rc.frontends[0].intercept.ListenPort != 0 || rc.frontends[0].intercept.OnIP != nil {
+		t.Errorf("config has start-time fields set: %+v, %+v", rc.frontends[0].proxy, *rc.frontends[0].intercept)
 	}
 }
 
