@@ -34,7 +34,11 @@ export FTPALG_E2E=1
 
 echo "== fuzz smoke (each parser target for a few seconds)"
 for f in $(go test ./proxy/ftp -list '^Fuzz' | grep '^Fuzz'); do
-	go test ./proxy/ftp -run '^$' -fuzz "^${f}\$" -fuzztime 4s >/dev/null
+	if ! out=$(go test ./proxy/ftp -run '^$' -fuzz "^${f}\$" -fuzztime 4s 2>&1); then
+		echo "FAIL $f"
+		echo "$out"
+		exit 1
+	fi
 	echo "ok   $f"
 done
 

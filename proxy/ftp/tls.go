@@ -102,8 +102,13 @@ func ParseFEAT(r *Reply) (f Features, ok bool) {
 		if text == "" {
 			continue
 		}
-		name, params, _ := strings.Cut(text, " ")
-		f[strings.ToUpper(name)] = strings.TrimSpace(params)
+		// A feature name ends at any white space: a line may hold a bare
+		// LF or a tab, which the reply scanner keeps inside the line.
+		name, params := text, ""
+		if i := strings.IndexAny(text, " \t\r\n"); i >= 0 {
+			name, params = text[:i], strings.TrimSpace(text[i+1:])
+		}
+		f[strings.ToUpper(name)] = params
 	}
 	return f, true
 }
