@@ -8,15 +8,21 @@ import (
 )
 
 // Key identifies a pinhole's kernel object: two pinholes with the same key
-// are one set element or one rule, whatever their session or lifetime.
+// are one set element or one rule, whatever their session or lifetime. A
+// Forward pinhole and an input one of the same tuple are two keys: the
+// iptables backend keeps them in different chains. (In the ipset backend
+// they are the same element, which both hooks match; the two never share
+// a tuple in practice, since a forwarded connection's destination is not
+// one of the host's addresses.)
 type Key struct {
-	Proto Proto
-	Peer  netip.Addr
-	Local netip.AddrPort
+	Proto   Proto
+	Peer    netip.Addr
+	Local   netip.AddrPort
+	Forward bool
 }
 
 // Key returns p's key.
-func (p Pinhole) Key() Key { return Key{p.Proto, p.Peer, p.Local} }
+func (p Pinhole) Key() Key { return Key{p.Proto, p.Peer, p.Local, p.Forward} }
 
 // Is6 reports whether p is an IPv6 pinhole. Meaningful after Check.
 func (p Pinhole) Is6() bool { return p.Peer.Is6() }

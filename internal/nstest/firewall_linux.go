@@ -152,3 +152,18 @@ func DefaultDrop(t testing.TB, n *NS, variant string, accept ...[]string) {
 		n.Run(t, cmd, "-w", "-P", "INPUT", "DROP")
 	}
 }
+
+// ForwardDrop installs a router's typical forwarding firewall in n with
+// the given variant, for both families: FORWARD policy DROP with
+// ESTABLISHED,RELATED accepted, then each of accept accepted.
+func ForwardDrop(t testing.TB, n *NS, variant string, accept ...[]string) {
+	t.Helper()
+	for _, fam := range []string{"4", "6"} {
+		cmd := Cmd(fam, variant)
+		n.Run(t, cmd, "-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+		for _, spec := range accept {
+			n.Run(t, append(append([]string{cmd, "-w", "-A", "FORWARD"}, spec...), "-j", "ACCEPT")...)
+		}
+		n.Run(t, cmd, "-w", "-P", "FORWARD", "DROP")
+	}
+}

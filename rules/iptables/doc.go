@@ -12,12 +12,15 @@
 //	        (inserted at the top; the same with ip6tables)
 //	rules   -A FTPALG-INPUT -p tcp -s PEER -d LOCAL --dport PORT
 //	            -m comment --comment "ftpalg session N" -j ACCEPT
+//	        the same in FTPALG-FORWARD for a Forward pinhole
 //
 // With Options.Instance "web" the chains are FTPALG-INPUT-web and
 // FTPALG-FORWARD-web, so several ftpalg processes share a host.
 //
-// FTPALG-FORWARD stays empty until the gateway mode puts pinholes there; it
-// is hooked already so that mode changes no hooks.
+// FTPALG-FORWARD holds the Forward pinholes: the kernel data path's
+// forwarded connections, matched after its DNAT (peer to the real
+// target). An input and a Forward pinhole of one tuple are two rules
+// (rules.Key tells them apart).
 //
 // Lifetime: a rule has no kernel timeout. The proxy closes it when the data
 // connection arrives or the offer expires; a crashed proxy leaves its rules
@@ -36,7 +39,8 @@
 //
 // Invariants:
 //   - The memory map of open pinholes is the source of truth for what this
-//     process opened; FTPALG-INPUT holds exactly one rule for each. List
+//     process opened; FTPALG-INPUT (FTPALG-FORWARD) holds exactly one rule
+//     for each. List
 //     reads the kernel, so it also works in `ftpalg rules show`.
 //   - Kernel changes are serialised by one mutex: concurrent iptables
 //     processes would only queue on the xtables lock (legacy) or retry

@@ -157,6 +157,50 @@ func TestFakeSetupOpenCloseTeardown(t *testing.T) {
 
 func withoutLifetime(p rules.Pinhole) rules.Pinhole { p.Lifetime = 0; return p }
 
+// withForward adds rules of FTPALG-FORWARD to a filterWith listing, where
+// `iptables -S` prints them: after the built-in chains' rules, before
+// FTPALG-INPUT's (chains in name order).
+func withForward(filter []string, rules ...string) []string {
+	i := slices.IndexFunc(filter, func(l string) bool { return strings.HasPrefix(l, "-A FTPALG-INPUT") })
+	if i < 0 {
+		i = len(filter)
+	}
+	var fwd []string
+	for _, r := range rules {
+		fwd = append(fwd, "-A FTPALG-FORWARD "+r)
+	}
+	return slices.Concat(filter[:i], fwd, filter[i:])
+}
+
+// TestFakeForwardPinhole: a Forward pinhole (the kernel data path's, for
+// the connection after its DNAT) is a rule in FTPALG-FORWARD, not in
+// FTPALG-INPUT; an input pinhole of the same tuple is another rule, List
+// tells them apart, Close removes each from its own chain, and Flush
+// empties both chains.
+func TestFakeForwardPinhole(t *testing.T) {
+	x := withHost(t)
+	b := onFake(t, x, rules.Options{})
+	do(t, "Setup", b.Setup)
+	fwd := p4
+	fwd.Forward = true
+	for _, p := range []rules.Pinhole{fwd, p4, fwd} {
+		do(t, "Open", func(ctx context.Context) error { return b.Open(ctx, p) })
+	}
+	checkFake(t, x, xtables.IPv4, withForward(filterWith("", rule4), rule4))
+	got, err := b.List(context.Background())
+	if err != nil || len(got) != 2 || got[0].Forward == got[1].Forward || got[0].Key().Local != p4.Local {
+		t.Errorf("List = %v, %v; want the input and the Forward pinhole of one tuple", got, err)
+	}
+	do(t, "Close Forward", func(ctx context.Context) error { return b.Close(ctx, fwd) })
+	checkFake(t, x, xtables.IPv4, filterWith("", rule4))
+	do(t, "Open Forward", func(ctx context.Context) error { return b.Open(ctx, fwd) })
+	do(t, "Close input", func(ctx context.Context) error { return b.Close(ctx, p4) })
+	checkFake(t, x, xtables.IPv4, withForward(filterWith(""), rule4))
+	do(t, "Open", func(ctx context.Context) error { return b.Open(ctx, p4) })
+	do(t, "Flush", b.Flush)
+	checkFake(t, x, xtables.IPv4, filterWith(""))
+}
+
 // TestFakeLeftovers: what a crashed run (and an older version) left — a
 // pinhole rule, old-style hooks twice, a stale FORWARD chain with a rule,
 // a duplicated hook around the host's rules — is reconciled by Setup to

@@ -29,13 +29,16 @@ func init() {
 	})
 }
 
-// Backend keeps one iptables rule per pinhole in FTPALG-INPUT. It is safe
-// for concurrent use; kernel changes are serialised (each is a process).
+// Backend keeps one iptables rule per pinhole in FTPALG-INPUT, or in
+// FTPALG-FORWARD for a Forward pinhole. It is safe for concurrent use;
+// kernel changes are serialised (each is a process).
 type Backend struct {
 	opts  rules.Options
 	log   *zap.Logger
 	hooks []xtables.Hook
-	chain string // FTPALG-INPUT with the instance suffix: the pinholes' chain
+	// chains are FTPALG-INPUT and FTPALG-FORWARD with the instance
+	// suffix: the pinholes' chains, for input and Forward pinholes.
+	chains [2]string
 	// newTables finds a family's binary: xtables.New, or a fake's Open in
 	// tests.
 	newTables xtables.Opener
@@ -77,7 +80,7 @@ func New(opts rules.Options) *Backend {
 		opts:      opts,
 		log:       opts.Log().With(zap.String("firewall", Name)),
 		hooks:     xtables.Hooks(opts.Suffix()),
-		chain:     xtables.ChainInput + opts.Suffix(),
+		chains:    [2]string{xtables.ChainInput + opts.Suffix(), xtables.ChainForward + opts.Suffix()},
 		newTables: xtables.New,
 		now:       time.Now,
 		open:      map[rules.Key]held{},
@@ -156,6 +159,16 @@ func (b *Backend) tables(ctx context.Context, i int) (*xtables.Tables, error) {
 	return x, nil
 }
 
+// chain is the chain p's rule goes to: FTPALG-INPUT, or FTPALG-FORWARD
+// for a connection the host forwards (the kernel data path's, after its
+// DNAT: Local is then the real target).
+func (b *Backend) chain(p rules.Pinhole) string {
+	if p.Forward {
+		return b.chains[1]
+	}
+	return b.chains[0]
+}
+
 // ruleSpec is p's rule: exactly one peer, one local address, one port.
 // Conntrack state and --syn are checked once, by the hook.
 func ruleSpec(p rules.Pinhole) []string {
@@ -169,7 +182,7 @@ func ruleSpec(p rules.Pinhole) []string {
 	}
 }
 
-// Open appends p's rule to FTPALG-INPUT. The rule has no kernel timeout:
+// Open appends p's rule to FTPALG-INPUT (FTPALG-FORWARD). The rule has no kernel timeout:
 // it lives until Close, Flush or Teardown, or — when the proxy crashed —
 // until the next Setup flushes the chain. Opening a pinhole that is open
 // already adds no second rule.
@@ -196,7 +209,7 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if h, ok := b.open[p.Key()]; ok {
 		// open already, unless someone flushed the chain behind our back
 		// (`ftpalg rules flush`): ask the kernel, in this rare case only
-		ok, err := x.Exists(b.chain, ruleSpec(h.p)...)
+		ok, err := x.Exists(b.chain(p), ruleSpec(h.p)...)
 		if err != nil {
 			return b.wrap("open "+desc(p), err)
 		}
@@ -209,7 +222,7 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 		}
 		delete(b.open, p.Key())
 	}
-	if err := x.Append(b.chain, ruleSpec(p)...); err != nil {
+	if err := x.Append(b.chain(p), ruleSpec(p)...); err != nil {
 		return b.wrap("open "+desc(p), err)
 	}
 	b.seq++
@@ -238,16 +251,17 @@ func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return nil // never opened
 	}
-	if err := x.Delete(b.chain, ruleSpec(p)...); err != nil {
+	if err := x.Delete(b.chain(p), ruleSpec(p)...); err != nil {
 		return b.wrap("close "+desc(p), err)
 	}
 	delete(b.open, p.Key())
 	return nil
 }
 
-// List returns the pinhole rules in FTPALG-INPUT of both families, read
-// from the kernel (so it works in a process that did not call Setup).
-// Lifetime is zero: these rules have no kernel timeout.
+// List returns the pinhole rules in FTPALG-INPUT and FTPALG-FORWARD (as
+// Forward pinholes) of both families, read from the kernel (so it works in
+// a process that did not call Setup). Lifetime is zero: these rules have
+// no kernel timeout.
 func (b *Backend) List(ctx context.Context) ([]rules.Pinhole, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -260,20 +274,23 @@ func (b *Backend) List(ctx context.Context) ([]rules.Pinhole, error) {
 			}
 			return nil, err
 		}
-		ok, err := x.ChainExists(b.chain)
-		if err != nil {
-			return nil, b.wrap("list "+x.Cmd+" "+b.chain, err)
-		}
-		if !ok {
-			continue
-		}
-		specs, err := x.List(b.chain)
-		if err != nil {
-			return nil, b.wrap("list "+x.Cmd+" "+b.chain, err)
-		}
-		for _, s := range specs {
-			if p, ok := parseRule(s); ok {
-				out = append(out, p)
+		for j, chain := range b.chains {
+			ok, err := x.ChainExists(chain)
+			if err != nil {
+				return nil, b.wrap("list "+x.Cmd+" "+chain, err)
+			}
+			if !ok {
+				continue
+			}
+			specs, err := x.List(chain)
+			if err != nil {
+				return nil, b.wrap("list "+x.Cmd+" "+chain, err)
+			}
+			for _, s := range specs {
+				if p, ok := parseRule(s); ok {
+					p.Forward = j == 1
+					out = append(out, p)
+				}
 			}
 		}
 	}
@@ -330,7 +347,7 @@ func parseRule(spec []string) (rules.Pinhole, bool) {
 	return p, true
 }
 
-// Flush removes every pinhole rule (the chain holds nothing else) and
+// Flush removes every pinhole rule (the chains hold nothing else) and
 // forgets every pinhole. It works without Setup.
 func (b *Backend) Flush(ctx context.Context) error {
 	b.mu.Lock()
@@ -348,8 +365,10 @@ func (b *Backend) flush(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := x.FlushChain(b.chain); err != nil {
-			errs = append(errs, b.wrap("flush "+x.Cmd+" "+b.chain, err))
+		for _, chain := range b.chains {
+			if err := x.FlushChain(chain); err != nil {
+				errs = append(errs, b.wrap("flush "+x.Cmd+" "+chain, err))
+			}
 		}
 	}
 	err := errors.Join(errs...)

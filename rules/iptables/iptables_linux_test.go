@@ -116,17 +116,18 @@ func TestSetupReconcilesLeftovers(t *testing.T) {
 	})
 }
 
-func TestPacket(t *testing.T)       { each(t, backendtest.Packet) }
-func TestRestore(t *testing.T)      { each(t, backendtest.Restore) }
-func TestListFlush(t *testing.T)    { each(t, backendtest.ListFlush) }
-func TestErrors(t *testing.T)       { each(t, backendtest.Errors) }
-func TestNotPermitted(t *testing.T) { each(t, backendtest.NotPermitted) }
-func TestInstances(t *testing.T)    { each(t, backendtest.Instances) }
-func TestReopen(t *testing.T)       { each(t, backendtest.Reopen) }
-func TestLifecycle(t *testing.T)    { each(t, backendtest.Lifecycle) }
-func TestReload(t *testing.T)       { each(t, backendtest.Reload) }
-func TestWatcher(t *testing.T)      { each(t, backendtest.Watcher) }
-func TestReloadRace(t *testing.T)   { each(t, backendtest.ReloadRace) }
+func TestPacket(t *testing.T)        { each(t, backendtest.Packet) }
+func TestForwardPacket(t *testing.T) { each(t, backendtest.ForwardPacket) }
+func TestRestore(t *testing.T)       { each(t, backendtest.Restore) }
+func TestListFlush(t *testing.T)     { each(t, backendtest.ListFlush) }
+func TestErrors(t *testing.T)        { each(t, backendtest.Errors) }
+func TestNotPermitted(t *testing.T)  { each(t, backendtest.NotPermitted) }
+func TestInstances(t *testing.T)     { each(t, backendtest.Instances) }
+func TestReopen(t *testing.T)        { each(t, backendtest.Reopen) }
+func TestLifecycle(t *testing.T)     { each(t, backendtest.Lifecycle) }
+func TestReload(t *testing.T)        { each(t, backendtest.Reload) }
+func TestWatcher(t *testing.T)       { each(t, backendtest.Watcher) }
+func TestReloadRace(t *testing.T)    { each(t, backendtest.ReloadRace) }
 func TestConcurrent(t *testing.T) {
 	each(t, func(t *testing.T, c backendtest.Config) { backendtest.Concurrent(t, c, 200) })
 }

@@ -127,6 +127,27 @@ func TestFakeSyncRestores(t *testing.T) {
 	checkFake(t, x, xtables.IPv4, filterWith("", rule4))
 }
 
+// TestFakeSyncRestoresForward: a Forward pinhole comes back into
+// FTPALG-FORWARD, beside an input pinhole of the same tuple.
+func TestFakeSyncRestoresForward(t *testing.T) {
+	x := withHost(t)
+	b := onFake(t, x, rules.Options{})
+	do(t, "Setup", b.Setup)
+	fwd := p4
+	fwd.Forward = true
+	for _, p := range []rules.Pinhole{p4, fwd} {
+		do(t, "Open", func(ctx context.Context) error { return b.Open(ctx, p) })
+	}
+	reload(t, x)
+	if r := syncOK(t, b); r.Pinholes != 2 {
+		t.Errorf("Sync restored %v, want 2 pinholes", r)
+	}
+	checkFake(t, x, xtables.IPv4, withForward(filterWith("", rule4), rule4))
+	if r := syncOK(t, b); !r.Empty() {
+		t.Errorf("second Sync restored %v", r)
+	}
+}
+
 // TestFakeSyncPartial: a hook deleted by hand comes back alone (the
 // chain's rules were never gone); a saved ruleset restored with our chain
 // in it, a stale pinhole rule and no hook, gets its hook, the pinholes this

@@ -99,14 +99,17 @@ func (b *Backend) repair(ctx context.Context, i int, x *xtables.Tables, r *rules
 	if err := ctx.Err(); err != nil {
 		return rules.Wrap(Name, "sync", nil, "", err)
 	}
-	specs, err := x.List(b.chain)
-	if err != nil {
-		return b.wrap("sync: list "+x.Cmd+" "+b.chain, err)
-	}
 	have := map[rules.Key]rules.Pinhole{}
-	for _, s := range specs {
-		if p, ok := parseRule(s); ok {
-			have[p.Key()] = p
+	for j, chain := range b.chains {
+		specs, err := x.List(chain)
+		if err != nil {
+			return b.wrap("sync: list "+x.Cmd+" "+chain, err)
+		}
+		for _, s := range specs {
+			if p, ok := parseRule(s); ok {
+				p.Forward = j == 1
+				have[p.Key()] = p
+			}
 		}
 	}
 	var errs []error
@@ -165,7 +168,7 @@ func (b *Backend) restore(x *xtables.Tables, k rules.Key, seq uint64) (bool, err
 	if !ok || h.seq != seq || !b.ready || !h.expires.After(b.now()) {
 		return false, nil
 	}
-	return true, x.Append(b.chain, ruleSpec(h.p)...)
+	return true, x.Append(b.chain(h.p), ruleSpec(h.p)...)
 }
 
 // removeStray deletes p's rule, which the kernel held and this process
@@ -176,7 +179,7 @@ func (b *Backend) removeStray(x *xtables.Tables, p rules.Pinhole) (bool, error) 
 	if _, ok := b.open[p.Key()]; ok || !b.ready {
 		return false, nil
 	}
-	return true, x.Delete(b.chain, ruleSpec(p)...)
+	return true, x.Delete(b.chain(p), ruleSpec(p)...)
 }
 
 // lifetime is how long a pinhole opened now stays restorable.

@@ -190,6 +190,63 @@ func Packet(t *testing.T, c Config) {
 	}
 }
 
+// ForwardPacket sends real connections through a router whose FORWARD
+// policy is DROP (client ─ router ─ server, the backend in the router): a
+// connection from the client to the server is dropped before a Forward
+// pinhole is opened for it, passes after, is dropped from a third address
+// while the pinhole is open, and again after Close, while the connection
+// that passed keeps working. This is how the kernel data path's forwarded
+// connections (after its DNAT: peer → target) get through a closed
+// router.
+func ForwardPacket(t *testing.T, c Config) {
+	c.Require(t)
+	ch := nstest.NewChain(t, nstest.ChainOptions{Forwarding: true,
+		ClientRoutes: []netip.Prefix{nstest.V4.ServerNet, nstest.V6.ServerNet},
+		ServerRoutes: []netip.Prefix{nstest.V4.ClientNet, nstest.V6.ClientNet}})
+	nstest.ForwardDrop(t, ch.Router, c.Variant)
+	b := c.SetUp(t, ch.Router, c.Options(t))
+	for i, f := range nstest.Families {
+		t.Run(f.Name, func(t *testing.T) {
+			other := f.ClientNet.Addr().Next().Next().Next() // .3 / ::3, beside the client's .10 / ::10
+			ch.Client.Addr(t, "eth0", netip.PrefixFrom(other, f.ClientNet.Bits()).String())
+			ln := ch.Server.Listen(t, netip.AddrPortFrom(f.Server, 0))
+			go echo(ln)
+			to := ln.Addr().(*net.TCPAddr).AddrPort()
+			p := Pinhole(f.Client, f.Server, to.Port(), uint64(20+i), 30*time.Second)
+			p.Forward = true
+			drop := func(from netip.Addr, when string) {
+				t.Helper()
+				conn, err := ch.Client.Dial(from, to, dropWait)
+				if err == nil {
+					conn.Close()
+					t.Fatalf("%s: forwarded connect from %s to %s succeeded, want it dropped", when, from, to)
+				}
+				if !nstest.IsTimeout(err) {
+					t.Fatalf("%s: connect from %s to %s: %v, want a timeout (SYN dropped)", when, from, to, err)
+				}
+			}
+			drop(f.Client, "before Open")
+			Do(t, ch.Router, "Open", func(ctx context.Context) error { return b.Open(ctx, p) })
+			conn, err := ch.Client.Dial(f.Client, to, 2*time.Second)
+			if err != nil {
+				t.Fatalf("forwarded connect from %s to %s with the Forward pinhole open: %v", f.Client, to, err)
+			}
+			defer conn.Close()
+			drop(other, "from a third address while the pinhole is open")
+			Do(t, ch.Router, "Close", func(ctx context.Context) error { return b.Close(ctx, p) })
+			drop(f.Client, "after Close")
+			conn.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := conn.Write([]byte("ping")); err != nil {
+				t.Fatalf("forwarded connection after Close: write: %v", err)
+			}
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "ping" {
+				t.Fatalf("forwarded connection after Close: read %q, %v", buf, err)
+			}
+		})
+	}
+}
+
 func mustDrop(t *testing.T, topo *nstest.Topology, from netip.Addr, to netip.AddrPort, when string) {
 	t.Helper()
 	c, err := topo.Peer.Dial(from, to, dropWait)
