@@ -25,6 +25,9 @@ var (
 	// ErrUnknownBackend: New or Detect was given a name no backend
 	// registered.
 	ErrUnknownBackend = errors.New("unknown firewall backend")
+	// ErrUnknownDataPath: NewDataPath was given a name no data path
+	// registered.
+	ErrUnknownDataPath = errors.New("unknown data path")
 )
 
 // Error is a backend failure: which backend, what it was doing, what kind of

@@ -143,6 +143,41 @@ func TestDetectOrderAndReason(t *testing.T) {
 	}
 }
 
+func TestDataPathRegistry(t *testing.T) {
+	dp, err := NewDataPath(Splice, Options{})
+	if err != nil || dp != nil {
+		t.Fatalf("NewDataPath(splice) = %v, %v; want nil, nil", dp, err)
+	}
+	if _, err := NewDataPath("ebpf", Options{}); !errors.Is(err, ErrUnknownDataPath) || !strings.Contains(err.Error(), Splice) {
+		t.Errorf("NewDataPath(ebpf) = %v, want ErrUnknownDataPath listing the names", err)
+	}
+	if _, err := NewDataPath(Splice, Options{Instance: "Bad"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("NewDataPath with a bad instance = %v, want ErrInvalid", err)
+	}
+	if names := DataPathNames(); names[len(names)-1] != Splice {
+		t.Errorf("DataPathNames = %v, want %q last", names, Splice)
+	}
+}
+
+func TestDetectDataPathOrderAndReason(t *testing.T) {
+	opts := Options{Logger: zaptest.NewLogger(t)}
+	ok := func(context.Context, Options) error { return nil }
+	fail := func(context.Context, Options) error {
+		return &Error{Backend: "nftables", Op: "probe", Kind: ErrUnsupported, Hint: "IPv4 forwarding is off: sysctl -w net.ipv4.ip_forward=1"}
+	}
+	name, reason := detectDataPath(context.Background(), opts, []DataPathDriver{{Name: "nftables", Probe: ok}})
+	if name != "nftables" || reason != "nftables works here" {
+		t.Errorf("detect = %q, %q", name, reason)
+	}
+	name, reason = detectDataPath(context.Background(), opts, []DataPathDriver{{Name: "nftables", Probe: fail}})
+	if name != Splice || !strings.Contains(reason, "spliced") || !strings.Contains(reason, "sysctl -w net.ipv4.ip_forward=1") {
+		t.Errorf("detect = %q, %q", name, reason)
+	}
+	if name, _ := detectDataPath(context.Background(), opts, nil); name != Splice {
+		t.Errorf("detect with nothing registered = %q", name)
+	}
+}
+
 func TestOptionsCheck(t *testing.T) {
 	for _, o := range []Options{{}, {Instance: "web"}, {Instance: "a_1"}, {Iptables: "nft"}, {Iptables: "legacy"}} {
 		if err := o.Check(); err != nil {

@@ -19,14 +19,19 @@ type Restored struct {
 	Objects []string
 	// Pinholes is how many pinholes were added again.
 	Pinholes int
-	// Stray is how many pinholes the kernel held that this process does
-	// not hold open (a saved ruleset or set restored with old entries);
-	// they were removed.
+	// Mappings is how many kernel data path mappings (not used yet, within
+	// their lifetime) were added again.
+	Mappings int
+	// Stray is how many pinholes (or mappings) the kernel held that this
+	// process does not hold open (a saved ruleset or set restored with old
+	// entries); they were removed.
 	Stray int
 }
 
 // Empty reports whether r restored nothing.
-func (r Restored) Empty() bool { return len(r.Objects) == 0 && r.Pinholes == 0 && r.Stray == 0 }
+func (r Restored) Empty() bool {
+	return len(r.Objects) == 0 && r.Pinholes == 0 && r.Mappings == 0 && r.Stray == 0
+}
 
 // Add records one object restored.
 func (r *Restored) Add(format string, args ...any) {
@@ -39,6 +44,9 @@ func (r Restored) String() string {
 	parts := append([]string(nil), r.Objects...)
 	if r.Pinholes > 0 {
 		parts = append(parts, plural(r.Pinholes, "pinhole"))
+	}
+	if r.Mappings > 0 {
+		parts = append(parts, plural(r.Mappings, "mapping"))
 	}
 	if r.Stray > 0 {
 		parts = append(parts, "removed "+plural(r.Stray, "stray pinhole"))
@@ -127,7 +135,7 @@ func Watch(ctx context.Context, interval time.Duration, log *zap.Logger, ss ...S
 			r, err := s.Sync(ctx)
 			if !r.Empty() {
 				log.Warn(MsgRestored, zap.String("firewall", s.Name()), zap.String("restored", r.String()),
-					zap.Int("pinholes", r.Pinholes))
+					zap.Int("pinholes", r.Pinholes), zap.Int("mappings", r.Mappings))
 			}
 			switch {
 			case err != nil && ctx.Err() != nil:

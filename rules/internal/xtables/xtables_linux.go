@@ -398,6 +398,29 @@ func (t *Tables) List(chain string) ([][]string, error) {
 	return out, nil
 }
 
+// Policy returns the policy of a built-in chain ("ACCEPT", "DROP"), as
+// `iptables -S CHAIN` prints it.
+func (t *Tables) Policy(chain string) (string, error) {
+	lines, err := t.ipt.List(t.tbl(), chain)
+	if err != nil {
+		return "", err
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "-P" && f[1] == chain {
+			return f[2], nil
+		}
+	}
+	return "", fmt.Errorf("%s -S %s: no policy line", t.Cmd, chain)
+}
+
+// LegacyLoaded reports whether the legacy (x_tables) table of family f is
+// loaded in the calling thread's network namespace: only then can it hold
+// rules, and asking the legacy binary would load it.
+func LegacyLoaded(f Family, table string) bool {
+	names, err := procTables(f)
+	return err == nil && slices.Contains(names, table)
+}
+
 // ChainExists reports whether chain exists.
 func (t *Tables) ChainExists(chain string) (bool, error) { return t.ipt.ChainExists(t.tbl(), chain) }
 
