@@ -1,15 +1,18 @@
 package nftpath
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
-	"github.com/ti-mo/netfilter"
 	"go.uber.org/zap"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftpalg/ftpalg/rules"
@@ -21,27 +24,47 @@ type entry struct {
 	closed      bool
 }
 
-// errGone: conntrack holds no such connection (any more).
-var errGone = errors.New("no such connection in conntrack")
+// event is a new connection conntrack reported: its original tuple and
+// the source of its reply tuple (after DNAT: the real destination).
+type event struct {
+	proto         uint8
+	src, dst      netip.AddrPort
+	replySrc      netip.AddrPort
+	replySrcValid bool
+}
+
+var (
+	// errGone: conntrack holds no such connection (any more).
+	errGone = errors.New("no such connection in conntrack")
+	// errLost: the event socket overflowed; events were dropped.
+	errLost = errors.New("conntrack events lost: the socket's receive buffer overflowed")
+)
 
 // tracker is what the data path asks conntrack: the seam a fake stands in
 // at.
 type tracker interface {
 	// get reads the TCP connection whose original tuple is src → dst.
 	get(src, dst netip.AddrPort) (entry, error)
-	// listen delivers the NEW events to out until stop, which returns
-	// once nothing is sent any more (the caller keeps receiving from out
-	// meanwhile). errs reports the end of the delivery on its own (the
-	// socket overflowed); listen may be called again then.
-	listen(out chan<- conntrack.Event) (errs <-chan error, stop func(), err error)
-	// dump returns every TCP connection conntrack holds, as NEW events,
-	// to find the connections whose events were lost.
-	dump() ([]conntrack.Event, error)
+	// events subscribes to conntrack's NEW events.
+	events() (eventSource, error)
+	// dump returns every TCP connection conntrack holds, to find the
+	// connections whose events were lost.
+	dump() ([]event, error)
 	close()
 }
 
-// ctTracker is tracker over netlink (github.com/ti-mo/conntrack), in one
-// network namespace.
+// eventSource delivers NEW events to one reader.
+type eventSource interface {
+	// next blocks until an event arrives; errLost says events were lost
+	// (the source goes on); any other error ends it (close).
+	next() (event, error)
+	// close ends the source; a next blocked in another goroutine returns.
+	close()
+}
+
+// ctTracker is tracker over netlink in one network namespace:
+// github.com/ti-mo/conntrack for the queries, and a socket of our own for
+// the events (see ctEvents).
 type ctTracker struct {
 	ns int // namespace file; 0: the calling thread's
 	q  *conntrack.Conn
@@ -49,7 +72,7 @@ type ctTracker struct {
 
 // readBuffer is the event socket's receive buffer: a burst of new
 // connections queues there while the watcher catches up; when it
-// overflows, events are lost (and recovered, see watcher).
+// overflows, events are lost (and the watcher recovers, see run).
 const readBuffer = 4 << 20
 
 func dialTracker(ns int) (*ctTracker, error) {
@@ -64,7 +87,7 @@ func config(ns int) *netlink.Config {
 	if ns > 0 {
 		return &netlink.Config{NetNS: ns}
 	}
-	return nil
+	return &netlink.Config{}
 }
 
 func (t *ctTracker) close() { t.q.Close() }
@@ -98,147 +121,317 @@ func (t *ctTracker) get(src, dst netip.AddrPort) (entry, error) {
 	return e, nil
 }
 
-func (t *ctTracker) listen(out chan<- conntrack.Event) (<-chan error, func(), error) {
-	c, err := conntrack.Dial(config(t.ns))
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := c.SetReadBuffer(readBuffer); err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	errs, err := c.Listen(out, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew})
-	if err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	return errs, func() { c.Close() }, nil
-}
-
-func (t *ctTracker) dump() ([]conntrack.Event, error) {
+func (t *ctTracker) dump() ([]event, error) {
 	fs, err := t.q.Dump(nil)
 	if err != nil {
 		return nil, err
 	}
-	var out []conntrack.Event
-	for i := range fs {
-		if fs[i].TupleOrig.Proto.Protocol == unix.IPPROTO_TCP {
-			out = append(out, conntrack.Event{Type: conntrack.EventNew, Flow: &fs[i]})
+	var out []event
+	for _, f := range fs {
+		if f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP {
+			continue
 		}
+		out = append(out, event{
+			proto:         unix.IPPROTO_TCP,
+			src:           netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress.Unmap(), f.TupleOrig.Proto.SourcePort),
+			dst:           netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress.Unmap(), f.TupleOrig.Proto.DestinationPort),
+			replySrc:      netip.AddrPortFrom(f.TupleReply.IP.SourceAddress.Unmap(), f.TupleReply.Proto.SourcePort),
+			replySrcValid: true,
+		})
 	}
 	return out, nil
+}
+
+// ctEvents reads conntrack's NEW events off a netlink socket joined to
+// NFNLGRP_CONNTRACK_NEW, with one recvfrom per event into a buffer it
+// reuses, and parses only the two tuples. A socket filter (eventFilter)
+// keeps out the events of connections no DNAT bound, which are almost
+// all of them: each that got through would wake the watcher.
+type ctEvents struct {
+	c   *netlink.Conn
+	rc  syscall.RawConn
+	buf []byte
+	// rest holds the messages of a datagram not returned yet (the kernel
+	// sends one per datagram; this is for the exception).
+	rest []byte
+}
+
+func (t *ctTracker) events() (eventSource, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, config(t.ns))
+	if err != nil {
+		return nil, err
+	}
+	rc, err := c.SyscallConn()
+	if err == nil {
+		err = c.JoinGroup(unix.NFNLGRP_CONNTRACK_NEW)
+	}
+	if err == nil {
+		var raw []bpf.RawInstruction
+		if raw, err = bpf.Assemble(eventFilter()); err == nil {
+			err = c.SetBPF(raw)
+		}
+	}
+	if err == nil {
+		// As root, beyond net.core.rmem_max; else what rmem_max allows.
+		var serr error
+		if cerr := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, readBuffer)
+		}); cerr != nil || serr != nil {
+			err = c.SetReadBuffer(readBuffer)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &ctEvents{c: c, rc: rc, buf: make([]byte, 64<<10)}, nil
+}
+
+func (e *ctEvents) close() { e.c.Close() }
+
+func (e *ctEvents) next() (event, error) {
+	for {
+		for len(e.rest) >= unix.NLMSG_HDRLEN {
+			n := int(binary.NativeEndian.Uint32(e.rest))
+			if n < unix.NLMSG_HDRLEN || n > len(e.rest) {
+				e.rest = nil
+				break
+			}
+			m := e.rest[:n]
+			e.rest = e.rest[min(len(e.rest), (n+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+			typ := binary.NativeEndian.Uint16(m[4:])
+			if typ != unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtNew {
+				continue
+			}
+			if ev, ok := parseCT(m[unix.NLMSG_HDRLEN:]); ok {
+				return ev, nil
+			}
+		}
+		var (
+			n    int
+			rerr error
+		)
+		if err := e.rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), e.buf, 0)
+			return rerr != unix.EAGAIN && rerr != unix.EINTR
+		}); err != nil {
+			return event{}, err // closed
+		}
+		switch {
+		case rerr == unix.ENOBUFS:
+			return event{}, errLost
+		case rerr != nil:
+			return event{}, fmt.Errorf("netlink receive: %w", rerr)
+		}
+		e.rest = e.buf[:n]
+	}
+}
+
+// ctnetlink's numbers (linux/netfilter/nfnetlink_conntrack.h), which
+// golang.org/x/sys does not name.
+const (
+	ipctnlMsgCtNew  = 0
+	ctaTupleOrig    = 1
+	ctaTupleReply   = 2
+	ctaTupleIP      = 1
+	ctaTupleProto   = 2
+	ctaIPv4Src      = 1
+	ctaIPv4Dst      = 2
+	ctaIPv6Src      = 3
+	ctaIPv6Dst      = 4
+	ctaProtoNum     = 1
+	ctaProtoSrcPort = 2
+	ctaProtoDstPort = 3
+	// nlaTypeMask strips NLA_F_NESTED and NLA_F_NET_BYTEORDER off a type.
+	nlaTypeMask = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+)
+
+// attrs calls f for each netlink attribute in b (type without flags,
+// payload), until f returns false.
+func attrs(b []byte, f func(typ uint16, v []byte) bool) {
+	for len(b) >= unix.NLA_HDRLEN {
+		n := int(binary.NativeEndian.Uint16(b))
+		if n < unix.NLA_HDRLEN || n > len(b) {
+			return
+		}
+		if !f(binary.NativeEndian.Uint16(b[2:])&nlaTypeMask, b[unix.NLA_HDRLEN:n]) {
+			return
+		}
+		b = b[min(len(b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
+	}
+}
+
+// tuple is one conntrack tuple.
+type tuple struct {
+	proto    uint8
+	src, dst netip.AddrPort
+}
+
+func parseTuple(b []byte) (t tuple) {
+	var src, dst netip.Addr
+	var sport, dport uint16
+	attrs(b, func(typ uint16, v []byte) bool {
+		switch typ {
+		case ctaTupleIP:
+			attrs(v, func(typ uint16, v []byte) bool {
+				switch typ {
+				case ctaIPv4Src, ctaIPv6Src:
+					src, _ = netip.AddrFromSlice(v)
+				case ctaIPv4Dst, ctaIPv6Dst:
+					dst, _ = netip.AddrFromSlice(v)
+				}
+				return true
+			})
+		case ctaTupleProto:
+			attrs(v, func(typ uint16, v []byte) bool {
+				switch {
+				case typ == ctaProtoNum && len(v) >= 1:
+					t.proto = v[0]
+				case typ == ctaProtoSrcPort && len(v) >= 2:
+					sport = binary.BigEndian.Uint16(v)
+				case typ == ctaProtoDstPort && len(v) >= 2:
+					dport = binary.BigEndian.Uint16(v)
+				}
+				return true
+			})
+		}
+		return true
+	})
+	t.src, t.dst = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
+	return t
+}
+
+// parseCT reads a ctnetlink NEW message's body (after the netlink
+// header): the nfgenmsg, then the original and reply tuples. ok is false
+// for what is no TCP connection.
+func parseCT(b []byte) (ev event, ok bool) {
+	if len(b) < 4 {
+		return ev, false
+	}
+	var orig, reply tuple
+	attrs(b[4:], func(typ uint16, v []byte) bool {
+		switch typ {
+		case ctaTupleOrig:
+			orig = parseTuple(v)
+		case ctaTupleReply:
+			reply = parseTuple(v)
+			return false // the tuples come first; nothing else is needed
+		}
+		return true
+	})
+	if orig.proto != unix.IPPROTO_TCP || !orig.src.IsValid() || !orig.dst.IsValid() {
+		return ev, false
+	}
+	return event{proto: orig.proto, src: orig.src, dst: orig.dst, replySrc: reply.src, replySrcValid: reply.src.IsValid()}, true
 }
 
 // watcher delivers conntrack's NEW events to the data path, on one
 // goroutine it owns from startWatcher to stop.
 type watcher struct {
-	d      *DataPath
-	events chan conntrack.Event
+	d *DataPath
 
-	mu         sync.Mutex
-	errs       <-chan error
-	stopListen func()
+	mu       sync.Mutex
+	src      eventSource
+	stopping bool
 
 	quit chan struct{}
 	done chan struct{}
 }
 
-// eventQueue is how many events wait between the socket's reader and the
-// watcher's goroutine.
-const eventQueue = 1024
-
-// relistenWait is how long the watcher waits before listening again after
-// a failure to.
-const relistenWait = time.Second
+// reopenWait is how long the watcher waits before subscribing again after
+// its socket failed.
+const reopenWait = time.Second
 
 func (d *DataPath) startWatcher() (*watcher, error) {
-	d.mu.Lock()
-	ct := d.ct
-	d.mu.Unlock()
-	w := &watcher{d: d, events: make(chan conntrack.Event, eventQueue), quit: make(chan struct{}), done: make(chan struct{})}
-	errs, stop, err := ct.listen(w.events)
+	ct := d.tracker()
+	src, err := ct.events()
 	if err != nil {
 		return nil, kerr("setup: listen to conntrack events", err)
 	}
-	w.errs, w.stopListen = errs, stop
+	w := &watcher{d: d, src: src, quit: make(chan struct{}), done: make(chan struct{})}
 	go w.run()
 	return w, nil
 }
 
-// run is the watcher's goroutine: it hands each event to the data path,
-// and when the socket's reader gives up (the socket overflowed in a
-// burst of new connections, so events were lost) it listens again and
-// looks for the mapped connections whose events it missed.
+// run is the watcher's goroutine: it hands each event to the data path.
+// When events were lost (the socket overflowed in a burst of new
+// connections), it looks for the mapped connections whose events it
+// missed; when the socket fails, it subscribes again.
 func (w *watcher) run() {
 	defer close(w.done)
+	w.mu.Lock()
+	src := w.src
+	w.mu.Unlock()
+	lost := 0
 	for {
-		w.mu.Lock()
-		errs := w.errs
-		w.mu.Unlock()
-		select {
-		case ev := <-w.events:
+		ev, err := src.next()
+		switch {
+		case err == nil:
 			w.d.onEvent(ev)
-		case err := <-errs:
-			w.d.log.Warn("conntrack events lost: listening again, and looking for the mapped connections missed",
-				zap.Error(err))
-			if !w.relisten() {
-				return
+			continue
+		case errors.Is(err, errLost):
+			lost++
+			if lost == 1 || lost%100 == 0 { // bounded: a flood would repeat it
+				w.d.log.Warn("conntrack events lost: looking for the mapped connections missed", zap.Int("times", lost))
 			}
 			w.d.recoverLost()
-		case <-w.quit:
+			continue
+		}
+		w.mu.Lock()
+		stopping := w.stopping
+		w.mu.Unlock()
+		if stopping {
 			return
 		}
+		w.d.log.Warn("conntrack events failed: subscribing again", zap.Error(err))
+		if src = w.reopen(); src == nil {
+			return
+		}
+		w.d.recoverLost()
 	}
 }
 
-// relisten opens a new event socket, retrying until it works or the
-// watcher stops; false when it stopped.
-func (w *watcher) relisten() bool {
+// reopen subscribes again, retrying until it works or the watcher stops
+// (nil).
+func (w *watcher) reopen() eventSource {
 	for {
 		w.mu.Lock()
-		ct := w.d.tracker()
-		var err error
-		if ct != nil {
-			var (
-				errs <-chan error
-				stop func()
-			)
-			errs, stop, err = ct.listen(w.events)
-			if err == nil {
-				w.errs, w.stopListen = errs, stop
-			}
+		if w.stopping {
+			w.mu.Unlock()
+			return nil
+		}
+		var (
+			src eventSource
+			err = errors.New("conntrack closed")
+		)
+		if ct := w.d.tracker(); ct != nil {
+			src, err = ct.events()
+		}
+		if err == nil {
+			w.src = src
 		}
 		w.mu.Unlock()
-		if ct != nil && err == nil {
-			return true
+		if err == nil {
+			return src
 		}
-		w.d.log.Warn("listening to conntrack events failed: retrying", zap.Error(err), zap.Duration("every", relistenWait))
+		w.d.log.Warn("subscribing to conntrack events failed: retrying", zap.Error(err), zap.Duration("every", reopenWait))
 		select {
 		case <-w.quit:
-			return false
-		case <-time.After(relistenWait):
+			return nil
+		case <-time.After(reopenWait):
 		}
 	}
 }
 
-// stop ends the watcher: it closes the event socket while the goroutine
-// keeps taking events (the socket's reader may be blocked handing one
-// over), then ends the goroutine and waits for it.
+// stop ends the watcher and waits for its goroutine.
 func (w *watcher) stop() {
 	w.mu.Lock()
-	stop := w.stopListen
-	w.stopListen = nil
+	w.stopping = true
+	src := w.src
 	w.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
 	close(w.quit)
+	src.close()
 	<-w.done
-	w.mu.Lock()
-	if w.stopListen != nil { // a relisten raced the stop
-		w.stopListen()
-	}
-	w.mu.Unlock()
 }
 
 func (d *DataPath) tracker() tracker {
@@ -250,17 +443,13 @@ func (d *DataPath) tracker() tracker {
 // onEvent matches a NEW event to a live mapping: original tuple from the
 // peer to the announced address and port, reply from the mapping's target
 // (the connection was DNATed to it).
-func (d *DataPath) onEvent(ev conntrack.Event) {
-	f := ev.Flow
-	if ev.Type != conntrack.EventNew || f == nil || f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP {
+func (d *DataPath) onEvent(ev event) {
+	if ev.proto != unix.IPPROTO_TCP || !ev.replySrcValid {
 		return
 	}
-	k := rules.MappingKey{
-		Peer:      f.TupleOrig.IP.SourceAddress.Unmap(),
-		Announced: netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress.Unmap(), f.TupleOrig.Proto.DestinationPort),
-	}
-	reply := netip.AddrPortFrom(f.TupleReply.IP.SourceAddress.Unmap(), f.TupleReply.Proto.SourcePort)
-	d.used(k, f.TupleOrig.Proto.SourcePort, reply, d.now())
+	k := rules.MappingKey{Peer: ev.src.Addr().Unmap(), Announced: netip.AddrPortFrom(ev.dst.Addr().Unmap(), ev.dst.Port())}
+	reply := netip.AddrPortFrom(ev.replySrc.Addr().Unmap(), ev.replySrc.Port())
+	d.used(k, ev.src.Port(), reply, d.now())
 }
 
 // recoverLost finds the mapped connections whose NEW events were lost:
@@ -296,16 +485,11 @@ func (d *DataPath) recoverLost() {
 	}
 	found := 0
 	for _, ev := range evs {
-		f := ev.Flow
-		key := rules.MappingKey{
-			Peer:      f.TupleOrig.IP.SourceAddress.Unmap(),
-			Announced: netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress.Unmap(), f.TupleOrig.Proto.DestinationPort),
-		}
+		key := rules.MappingKey{Peer: ev.src.Addr(), Announced: ev.dst}
 		if !gone[key] {
 			continue
 		}
-		reply := netip.AddrPortFrom(f.TupleReply.IP.SourceAddress.Unmap(), f.TupleReply.Proto.SourcePort)
-		if d.used(key, f.TupleOrig.Proto.SourcePort, reply, d.now()) {
+		if d.used(key, ev.src.Port(), ev.replySrc, d.now()) {
 			found++
 		}
 	}

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/ti-mo/conntrack"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -104,6 +104,8 @@ func (k *fakeKernel) remove(m rules.Mapping, which int) error {
 	}
 	return nil
 }
+
+func (k *fakeKernel) removeUsed(m rules.Mapping) error { return k.remove(m, elAll) }
 
 func (k *fakeKernel) check(token string) (bool, error) {
 	k.mu.Lock()
@@ -207,15 +209,14 @@ func (k *fakeKernel) connect(src, dst netip.AddrPort) (netip.AddrPort, bool) {
 type fakeTracker struct {
 	mu        sync.Mutex
 	entries   map[[2]netip.AddrPort]entry
-	out       chan<- conntrack.Event
-	errs      chan error
-	listens   int
-	failGet   error
 	replySrcs map[[2]netip.AddrPort]netip.AddrPort
+	src       *fakeSource
+	subs      int // subscriptions so far
+	failGet   error
 }
 
 func newFakeTracker() *fakeTracker {
-	return &fakeTracker{entries: map[[2]netip.AddrPort]entry{}}
+	return &fakeTracker{entries: map[[2]netip.AddrPort]entry{}, replySrcs: map[[2]netip.AddrPort]netip.AddrPort{}}
 }
 
 func (t *fakeTracker) get(src, dst netip.AddrPort) (entry, error) {
@@ -231,26 +232,18 @@ func (t *fakeTracker) get(src, dst netip.AddrPort) (entry, error) {
 	return e, nil
 }
 
-func (t *fakeTracker) listen(out chan<- conntrack.Event) (<-chan error, func(), error) {
+func (t *fakeTracker) events() (eventSource, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.listens++
-	t.out = out
-	errs := make(chan error, 1)
-	t.errs = errs
-	return errs, func() {
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		if t.errs == errs {
-			t.out = nil
-		}
-	}, nil
+	t.subs++
+	t.src = &fakeSource{evs: make(chan event), errs: make(chan error, 1), closed: make(chan struct{})}
+	return t.src, nil
 }
 
-func (t *fakeTracker) dump() ([]conntrack.Event, error) {
+func (t *fakeTracker) dump() ([]event, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []conntrack.Event
+	var out []event
 	for k := range t.entries {
 		out = append(out, newEvent(k[0], k[1], t.replySrcs[k]))
 	}
@@ -259,16 +252,46 @@ func (t *fakeTracker) dump() ([]conntrack.Event, error) {
 
 func (t *fakeTracker) close() {}
 
+// fakeSource is eventSource fed by the test.
+type fakeSource struct {
+	evs    chan event
+	errs   chan error
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (s *fakeSource) next() (event, error) {
+	select {
+	case ev := <-s.evs:
+		return ev, nil
+	case err := <-s.errs:
+		return event{}, err
+	case <-s.closed:
+		return event{}, net.ErrClosed
+	}
+}
+
+func (s *fakeSource) close() { s.once.Do(func() { close(s.closed) }) }
+
+// send hands ev to the watcher (dropped when the source is closed).
+func (t *fakeTracker) send(ev event) {
+	t.mu.Lock()
+	src := t.src
+	t.mu.Unlock()
+	if src == nil {
+		return
+	}
+	select {
+	case src.evs <- ev:
+	case <-src.closed:
+	}
+}
+
 // emit sends a NEW event for a connection from src to dst DNATed to
 // replySrc (invalid: not DNATed), recording the entry, as conntrack does.
 func (t *fakeTracker) emit(src, dst, replySrc netip.AddrPort, e entry) {
 	t.record(src, dst, replySrc, e)
-	t.mu.Lock()
-	out := t.out
-	t.mu.Unlock()
-	if out != nil {
-		out <- newEvent(src, dst, replySrc)
-	}
+	t.send(newEvent(src, dst, replySrc))
 }
 
 func (t *fakeTracker) record(src, dst, replySrc netip.AddrPort, e entry) {
@@ -276,28 +299,23 @@ func (t *fakeTracker) record(src, dst, replySrc netip.AddrPort, e entry) {
 	defer t.mu.Unlock()
 	k := [2]netip.AddrPort{src, dst}
 	t.entries[k] = e
-	if t.replySrcs == nil {
-		t.replySrcs = map[[2]netip.AddrPort]netip.AddrPort{}
-	}
 	t.replySrcs[k] = replySrc
 }
 
-func newEvent(src, dst, replySrc netip.AddrPort) conntrack.Event {
+func newEvent(src, dst, replySrc netip.AddrPort) event {
 	if !replySrc.IsValid() {
 		replySrc = dst
 	}
-	f := conntrack.NewFlow(unix.IPPROTO_TCP, 0, src.Addr(), dst.Addr(), src.Port(), dst.Port(), 120, 0)
-	f.TupleReply.IP.SourceAddress = replySrc.Addr()
-	f.TupleReply.Proto.SourcePort = replySrc.Port()
-	return conntrack.Event{Type: conntrack.EventNew, Flow: &f}
+	return event{proto: unix.IPPROTO_TCP, src: src, dst: dst, replySrc: replySrc, replySrcValid: true}
 }
 
-// fail ends the event delivery as an overflowing socket does.
+// fail reports err from the event source: errLost, as an overflowing
+// socket does, or another error, which ends the source.
 func (t *fakeTracker) fail(err error) {
 	t.mu.Lock()
-	errs := t.errs
+	src := t.src
 	t.mu.Unlock()
-	errs <- err
+	src.errs <- err
 }
 
 // clock is a time the test moves.

@@ -7,9 +7,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -27,6 +29,9 @@ type kernel interface {
 	// remove removes m's elements named by which (elArmed, …); missing
 	// ones are fine.
 	remove(m rules.Mapping, which int) error
+	// removeUsed removes what is left of a used mapping: its DNAT and SNAT
+	// elements, and the armed one should the packet path have left it.
+	removeUsed(m rules.Mapping) error
 	// check reports whether the table exists with exactly our chains'
 	// rules, carrying token.
 	check(token string) (intact bool, err error)
@@ -45,15 +50,25 @@ type kernel interface {
 	close()
 }
 
-// nftKernel is kernel over netlink, through google/nftables: one lasting
-// socket in the data path's namespace, serialised by mu (the library
-// buffers a batch on the connection and reads its answers off the one
-// socket, so two goroutines must not interleave).
+// nftKernel is kernel over netlink in the data path's namespace, all of
+// it serialised by mu: google/nftables (a lasting socket) for the table,
+// chains, sets and rules, and a socket of our own for the element
+// batches of Map and Close and for the generation, which the library
+// either cannot send (NFT_MSG_GETGEN, NFT_MSG_DESTROYSETELEM) or sends
+// with an acknowledgement per message, each a receive of its own (see
+// batch).
 type nftKernel struct {
 	mu  sync.Mutex
 	c   *nftables.Conn
-	gen *netlink.Conn // for NFT_MSG_GETGEN, which the library lacks
+	nl  *netlink.Conn
+	seq uint32 // the last sequence number sent on nl
+	out []byte // send buffer of nl
+	buf []byte // receive buffer of nl
 	o   *objects
+	// destroy: the kernel has NFT_MSG_DESTROYSETELEM (Linux ≥ 6.3), a
+	// delete for which a missing element is no error, so a mapping's
+	// elements go in one batch whatever is left of them.
+	hasDestroy bool
 }
 
 // dialKernel opens the kernel side in the network namespace ns (an open
@@ -69,12 +84,18 @@ func dialKernel(ns int, table string) (*nftKernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	gen, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
 		c.CloseLasting()
 		return nil, err
 	}
-	return &nftKernel{c: c, gen: gen, o: newObjects(table)}, nil
+	// Errors then carry no copy of the failed message: small receives.
+	if err := nl.SetOption(netlink.CapAcknowledge, true); err != nil {
+		nl.Close()
+		c.CloseLasting()
+		return nil, err
+	}
+	return &nftKernel{c: c, nl: nl, buf: make([]byte, 64<<10), o: newObjects(table)}, nil
 }
 
 // dialNetlink is DataPath.dial on a host: nf_tables and conntrack over
@@ -94,11 +115,16 @@ func dialNetlink(ns int, table string) (kernel, tracker, error) {
 
 func (k *nftKernel) close() {
 	k.c.CloseLasting()
-	k.gen.Close()
+	k.nl.Close()
 }
 
-// chunk is how many mappings one message of a batch carries at most: a
-// single netlink message of ~2000 elements is refused.
+// msgDestroySetElem is NFT_MSG_DESTROYSETELEM (Linux ≥ 6.3), which
+// golang.org/x/sys does not name yet.
+const msgDestroySetElem = 30
+
+// chunk is how many mappings one batch carries at most (one message per
+// set, each of up to chunk elements): a single message of ~2000 elements
+// is refused.
 const chunk = 500
 
 func (k *nftKernel) create(token string, ms []held, now time.Time) error {
@@ -115,12 +141,14 @@ func (k *nftKernel) create(token string, ms []held, now time.Time) error {
 	if err := k.c.Flush(); err != nil {
 		return err
 	}
+	// Does the kernel have DESTROYSETELEM? Destroy an element that is not
+	// there: no error means yes.
+	probe := rules.Mapping{Peer: netip.IPv4Unspecified(), Announced: netip.AddrPortFrom(netip.IPv4Unspecified(), 0)}
+	k.hasDestroy = k.batch(k.elems(msgDestroySetElem, probe, elArmed, 0)) == nil
 	for rest := ms[len(first):]; len(rest) > 0; {
 		n := min(len(rest), chunk)
-		for _, h := range rest[:n] {
-			if err := k.o.add(k.c, h.m, h.expires.Sub(now)); err != nil {
-				return err
-			}
+		if err := k.o.add(k.c, rest[:n], now); err != nil {
+			return err
 		}
 		if err := k.c.Flush(); err != nil {
 			return err
@@ -133,19 +161,16 @@ func (k *nftKernel) create(token string, ms []held, now time.Time) error {
 func (k *nftKernel) add(m rules.Mapping, life time.Duration) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if err := k.o.add(k.c, m, life); err != nil {
-		return err
-	}
-	return k.c.Flush()
+	return k.batch(k.elems(unix.NFT_MSG_NEWSETELEM, m, elAll, life))
 }
 
 func (k *nftKernel) remove(m rules.Mapping, which int) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if err := k.o.del(k.c, m, which); err != nil {
-		return err
+	if k.hasDestroy {
+		return k.batch(k.elems(msgDestroySetElem, m, which, 0))
 	}
-	err := k.c.Flush()
+	err := k.batch(k.elems(unix.NFT_MSG_DELSETELEM, m, which, 0))
 	if err == nil || !notExist(err) {
 		return err
 	}
@@ -155,14 +180,210 @@ func (k *nftKernel) remove(m rules.Mapping, which int) error {
 		if which&el == 0 || which == el || el == elSNAT && !m.Source.IsValid() {
 			continue
 		}
-		if err := k.o.del(k.c, m, el); err != nil {
-			return err
-		}
-		if err := k.c.Flush(); err != nil && !notExist(err) {
+		if err := k.batch(k.elems(unix.NFT_MSG_DELSETELEM, m, el, 0)); err != nil && !notExist(err) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (k *nftKernel) removeUsed(m rules.Mapping) error {
+	k.mu.Lock()
+	hasDestroy := k.hasDestroy
+	k.mu.Unlock()
+	if hasDestroy {
+		return k.remove(m, elAll) // one batch
+	}
+	// Without DESTROYSETELEM the armed element, which the packet path
+	// deleted, would fail the batch: it goes alone, after.
+	return errors.Join(k.remove(m, elDNAT|elSNAT), k.remove(m, elArmed))
+}
+
+// elems returns the messages of type typ (NEWSETELEM, DELSETELEM,
+// DESTROYSETELEM) for m's elements named by which: armed, DNAT, and SNAT
+// when m has a Source. New elements carry the timeout life and the
+// session's comment.
+func (k *nftKernel) elems(typ uint16, m rules.Mapping, which int, life time.Duration) []netlink.Message {
+	i := idx(m.Peer)
+	k1 := key(m.Peer, m.Announced)
+	add := typ == unix.NFT_MSG_NEWSETELEM
+	var note []byte
+	if add {
+		life = max(time.Second, life.Round(time.Millisecond))
+		note = userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, comment(m.Session))
+	}
+	var out []netlink.Message
+	one := func(set string, key, val []byte) {
+		var e elem
+		e.key = key
+		if add {
+			e.val, e.timeout, e.note = val, life, note
+		}
+		out = append(out, elemMessage(typ, k.o.table.Name, set, e))
+	}
+	if which&elArmed != 0 {
+		one(k.o.armed[i].Name, k1, nil)
+	}
+	if which&elDNAT != 0 {
+		one(k.o.dnat[i].Name, k1, addrPort(m.Target))
+	}
+	if which&elSNAT != 0 && m.Source.IsValid() {
+		one(k.o.snat[i].Name, key(m.Peer, m.Target), m.Source.AsSlice())
+	}
+	return out
+}
+
+// elem is one set element of a message.
+type elem struct {
+	key, val []byte
+	timeout  time.Duration
+	note     []byte // userdata: the comment
+}
+
+// elemMessage is one element message of family inet for table's set:
+// what libnftnl sends for `nft add element inet TABLE SET { … }`.
+func elemMessage(typ uint16, table, set string, e elem) netlink.Message {
+	ae := netlink.NewAttributeEncoder()
+	ae.ByteOrder = binary.BigEndian
+	ae.Nested(unix.NFTA_SET_ELEM_KEY, func(ae *netlink.AttributeEncoder) error {
+		ae.Bytes(unix.NFTA_DATA_VALUE, e.key)
+		return nil
+	})
+	if e.timeout > 0 {
+		ae.Uint64(unix.NFTA_SET_ELEM_TIMEOUT, uint64(e.timeout.Milliseconds()))
+	}
+	if e.val != nil {
+		ae.Nested(unix.NFTA_SET_ELEM_DATA, func(ae *netlink.AttributeEncoder) error {
+			ae.Bytes(unix.NFTA_DATA_VALUE, e.val)
+			return nil
+		})
+	}
+	if e.note != nil {
+		ae.Bytes(unix.NFTA_SET_ELEM_USERDATA, e.note)
+	}
+	item, _ := ae.Encode()
+	list := netlink.NewAttributeEncoder()
+	list.ByteOrder = binary.BigEndian
+	list.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
+	list.String(unix.NFTA_SET_ELEM_LIST_SET, set)
+	list.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(ae *netlink.AttributeEncoder) error {
+		ae.Bytes(unix.NFTA_LIST_ELEM|unix.NLA_F_NESTED, item)
+		return nil
+	})
+	data, _ := list.Encode()
+	flags := netlink.Request
+	if typ == unix.NFT_MSG_NEWSETELEM {
+		flags |= netlink.Create
+	}
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: flags},
+		Data:   append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, data...),
+	}
+}
+
+// batch sends msgs as one nf_tables transaction and returns the first
+// error the kernel reported for any of them (the transaction is then
+// undone as a whole). Only the last message asks for an acknowledgement:
+// the kernel processes every message of a batch and reports each that
+// fails, then the last one's outcome, in order, so reading up to the
+// last message's answer drains the socket: one receive instead of one
+// per message.
+func (k *nftKernel) batch(msgs []netlink.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	hdr := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES} // res_id: the subsystem, big-endian
+	all := make([]netlink.Message, 0, len(msgs)+2)
+	all = append(all, netlink.Message{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: hdr})
+	all = append(all, msgs...)
+	all[len(all)-1].Header.Flags |= netlink.Acknowledge
+	all = append(all, netlink.Message{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: hdr})
+	first, last, err := k.send(all)
+	if err != nil {
+		return err
+	}
+	return k.receive(first+1, last-1)
+}
+
+// send writes msgs to the socket in one sendto, numbering them, and
+// returns the first and last sequence numbers. It goes to the file
+// descriptor directly: the socket package's context-aware write wakes a
+// second OS thread per call, which costs more than the kernel's work.
+func (k *nftKernel) send(msgs []netlink.Message) (first, last uint32, err error) {
+	b := k.out[:0]
+	first = k.seq + 1
+	for _, m := range msgs {
+		k.seq++
+		n := unix.NLMSG_HDRLEN + len(m.Data)
+		b = binary.NativeEndian.AppendUint32(b, uint32(n))
+		b = binary.NativeEndian.AppendUint16(b, uint16(m.Header.Type))
+		b = binary.NativeEndian.AppendUint16(b, uint16(m.Header.Flags))
+		b = binary.NativeEndian.AppendUint32(b, k.seq)
+		b = binary.NativeEndian.AppendUint32(b, 0) // the kernel's port id
+		b = append(b, m.Data...)
+		for len(b)%unix.NLMSG_ALIGNTO != 0 {
+			b = append(b, 0)
+		}
+	}
+	k.out = b
+	rc, err := k.nl.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		werr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return werr != unix.EAGAIN && werr != unix.EINTR
+	}); err != nil {
+		return 0, 0, err
+	}
+	if werr != nil {
+		return 0, 0, fmt.Errorf("netlink send: %w", werr)
+	}
+	return first, k.seq, nil
+}
+
+// receive reads the answers to the messages numbered first to last until
+// the one to last (an acknowledgement or an error), and returns the
+// first error among them. Each answer is a datagram of its own.
+func (k *nftKernel) receive(first, last uint32) error {
+	rc, err := k.nl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var failed error
+	for {
+		var (
+			n    int
+			rerr error
+		)
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), k.buf, 0)
+			return rerr != unix.EAGAIN && rerr != unix.EINTR
+		}); err != nil {
+			return err
+		}
+		if rerr != nil {
+			return fmt.Errorf("netlink receive: %w", rerr)
+		}
+		ms, err := syscall.ParseNetlinkMessage(k.buf[:n])
+		if err != nil {
+			return fmt.Errorf("netlink receive: %w", err)
+		}
+		for _, m := range ms {
+			if m.Header.Seq < first || m.Header.Seq > last {
+				continue // an answer to an earlier call (cannot be: each reads up to its last)
+			}
+			if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+				if code := int32(binary.NativeEndian.Uint32(m.Data)); code != 0 && failed == nil {
+					failed = fmt.Errorf("netlink receive: %w", unix.Errno(-code))
+				}
+			}
+			if m.Header.Seq == last {
+				return failed
+			}
+		}
+	}
 }
 
 func (k *nftKernel) check(token string) (bool, error) {
@@ -195,29 +416,59 @@ func (k *nftKernel) check(token string) (bool, error) {
 func (k *nftKernel) generation() (uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	msgs, err := k.gen.Execute(netlink.Message{
+	_, seq, err := k.send([]netlink.Message{{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
+	}})
 	if err != nil {
 		return 0, err
 	}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
+	// The answer is a NEWGEN message, without an acknowledgement.
+	rc, err := k.nl.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	for {
+		var (
+			n    int
+			rerr error
+		)
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), k.buf, 0)
+			return rerr != unix.EAGAIN && rerr != unix.EINTR
+		}); err != nil {
 			return 0, err
 		}
-		ad.ByteOrder = binary.BigEndian
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_GEN_ID {
-				return ad.Uint32(), nil
+		if rerr != nil {
+			return 0, fmt.Errorf("netlink receive: %w", rerr)
+		}
+		ms, err := syscall.ParseNetlinkMessage(k.buf[:n])
+		if err != nil {
+			return 0, fmt.Errorf("netlink receive: %w", err)
+		}
+		for _, m := range ms {
+			if m.Header.Seq != seq {
+				continue
 			}
+			if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+				return 0, fmt.Errorf("netlink receive: %w", unix.Errno(-int32(binary.NativeEndian.Uint32(m.Data))))
+			}
+			if len(m.Data) < 4 {
+				return 0, errors.New("nf_tables answered with a short message")
+			}
+			ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+			if err != nil {
+				return 0, err
+			}
+			ad.ByteOrder = binary.BigEndian
+			for ad.Next() {
+				if ad.Type() == unix.NFTA_GEN_ID {
+					return ad.Uint32(), nil
+				}
+			}
+			return 0, errors.New("nf_tables answered without a generation")
 		}
 	}
-	return 0, errors.New("nf_tables answered without a generation")
 }
 
 func (k *nftKernel) armed() (map[rules.MappingKey]bool, error) {

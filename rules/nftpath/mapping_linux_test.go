@@ -2,6 +2,7 @@ package nftpath
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftpalg/ftpalg/rules"
 )
@@ -143,11 +146,8 @@ func TestEventsNotOurs(t *testing.T) {
 	ct.emit(netip.AddrPortFrom(peer, 1), m.Announced, netip.AddrPort{}, entry{})
 	ct.emit(netip.AddrPortFrom(peer, 2), m.Announced, netip.MustParseAddrPort("192.0.2.99:40000"), entry{})
 	ev := newEvent(netip.AddrPortFrom(peer, 3), m.Announced, target)
-	ev.Flow.TupleOrig.Proto.Protocol = 17
-	ct.mu.Lock()
-	out := ct.out
-	ct.mu.Unlock()
-	out <- ev
+	ev.proto = 17
+	ct.send(ev)
 	notUsed(t, f, "after events not ours")
 	ct.emit(netip.AddrPortFrom(peer, 4), m.Announced, target, entry{})
 	waitUsed(t, f)
@@ -368,11 +368,14 @@ func TestLostEvents(t *testing.T) {
 	from := netip.AddrPortFrom(peer, 33000)
 	to, _ := k.connect(from, m1.Announced)
 	ct.record(from, m1.Announced, to, entry{})
-	ct.fail(errors.New("netlink receive: no buffer space available"))
+	ct.fail(errLost)
 	waitUsed(t, f1)
 	notUsed(t, f2, "after the recovery")
-	if ct.listens != 2 {
-		t.Errorf("listened %d times, want 2", ct.listens)
+	ct.mu.Lock()
+	subs := ct.subs
+	ct.mu.Unlock()
+	if subs != 1 {
+		t.Errorf("subscribed %d times after lost events, want once (the socket goes on)", subs)
 	}
 	if logs.FilterMessage("missed connections found").Len() != 1 {
 		t.Errorf("no log of the recovery: %v", logs.All())
@@ -436,5 +439,80 @@ func TestKeyCodec(t *testing.T) {
 	}
 	if _, _, ok := parseKey(b[:11]); ok {
 		t.Error("parseKey took a short key")
+	}
+}
+
+// TestResubscribe: when the event socket fails (not an overflow), the
+// watcher subscribes again and looks for what it missed.
+func TestResubscribe(t *testing.T) {
+	d, k, ct, _ := setUpFake(t)
+	m := mapping(50000, 1)
+	f := mustMap(t, d, m)
+	from := netip.AddrPortFrom(peer, 33000)
+	to, _ := k.connect(from, m.Announced)
+	ct.record(from, m.Announced, to, entry{})
+	ct.fail(errors.New("netlink receive: bad file descriptor"))
+	waitUsed(t, f)
+	ct.mu.Lock()
+	subs := ct.subs
+	ct.mu.Unlock()
+	if subs != 2 {
+		t.Errorf("subscribed %d times, want 2", subs)
+	}
+	f2 := mustMap(t, d, withTarget(mapping(50001, 2), netip.MustParseAddrPort("192.0.2.10:40001")))
+	connect(k, ct, peer, 33001, mapping(50001, 2).Announced, entry{})
+	waitUsed(t, f2)
+}
+
+// TestParseCT reads a ctnetlink NEW message as the kernel sends it: the
+// original and reply tuples of a TCP connection DNATed to the target; a
+// UDP one and a truncated one are not taken.
+func TestParseCT(t *testing.T) {
+	msg := func(proto uint8, src, dst, rsrc, rdst netip.AddrPort) []byte {
+		tup := func(ae *netlink.AttributeEncoder, s, d netip.AddrPort) error {
+			srcT, dstT := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+			if s.Addr().Is6() {
+				srcT, dstT = ctaIPv6Src, ctaIPv6Dst
+			}
+			ae.Nested(ctaTupleIP, func(ae *netlink.AttributeEncoder) error {
+				ae.Bytes(srcT, s.Addr().AsSlice())
+				ae.Bytes(dstT, d.Addr().AsSlice())
+				return nil
+			})
+			ae.Nested(ctaTupleProto, func(ae *netlink.AttributeEncoder) error {
+				ae.Uint8(ctaProtoNum, proto)
+				ae.Bytes(ctaProtoSrcPort, binary.BigEndian.AppendUint16(nil, s.Port()))
+				ae.Bytes(ctaProtoDstPort, binary.BigEndian.AppendUint16(nil, d.Port()))
+				return nil
+			})
+			return nil
+		}
+		ae := netlink.NewAttributeEncoder()
+		ae.Nested(ctaTupleOrig, func(ae *netlink.AttributeEncoder) error { return tup(ae, src, dst) })
+		ae.Nested(ctaTupleReply, func(ae *netlink.AttributeEncoder) error { return tup(ae, rsrc, rdst) })
+		ae.Uint32(3, 0x188) // CTA_STATUS, ignored
+		b, err := ae.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append([]byte{unix.AF_INET, 0, 0, 0}, b...)
+	}
+	src := netip.AddrPortFrom(peer, 33000)
+	b := msg(unix.IPPROTO_TCP, src, annc, target, netip.AddrPortFrom(source, 33000))
+	ev, ok := parseCT(b)
+	if !ok || ev.src != src || ev.dst != annc || ev.replySrc != target || !ev.replySrcValid {
+		t.Errorf("parseCT = %+v, %v", ev, ok)
+	}
+	src6 := netip.AddrPortFrom(peer6, 33000)
+	if ev, ok := parseCT(msg(unix.IPPROTO_TCP, src6, annc6, target6, src6)); !ok || ev.src != src6 || ev.replySrc != target6 {
+		t.Errorf("parseCT(IPv6) = %+v, %v", ev, ok)
+	}
+	if _, ok := parseCT(msg(unix.IPPROTO_UDP, src, annc, target, src)); ok {
+		t.Error("parseCT took a UDP connection")
+	}
+	for n := range len(b) {
+		if ev, ok := parseCT(b[:n]); ok && ev.replySrc == target && n < len(b)-8 {
+			t.Errorf("parseCT took a message cut at %d of %d: %+v", n, len(b), ev)
+		}
 	}
 }

@@ -120,7 +120,8 @@ func (d *DataPath) Setup(ctx context.Context) error {
 	}
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
-	d.stop() // a second Setup
+	d.stop() // a second Setup starts over
+	d.release()
 	hs, err := d.host(ctx, d.opts, d.log)
 	if err != nil {
 		return err
@@ -338,14 +339,8 @@ func (d *DataPath) used(k rules.MappingKey, peerPort uint16, replySrc netip.Addr
 	f.peerPort, f.seen, f.isUsed = peerPort, at, true
 	f.fmu.Unlock()
 	close(f.used)
-	// The armed element went in the packet path; asking for it too would
-	// fail the batch (a missing element aborts it), so it goes after.
-	if err := d.k.remove(f.m, elDNAT|elSNAT); err != nil {
+	if err := d.k.removeUsed(f.m); err != nil {
 		d.log.Warn("removing a used mapping's elements failed (they expire by themselves)",
-			zap.Stringer("mapping", f.m), zap.Error(err))
-	}
-	if err := d.k.remove(f.m, elArmed); err != nil {
-		d.log.Warn("removing a used mapping's armed element failed (it expires by itself)",
 			zap.Stringer("mapping", f.m), zap.Error(err))
 	}
 	return true

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -492,4 +493,39 @@ func setUpObserved(t *testing.T, n *nstest.NS, opts rules.Options) observed {
 func isKind(err, kind error) bool {
 	_, ok := errors.AsType[*rules.Error](err)
 	return ok && errors.Is(err, kind)
+}
+
+// TestSyncMany: a restore of more mappings than one batch carries
+// (chunk) puts back every one of them.
+func TestSyncMany(t *testing.T) {
+	n := newNS(t)
+	d := setUp(t, n, rules.Options{Logger: zap.NewNop()})
+	const many = chunk*2 + 100
+	n.Do(t, func() {
+		for i := range many {
+			m := rules.Mapping{Peer: peer, Announced: netip.AddrPortFrom(annc.Addr(), uint16(10000+i)),
+				Target: netip.AddrPortFrom(target.Addr(), uint16(30000+i)), Source: source, Lifetime: time.Minute, Session: uint64(i)}
+			if i%2 == 1 {
+				m = rules.Mapping{Peer: peer6, Announced: netip.AddrPortFrom(annc6.Addr(), uint16(10000+i)),
+					Target: netip.AddrPortFrom(target6.Addr(), uint16(30000+i)), Lifetime: time.Minute, Session: uint64(i)}
+			}
+			if _, err := d.Map(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	n.Run(t, "nft", "flush", "ruleset")
+	var r rules.Restored
+	doIn(t, n, "Sync", func(ctx context.Context) (err error) { r, err = d.Sync(ctx); return err })
+	if r.Mappings != many {
+		t.Errorf("Sync restored %v, want %d mappings", r, many)
+	}
+	var ms []rules.Mapping
+	doIn(t, n, "Mappings", func(ctx context.Context) (err error) { ms, err = d.Mappings(ctx); return err })
+	if len(ms) != many {
+		t.Errorf("after the restore the kernel holds %d mappings, want %d", len(ms), many)
+	}
+	if _, elems := listTable(t, n, TableName); len(elems) != many*5/2 {
+		t.Errorf("after the restore the kernel holds %d elements, want %d", len(elems), many*5/2)
+	}
 }

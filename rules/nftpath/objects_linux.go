@@ -231,62 +231,50 @@ func (o *objects) create(c *nftables.Conn, token string, ms []held, now time.Tim
 		c.AddRule(f.dnatRule(o.table, o.pre, o.armed[i], o.dnat[i], pre[i]))
 		c.AddRule(f.snatRule(o.table, o.post, o.snat[i], post[i]))
 	}
+	return o.add(c, ms, now)
+}
+
+// add queues the elements of ms, each with a timeout of the time it has
+// left at now (at least 1 s): armed, DNAT and, with a Source, SNAT; one
+// message per set (the library asks for an acknowledgement per message,
+// and hundreds of those overflow the socket).
+func (o *objects) add(c *nftables.Conn, ms []held, now time.Time) error {
+	var armed, dnat, snat [2][]nftables.SetElement
 	for _, h := range ms {
-		if err := o.add(c, h.m, h.expires.Sub(now)); err != nil {
-			return err
+		m := h.m
+		i := idx(m.Peer)
+		life := max(time.Second, h.expires.Sub(now).Round(time.Millisecond))
+		note := comment(m.Session)
+		k := key(m.Peer, m.Announced)
+		armed[i] = append(armed[i], nftables.SetElement{Key: k, Timeout: life, Comment: note})
+		dnat[i] = append(dnat[i], nftables.SetElement{Key: k, Val: addrPort(m.Target), Timeout: life, Comment: note})
+		if m.Source.IsValid() {
+			snat[i] = append(snat[i], nftables.SetElement{Key: key(m.Peer, m.Target), Val: m.Source.AsSlice(), Timeout: life, Comment: note})
+		}
+	}
+	for i := range families {
+		for _, s := range []struct {
+			set *nftables.Set
+			els []nftables.SetElement
+		}{{o.armed[i], armed[i]}, {o.dnat[i], dnat[i]}, {o.snat[i], snat[i]}} {
+			if len(s.els) == 0 {
+				continue
+			}
+			if err := c.SetAddElements(s.set, s.els); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// add queues m's elements with a timeout of life (at least 1 s): armed,
-// DNAT and, when m has a Source, SNAT.
-func (o *objects) add(c *nftables.Conn, m rules.Mapping, life time.Duration) error {
-	i := idx(m.Peer)
-	life = max(time.Second, life.Round(time.Millisecond))
-	note := comment(m.Session)
-	k := key(m.Peer, m.Announced)
-	if err := c.SetAddElements(o.armed[i], []nftables.SetElement{{Key: k, Timeout: life, Comment: note}}); err != nil {
-		return err
-	}
-	if err := c.SetAddElements(o.dnat[i], []nftables.SetElement{{Key: k, Val: addrPort(m.Target), Timeout: life, Comment: note}}); err != nil {
-		return err
-	}
-	if !m.Source.IsValid() {
-		return nil
-	}
-	return c.SetAddElements(o.snat[i], []nftables.SetElement{{
-		Key: key(m.Peer, m.Target), Val: m.Source.AsSlice(), Timeout: life, Comment: note,
-	}})
-}
-
-// Which of a mapping's elements del removes.
+// Which of a mapping's elements a removal takes.
 const (
 	elArmed = 1 << iota
 	elDNAT
 	elSNAT
 	elAll = elArmed | elDNAT | elSNAT
 )
-
-// del queues the removal of m's elements named by which (elArmed, …).
-func (o *objects) del(c *nftables.Conn, m rules.Mapping, which int) error {
-	i := idx(m.Peer)
-	k := key(m.Peer, m.Announced)
-	if which&elArmed != 0 {
-		if err := c.SetDeleteElements(o.armed[i], []nftables.SetElement{{Key: k}}); err != nil {
-			return err
-		}
-	}
-	if which&elDNAT != 0 {
-		if err := c.SetDeleteElements(o.dnat[i], []nftables.SetElement{{Key: k}}); err != nil {
-			return err
-		}
-	}
-	if which&elSNAT != 0 && m.Source.IsValid() {
-		return c.SetDeleteElements(o.snat[i], []nftables.SetElement{{Key: key(m.Peer, m.Target)}})
-	}
-	return nil
-}
 
 func idx(a netip.Addr) int {
 	if a.Is4() {

@@ -312,6 +312,11 @@ func TestSyncAfterFlush(t *testing.T) {
 	live := mapIn(t, ch.Router, d, liveM)
 
 	ch.Router.Run(t, "nft", "flush", "ruleset")
+	var err2 error
+	ch.Router.Do(t, func() { _, err2 = d.Map(context.Background(), mk(50023, 4)) })
+	if !errors.Is(err2, rules.ErrNotReady) {
+		t.Errorf("Map with the table gone: %v, want ErrNotReady", err2)
+	}
 	var r rules.Restored
 	doIn(t, ch.Router, "Sync", func(ctx context.Context) (err error) { r, err = d.Sync(ctx); return err })
 	if r.String() != "table inet ftpalg, 1 mapping" {
@@ -397,5 +402,44 @@ func TestNotPermitted(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS") {
 		t.Fatalf("child without capabilities: %v\n%s", err, out)
+	}
+}
+
+// TestWithoutDestroy runs the element removals as on a kernel before 6.3,
+// without NFT_MSG_DESTROYSETELEM (Debian 12's 6.1): a missing element
+// fails a delete batch, so the removals fall back to one element at a
+// time. Close of an unused mapping, of one that expired, and the
+// watcher's removal after use all leave no element and no error.
+func TestWithoutDestroy(t *testing.T) {
+	ch := newChain(t)
+	d := setUp(t, ch.Router, rules.Options{})
+	k := d.k.(*nftKernel)
+	if !k.hasDestroy {
+		t.Log("this kernel has no NFT_MSG_DESTROYSETELEM: the fallback is what runs anyway")
+	}
+	k.mu.Lock()
+	k.hasDestroy = false
+	k.mu.Unlock()
+	f := nstest.V4
+	s := newServer(t, ch, f)
+	mk := func(port uint16, life time.Duration) rules.Mapping {
+		return rules.Mapping{Peer: f.Client, Announced: netip.AddrPortFrom(f.RouterClient, port),
+			Target: netip.AddrPortFrom(f.Server, s.addr.Port()+port-50030), Source: f.RouterServer, Lifetime: life, Session: uint64(port)}
+	}
+	doIn(t, ch.Router, "Close unused", mapIn(t, ch.Router, d, mk(50031, time.Minute)).Close)
+	expiring := mapIn(t, ch.Router, d, mk(50032, time.Second))
+	used := mapIn(t, ch.Router, d, mk(50030, time.Minute))
+	c, err := ch.Client.Dial(f.Client, mk(50030, 0).Announced, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	s.accept(t)
+	<-used.Used()
+	time.Sleep(2100 * time.Millisecond) // the 1 s mapping expires in the kernel
+	doIn(t, ch.Router, "Close expired", expiring.Close)
+	doIn(t, ch.Router, "Close used", used.Close)
+	if _, elems := listTable(t, ch.Router, TableName); len(elems) != 0 {
+		t.Errorf("elements left: %v", elems)
 	}
 }

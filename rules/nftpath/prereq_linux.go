@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/ti-mo/conntrack"
 	"go.uber.org/zap"
 
 	"github.com/ftpalg/ftpalg/rules"
@@ -351,22 +350,10 @@ func Probe(ctx context.Context, opts rules.Options) error {
 		return kerr("probe: open conntrack socket", err)
 	}
 	defer ct.close()
-	events := make(chan conntrack.Event, 16)
-	done := make(chan struct{})
-	go func() { // take what arrives while the socket closes
-		for {
-			select {
-			case <-events:
-			case <-done:
-				return
-			}
-		}
-	}()
-	defer close(done)
-	_, stop, err := ct.listen(events)
+	src, err := ct.events()
 	if err != nil {
 		return kerr("probe: listen to conntrack events", err)
 	}
-	stop()
+	src.close()
 	return nil
 }
