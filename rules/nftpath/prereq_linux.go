@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +42,9 @@ type hostState struct {
 	ipv6     error // why IPv6 mappings are refused; nil: they are forwarded
 	acct     bool  // conntrack accounting is on
 	blockers []blocker
+	// unchecked names forward chains that could not be read (an iptables
+	// binary missing), with why.
+	unchecked []string
 }
 
 // blocker is a forward chain of someone else's that would drop the
@@ -79,10 +83,11 @@ func inspect(ctx context.Context, opts rules.Options) (hostState, error) {
 	case v != "1":
 		hs.ipv6 = errors.New(warnForward6)
 	}
-	bs, err := forwardBlockers(ctx, opts)
+	bs, unchecked, err := forwardBlockers(ctx, opts)
 	if err != nil {
 		return hs, err
 	}
+	hs.unchecked = unchecked
 	for _, b := range bs {
 		if !b.ipv6 || hs.ipv6 == nil {
 			hs.blockers = append(hs.blockers, b)
@@ -107,6 +112,9 @@ func checkHost(ctx context.Context, opts rules.Options, log *zap.Logger) (hostSt
 	for _, b := range hs.blockers {
 		log.Warn(MsgForwardDropped, zap.String("chain", b.where), zap.String("fix", b.fix))
 	}
+	for _, u := range hs.unchecked {
+		log.Warn(MsgForwardUnchecked, zap.String("chain", u))
+	}
 	return hs, nil
 }
 
@@ -115,6 +123,9 @@ const (
 	MsgNoAccounting   = "conntrack accounting is off: kernel-forwarded transfers will count 0 bytes"
 	MsgNoIPv6         = "IPv6 data connections are not forwarded in the kernel"
 	MsgForwardDropped = "a forward chain would drop kernel-forwarded data connections: add the rule given as fix"
+	// MsgForwardUnchecked: a forward chain could not be read (its iptables
+	// binary is missing); if it drops, so do the forwarded connections.
+	MsgForwardUnchecked = "a forward chain could not be checked for drops of kernel-forwarded data connections"
 )
 
 // forwardBlockers finds the forward chains, other than ours, that would
@@ -129,41 +140,26 @@ const (
 //
 // nftables tables are read over netlink. The iptables-nft tables among
 // them (ip/ip6 filter, chain FORWARD) and the legacy iptables tables,
-// when loaded, are read with `iptables -S FORWARD`, once.
-func forwardBlockers(ctx context.Context, opts rules.Options) ([]blocker, error) {
+// when loaded, are read with `iptables -S FORWARD`, once; without the
+// binary an iptables-nft chain is read as nftables (policy and native
+// rules only) and a legacy one is reported unchecked.
+func forwardBlockers(ctx context.Context, opts rules.Options) (out []blocker, unchecked []string, err error) {
 	c, err := nftables.New()
 	if err != nil {
-		return nil, kerr("setup: read the forward chains", err)
+		return nil, nil, kerr("setup: read the forward chains", err)
 	}
 	chains, err := c.ListChains()
 	if err != nil {
-		return nil, kerr("setup: read the forward chains", err)
+		return nil, nil, kerr("setup: read the forward chains", err)
 	}
 	ours := TableName + opts.Suffix()
 	fwdChain := xtables.ChainForward + opts.Suffix()
-	var out []blocker
 	iptNFT := map[xtables.Family]bool{}
-	for _, ch := range chains {
+	native := func(ch *nftables.Chain, fam string) error {
 		t := ch.Table
-		if ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookForward || ch.Type != nftables.ChainTypeFilter ||
-			t.Family == nftables.TableFamilyINet && t.Name == ours {
-			continue
-		}
-		fam, ok := familyName[t.Family]
-		if !ok {
-			continue // netdev, bridge: not the IP forward path
-		}
-		if (t.Family == nftables.TableFamilyIPv4 || t.Family == nftables.TableFamilyIPv6) && t.Name == "filter" && ch.Name == "FORWARD" {
-			if t.Family == nftables.TableFamilyIPv4 {
-				iptNFT[xtables.IPv4] = true
-			} else {
-				iptNFT[xtables.IPv6] = true
-			}
-			continue // iptables-nft's: read below as iptables prints it
-		}
 		rs, err := c.GetRules(t, ch)
 		if err != nil {
-			return nil, kerr("setup: read the rules of "+fam+" "+t.Name+" "+ch.Name, err)
+			return kerr("setup: read the rules of "+fam+" "+t.Name+" "+ch.Name, err)
 		}
 		drop := ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
 		if blocks(rs, drop, fwdChain) {
@@ -177,6 +173,30 @@ func forwardBlockers(ctx context.Context, opts rules.Options) ([]blocker, error)
 				ipv6:  t.Family == nftables.TableFamilyIPv6,
 			})
 		}
+		return nil
+	}
+	iptChains := map[xtables.Family]*nftables.Chain{}
+	for _, ch := range chains {
+		t := ch.Table
+		if ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookForward || ch.Type != nftables.ChainTypeFilter ||
+			t.Family == nftables.TableFamilyINet && t.Name == ours {
+			continue
+		}
+		fam, ok := familyName[t.Family]
+		if !ok {
+			continue // netdev, bridge: not the IP forward path
+		}
+		if (t.Family == nftables.TableFamilyIPv4 || t.Family == nftables.TableFamilyIPv6) && t.Name == "filter" && ch.Name == "FORWARD" {
+			f := xtables.IPv4
+			if t.Family == nftables.TableFamilyIPv6 {
+				f = xtables.IPv6
+			}
+			iptNFT[f], iptChains[f] = true, ch
+			continue // iptables-nft's: read below as iptables prints it
+		}
+		if err := native(ch, fam); err != nil {
+			return nil, nil, err
+		}
 	}
 	for _, f := range []xtables.Family{xtables.IPv4, xtables.IPv6} {
 		for _, variant := range []string{"nft", "legacy"} {
@@ -184,15 +204,21 @@ func forwardBlockers(ctx context.Context, opts rules.Options) ([]blocker, error)
 				continue
 			}
 			b, err := iptablesBlocker(ctx, f, variant, fwdChain)
-			if err != nil {
-				return nil, err
-			}
-			if b != nil {
+			switch {
+			case errors.Is(err, exec.ErrNotFound) && variant == "nft":
+				if err := native(iptChains[f], familyName[iptChains[f].Table.Family]); err != nil {
+					return nil, nil, err
+				}
+			case errors.Is(err, exec.ErrNotFound):
+				unchecked = append(unchecked, fmt.Sprintf("%s-legacy FORWARD (%v)", map[xtables.Family]string{xtables.IPv4: "iptables", xtables.IPv6: "ip6tables"}[f], err))
+			case err != nil:
+				return nil, nil, err
+			case b != nil:
 				out = append(out, *b)
 			}
 		}
 	}
-	return out, nil
+	return out, unchecked, nil
 }
 
 var familyName = map[nftables.TableFamily]string{
