@@ -102,8 +102,9 @@ type Forward interface {
 	// is used up then (no second connection is forwarded).
 	Used() <-chan struct{}
 	// Flow returns the connection the mapping carried, with its counters
-	// as of now. It fails before Used, and once conntrack has forgotten
-	// the connection.
+	// as of now. It fails before Used. Once conntrack has forgotten the
+	// connection it returns the last reading, Closed (and fails if there
+	// was none).
 	Flow(ctx context.Context) (Flow, error)
 	// Close removes the mapping if it is still in the kernel (the offer
 	// was dropped or expired). A connection it already carried goes on:

@@ -15,6 +15,15 @@
 // Backends that can show and remove their pinholes from another process
 // (`ftpalg rules show|flush`) implement Lister.
 //
+// Kernel data paths (DataPath: each announced data connection forwarded
+// by the kernel instead of spliced by the proxy) register the same way,
+// with RegisterDataPath, and are built with NewDataPath(name, opts) or
+// chosen with DetectDataPath, which falls back to Splice (none) with the
+// reason:
+//
+//	rules/nftpath   nftables NAT from maps, one armed element per
+//	                connection, conntrack events ("nftables")
+//
 // Usage sketch:
 //
 //	name, reason := rules.Detect(ctx, log) // or the --firewall flag

@@ -16,9 +16,11 @@ import (
 
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/intercept"
-	// The pinhole backends register themselves with package rules.
+	// The pinhole backends and the kernel data paths register themselves
+	// with package rules.
 	_ "github.com/ftpalg/ftpalg/rules/ipset"
 	_ "github.com/ftpalg/ftpalg/rules/iptables"
+	_ "github.com/ftpalg/ftpalg/rules/nftpath"
 )
 
 // firewallFlags choose and configure the pinhole backend; `run` and
@@ -56,13 +58,14 @@ func (f *firewallFlags) backend(ctx context.Context, log *zap.Logger, detect boo
 
 const rulesUsage = `Usage: ftpalg rules show|flush|cleanup [--firewall NAME] [--firewall-instance NAME] [--intercept-table N]
 
-  show     list the pinholes open now, with the session that opened each
-  flush    remove every pinhole (chains, hooks and sets stay)
-  cleanup  remove everything ftpalg installed: pinhole chains and sets, interception and divert rules
-           and the policy route (after a crash, or with --keep-firewall-hooks); give it the
-           --firewall-instance and --intercept-table the run used
+  show     list the pinholes open now, with the session that opened each, and the kernel data
+           path's mappings not used yet, with their session and time left
+  flush    remove every pinhole and mapping (chains, hooks, sets and tables stay)
+  cleanup  remove everything ftpalg installed: pinhole chains and sets, the kernel data path's table,
+           interception and divert rules and the policy route (after a crash, or with
+           --keep-firewall-hooks); give it the --firewall-instance and --intercept-table the run used
 
-Without --firewall, every backend is asked.
+Without --firewall, every backend is asked. Every kernel data path is.
 `
 
 // rulesConfig is what `ftpalg rules` acts on.
@@ -175,6 +178,7 @@ func rulesCmd(args []string) error {
 		}
 	}
 	tw.Flush()
+	errs = append(errs, dataPathsCmd(ctx, os.Stdout, verb, f.options(log))...)
 	if verb == "cleanup" {
 		// Interception and divert rules of transparent mode, and the
 		// policy route in the run's table.
@@ -185,4 +189,71 @@ func rulesCmd(args []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// dataPathsCmd does verb (show, flush, cleanup) for every kernel data
+// path: its mappings listed to w (after a blank line, when there are
+// any), removed, or its table deleted.
+func dataPathsCmd(ctx context.Context, w io.Writer, verb string, opts rules.Options) []error {
+	var (
+		errs []error
+		ms   []rules.Mapping
+		from []string
+	)
+	for _, n := range rules.DataPathNames() {
+		if n == rules.Splice {
+			continue
+		}
+		dp, err := rules.NewDataPath(n, opts)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if verb == "cleanup" {
+			errs = append(errs, dp.Teardown(ctx))
+			continue
+		}
+		l, ok := dp.(rules.MappingLister)
+		if !ok {
+			continue
+		}
+		switch verb {
+		case "show":
+			got, err := l.Mappings(ctx)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for range got {
+				from = append(from, n)
+			}
+			ms = append(ms, got...)
+		case "flush":
+			errs = append(errs, l.FlushMappings(ctx))
+		}
+	}
+	if len(ms) > 0 {
+		fmt.Fprintln(w)
+		printMappings(w, from, ms)
+	}
+	return errs
+}
+
+// printMappings writes the mappings (of the data paths named in from) as
+// a table.
+func printMappings(w io.Writer, from []string, ms []rules.Mapping) {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "BACKEND\tSESSION\tPEER\tANNOUNCED\tTARGET\tSOURCE\tEXPIRES IN")
+	for i, m := range ms {
+		src := "peer"
+		if m.Source.IsValid() {
+			src = m.Source.String()
+		}
+		exp := "-"
+		if m.Lifetime > 0 {
+			exp = m.Lifetime.Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", from[i], m.Session, m.Peer, m.Announced, m.Target, src, exp)
+	}
+	tw.Flush()
 }
