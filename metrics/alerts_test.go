@@ -41,6 +41,7 @@ func TestAlertRulesMatchMetrics(t *testing.T) {
 	o.DataConnection("x", "x", "x")
 	o.Transfer("x", 0, 0, 0)
 	o.Violation("x")
+	o.TLSHandshake("x", "x", false, false)
 	m.fwOps.WithLabelValues("x", "x", "x")
 	m.fwDuration.WithLabelValues("x", "x")
 	m.fwActive.WithLabelValues("x")

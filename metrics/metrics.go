@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,7 @@ type Metrics struct {
 	dataBytes        *prometheus.CounterVec
 	transferDuration *prometheus.HistogramVec
 	violations       *prometheus.CounterVec
+	tlsHandshakes    *prometheus.CounterVec
 	fwOps            *prometheus.CounterVec
 	fwDuration       *prometheus.HistogramVec
 	fwActive         *prometheus.GaugeVec
@@ -70,12 +72,15 @@ func New() *Metrics {
 	m.translated = f.counterVec("commands_translated_total",
 		"Commands sent to the server in another form, or answered by ftpalg, by kind (to_pasv, to_port, to_epsv, to_eprt, epsv_all, feat, local_answer).", "kind")
 	m.dataConnections = f.counterVec("data_connections_total",
-		"Announced data connections by mode (passive, active), path (splice, kernel) and outcome (completed, failed, unconfirmed, aborted, timeout, foreign_peer, dial_failed, cancelled).",
+		"Announced data connections by mode (passive, active), path (splice, kernel, tls) and outcome (completed, failed, unconfirmed, aborted, timeout, foreign_peer, dial_failed, cancelled).",
 		"mode", "path", "outcome")
 	m.dataBytes = f.counterVec("data_bytes_total", "Data bytes carried, by direction (to_client, to_server).", "direction")
 	m.transferDuration = f.histogramVec("transfer_duration_seconds", "Duration of transfers, by path.", transferBuckets, "path")
 	m.violations = f.counterVec("protocol_violations_total",
 		"Input refused, by kind (bad_line, long_line, bounce, privileged_port, bad_argument, after_epsv_all, bad_passive_reply).", "kind")
+	m.tlsHandshakes = f.counterVec("tls_handshakes_total",
+		"TLS handshakes, by leg (client, server, client_data, server_data), version (TLS 1.2, TLS 1.3; empty when failed), resumed (true, false) and result (ok, error).",
+		"leg", "version", "resumed", "result")
 	m.fwOps = f.counterVec("firewall_operations_total",
 		"Firewall and kernel data path operations, by backend, operation (open, close, sync, map, unmap) and result (ok, error).", "backend", "op", "result")
 	m.fwDuration = f.histogramVec("firewall_operation_duration_seconds", "Duration of firewall and kernel data path operations.", firewallBuckets, "backend", "op")
@@ -153,6 +158,13 @@ func (o observer) UpstreamConnected(took time.Duration) { o.m.upstreamConnect.Ob
 func (o observer) Rewritten(kind string)  { o.m.rewritten.WithLabelValues(kind).Inc() }
 func (o observer) Translated(kind string) { o.m.translated.WithLabelValues(kind).Inc() }
 func (o observer) Violation(kind string)  { o.m.violations.WithLabelValues(kind).Inc() }
+func (o observer) TLSHandshake(leg, version string, resumed, ok bool) {
+	result := "ok"
+	if !ok {
+		result = "error"
+	}
+	o.m.tlsHandshakes.WithLabelValues(leg, version, strconv.FormatBool(resumed), result).Inc()
+}
 func (o observer) DataConnection(mode, path, outcome string) {
 	o.m.dataConnections.WithLabelValues(mode, path, outcome).Inc()
 }

@@ -3,6 +3,7 @@ package metrics
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ftpalg/ftpalg/internal/ftpd"
+	"github.com/ftpalg/ftpalg/internal/testcert"
 	"github.com/ftpalg/ftpalg/proxy"
 	"github.com/ftpalg/ftpalg/rules/rulestest"
 )
@@ -432,4 +434,55 @@ func scripted(t *testing.T, replies map[string]string) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// TestMetricsTLS: an FTPS session (the proxy terminating the client's
+// TLS) counts the control handshake, the data connection's resumed
+// handshake and a transfer on the tls path.
+func TestMetricsTLS(t *testing.T) {
+	ca, err := testcert.NewAuthority("metrics test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Leaf("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, "", func(c *proxy.Config) {
+		c.ClientTLS = proxy.ClientTLSRequired
+		c.TLSConfig = &tls.Config{Certificates: []tls.Certificate{leaf.TLS}}
+	})
+	before := r.scrape()
+	c := dial(t, r.addr, "")
+	c.expect(220)
+	c.cmd(234, "AUTH TLS")
+	cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", ClientSessionCache: tls.NewLRUClientSessionCache(2)}
+	tc := tls.Client(c.c, cfg)
+	c.tp = textproto.NewConn(tc)
+	c.cmd(200, "PBSZ 0")
+	c.cmd(200, "PROT P")
+	c.cmd(331, "USER u")
+	c.cmd(230, "PASS p")
+	c.cmd(200, "TYPE I")
+	addr := c.epsv()
+	c.tp.PrintfLine("RETR f4k")
+	dc, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dtc := tls.Client(dc, cfg)
+	c.expect(150)
+	n, _ := io.Copy(io.Discard, dtc)
+	dtc.Close()
+	c.expect(226)
+	if n != 4096 {
+		t.Fatalf("got %d bytes", n)
+	}
+	c.cmd(221, "QUIT")
+	r.expectDelta(before, map[string]float64{
+		`ftpalg_tls_handshakes_total{leg="client",result="ok",resumed="false",version="TLS 1.3"}`:     1,
+		`ftpalg_tls_handshakes_total{leg="client_data",result="ok",resumed="true",version="TLS 1.3"}`: 1,
+		`ftpalg_data_connections_total{mode="passive",outcome="completed",path="tls"}`:                1,
+		`ftpalg_data_bytes_total{direction="to_client"}`:                                              4096,
+	})
 }

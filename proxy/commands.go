@@ -41,8 +41,15 @@ func (s *Session) commandPump() {
 			continue
 		}
 		cmd := ftp.ParseCommand(line.Text)
+		if cmd.Kind == ftp.KindAUTH {
+			s.authRest = sc.Rest()
+		}
+		before := s.client
 		if !s.command(line, cmd) {
 			return
+		}
+		if s.client != before { // TLS now (tls.go): read through it
+			sc = ftp.NewCommandScanner(s.client)
 		}
 		if cmd.Kind == ftp.KindAUTH && s.opaque.Load() {
 			s.relayOpaque(sc)
@@ -55,6 +62,11 @@ func (s *Session) commandPump() {
 func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 	s.log.Debug("command", zap.Stringer("cmd", cmd))
 	s.commands.Add(1)
+	if s.manageTLS() {
+		if handled, ok, _ := s.tlsCommand(cmd); handled {
+			return ok
+		}
+	}
 
 	switch {
 	case s.epsvAll.Load() && (cmd.Active() || cmd.Kind == ftp.KindPASV || cmd.Kind == ftp.KindLPSV):

@@ -57,6 +57,9 @@ type chunk struct {
 	// handover: the control channel turns opaque after this chunk (TLS
 	// after AUTH); the writer stops once it is written.
 	handover bool
+	// startTLS: the writer runs the client's TLS handshake after this
+	// chunk (the proxy's 234 to AUTH) and reports on the channel.
+	startTLS chan<- error
 }
 
 // correlator matches server replies to client commands and keeps the

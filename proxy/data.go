@@ -37,7 +37,12 @@ type dataOffer struct {
 	// diagnosis of a connection that does not come).
 	announced netip.AddrPort
 	pinhole   rules.Pinhole
-	ended     atomic.Bool // its outcome is counted
+	// clientTLS, serverTLS: the legs that are TLS (PROT P on that side),
+	// so the data is copied in user space; prelimBase, finalBase: the
+	// session's transferEvent counts when the offer was made.
+	clientTLS, serverTLS  bool
+	prelimBase, finalBase uint64
+	ended                 atomic.Bool // its outcome is counted
 
 	ln *net.TCPListener // splice path: the listener for the one connection
 
@@ -70,8 +75,16 @@ type offerSpec struct {
 
 // newOffer is the dataOffer of sp at the local address local.
 func (s *Session) newOffer(sp offerSpec, local netip.AddrPort) *dataOffer {
-	return &dataOffer{s: s, passive: sp.passive, local: local, shown: netip.AddrPortFrom(sp.shownIP, local.Port()),
+	o := &dataOffer{s: s, passive: sp.passive, local: local, shown: netip.AddrPortFrom(sp.shownIP, local.Port()),
 		peer: sp.peer.Unmap(), target: sp.target, from: sp.from, announced: sp.announced, settled: make(chan struct{})}
+	o.clientTLS, o.serverTLS = s.dataProtection()
+	o.prelimBase, o.finalBase = s.transferMarks()
+	return o
+}
+
+// dataProtection tells which legs of a data connection made now are TLS.
+func (s *Session) dataProtection() (client, server bool) {
+	return s.clientTLSOn() && s.clientProt.Load() == 'P', s.upstreamData != nil && s.serverProt.Load() == 'P'
 }
 
 // openOffer announces the data connection sp describes: in the kernel when
@@ -171,6 +184,10 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	if !o.passive {
 		t.mode = "active"
 	}
+	if o.clientTLS || o.serverTLS {
+		t.tls, t.tlsDone = true, make(chan struct{})
+		defer t.tlsDecided("") // on every way out
+	}
 	s.track(t, true)
 	defer s.track(t, false)
 
@@ -192,7 +209,12 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	s.log.Info(MsgDataConnected, zap.String("mode", t.mode),
 		zap.Stringer("client_data", client.RemoteAddr()), zap.Stringer("server_data", server.RemoteAddr()))
 	stop := t.watchIdle(s.cfg.DataIdleTimeout)
-	toServer, toClient, err := splice(client, server)
+	var toServer, toClient int64
+	if t.tls {
+		toServer, toClient, err = s.relayTLS(o, t, client, server)
+	} else {
+		toServer, toClient, err = splice(tcpLeg(client), tcpLeg(server))
+	}
 	stop()
 	t.end(toServer, toClient, err)
 }

@@ -33,6 +33,12 @@
 //     connection, from exactly one address, behind a firewall pinhole, for
 //     DataAcceptTimeout. Its accept goroutine takes the connection, dials
 //     the other end and splices the two (splice.go) with splice(2).
+//   - FTP over TLS (tls.go): the proxy terminates the client's TLS (it
+//     answers AUTH, PBSZ and PROT itself) and opens its own toward the
+//     server, so it still reads every command and reply in clear; a data
+//     connection with a TLS leg is copied through user space instead of
+//     spliced. ClientTLSPassthrough instead relays the session blind
+//     after the server's 234.
 //
 // # Goroutines and who joins them
 //
@@ -46,7 +52,11 @@
 //     transfer; Session.run waits for them (Session.data) after the
 //     control connection is gone, so a transfer may outlive its control
 //     connection but never its session.
-//   - splice runs one goroutine per direction and waits for both.
+//   - splice runs one goroutine per direction and waits for both; a TLS
+//     data connection's two handshakes run in two goroutines its
+//     transfer waits for.
+//   - The client writer runs the client's TLS handshake after writing
+//     the 234 to AUTH, while the command pump waits for its outcome.
 //
 // # Ending a session
 //
@@ -66,7 +76,12 @@
 //     atomics; the correlator has its own lock.
 //   - Fields set before the session's goroutines start (the connections,
 //     addresses, logger) are never written afterwards, so any goroutine
-//     may read them.
+//     may read them. The one exception is the client connection after
+//     AUTH: the writer replaces it while the command pump waits on a
+//     channel for the handshake, and no one else uses it meanwhile.
+//   - The reply pump may wait, bounded, for a TLS data connection's
+//     handshakes before relaying the server's 2xx to its transfer
+//     command (dataRefusal), holding no lock.
 //   - Session.toServer serialises "queue the exchange, write the command"
 //     so that commands reach the server in queue order when the reply pump
 //     sends one of its own (translation); it is taken before the
@@ -80,5 +95,8 @@
 //   - Active-mode addresses are checked (RFC 2577) before anything acts
 //     on them.
 //   - Data bytes move between bare *net.TCPConn values, so the kernel's
-//     splice path is kept; counts come from io.Copy's return.
+//     splice path is kept (unless a leg is TLS); counts come from
+//     io.Copy's return.
+//   - Plain text a client sends behind AUTH TLS is never read as a
+//     command: it is fed to the TLS handshake (which it breaks).
 package proxy

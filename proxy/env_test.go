@@ -9,6 +9,7 @@ package proxy
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -340,6 +341,9 @@ func (tp *tap) close() {
 type ctl struct {
 	c  *net.TCPConn
 	tp *textproto.Conn
+	// dataTLS, when set, makes download and upload speak TLS on their
+	// data connections, as the TLS client (tls_test.go).
+	dataTLS *tls.Config
 }
 
 // dialCtl connects to addr, from the address from when it is not empty.
@@ -564,7 +568,7 @@ func (c *ctl) expectPrelim(t testing.TB) {
 // data to w.
 func (c *ctl) download(t testing.TB, mode, cmd string, rest int64, w io.Writer) {
 	t.Helper()
-	dc := c.open(t, mode, cmd, rest)
+	dc := c.secure(t, c.open(t, mode, cmd, rest))
 	if _, err := io.Copy(w, dc); err != nil {
 		t.Fatalf("%s: reading data: %v", cmd, err)
 	}
@@ -575,7 +579,7 @@ func (c *ctl) download(t testing.TB, mode, cmd string, rest int64, w io.Writer) 
 // upload runs cmd in mode and sends r's content.
 func (c *ctl) upload(t testing.TB, mode, cmd string, r io.Reader) {
 	t.Helper()
-	dc := c.open(t, mode, cmd, 0)
+	dc := c.secure(t, c.open(t, mode, cmd, 0))
 	if _, err := io.Copy(dc, r); err != nil {
 		t.Fatalf("%s: writing data: %v", cmd, err)
 	}

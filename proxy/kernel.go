@@ -34,6 +34,9 @@ func (s *Session) kernelPath(announceIP, peer netip.Addr, target netip.AddrPort)
 	if s.cfg.DataPath == nil {
 		return false
 	}
+	if c, sv := s.dataProtection(); c || sv {
+		return false // a TLS leg is copied in user space, per connection; nothing to log
+	}
 	// The port is not chosen yet; any will do for the question.
 	err := s.cfg.DataPath.Supports(rules.Mapping{Peer: peer, Announced: netip.AddrPortFrom(announceIP, 1), Target: target})
 	if err == nil {

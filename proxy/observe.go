@@ -38,6 +38,9 @@ type Observer interface {
 	Transfer(path string, toClient, toServer int64, took time.Duration)
 	// Violation: input was refused (one of the Violation* kinds).
 	Violation(kind string)
+	// TLSHandshake: a TLS handshake on leg (client, server, client_data,
+	// server_data) ended; version is the TLS version's name when ok.
+	TLSHandshake(leg, version string, resumed, ok bool)
 }
 
 // Reasons of Observer.SessionRefused.
@@ -96,3 +99,4 @@ func (nopObserver) Translated(string)                            {}
 func (nopObserver) DataConnection(string, string, string)        {}
 func (nopObserver) Transfer(string, int64, int64, time.Duration) {}
 func (nopObserver) Violation(string)                             {}
+func (nopObserver) TLSHandshake(string, string, bool, bool)      {}

@@ -45,6 +45,7 @@ func (s *Session) replyPump() {
 			s.trace(ServerToProxy, r.Lines[i].Raw, false)
 		}
 		s.awaitActiveData(r)
+		s.noteTransferReply(r)
 		s.handleReply(r)
 		if s.opaque.Load() {
 			s.relayOpaqueReplies(rr)
@@ -125,6 +126,17 @@ func (s *Session) awaitActiveData(r *ftp.Reply) {
 	}
 }
 
+// noteTransferReply tells transferEvent about the server's 1xx or final
+// reply to a transfer command (before handleReply retires the command).
+func (s *Session) noteTransferReply(r *ftp.Reply) {
+	if r.More {
+		return
+	}
+	if x := s.corr.awaiting(); x != nil && ftp.TransferVerb(x.cmd.Verb) && !x.local {
+		s.transferEvent(r.Code/100 == 1)
+	}
+}
+
 // handleReply relays one reply (or reply chunk), rewriting it when it
 // answers a passive-mode request.
 func (s *Session) handleReply(r *ftp.Reply) {
@@ -143,6 +155,11 @@ func (s *Session) handleReply(r *ftp.Reply) {
 		return
 	}
 	if ftp.TransferVerb(x.cmd.Verb) {
+		if refusal := s.dataRefusal(r.Code); refusal != "" {
+			s.confirmTransfer(522)
+			s.reply(x, refusal)
+			return
+		}
 		s.syncKernel(r.Code)
 		s.confirmTransfer(r.Code)
 	}
@@ -242,6 +259,9 @@ func (s *Session) clientWriter() {
 		if ch.handover {
 			handedOver = true
 			close(s.handover)
+			return
+		}
+		if ch.startTLS != nil && s.startClientTLS(ch.startTLS) != nil {
 			return
 		}
 	}

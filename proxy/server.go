@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -79,6 +80,29 @@ type Config struct {
 	// Observer, when set, is told what an operator counts (see Observer;
 	// package metrics). nil counts nothing.
 	Observer Observer
+	// ClientTLS is what the proxy does with TLS from clients (tls.go);
+	// the zero value passes AUTH through to the server.
+	ClientTLS ClientTLSMode
+	// TLSConfig is the proxy's TLS server configuration toward clients:
+	// its certificate (GetCertificate, so a reload can replace it) and
+	// versions. Needed by ClientTLSOptional, ClientTLSRequired and
+	// ImplicitTLS.
+	TLSConfig *tls.Config
+	// ImplicitTLS, when set, tells the sessions whose control connection
+	// is TLS from the first byte (an implicit FTPS listener, port 990).
+	ImplicitTLS func(net.Conn) bool
+	// RequireTLSReuse refuses a client's protected data connection that
+	// does not resume its control connection's TLS session (as vsftpd's
+	// require_ssl_reuse does): proof that the data connection is the
+	// same client's.
+	RequireTLSReuse bool
+	// UpstreamTLS is how the proxy speaks TLS to the server.
+	UpstreamTLS UpstreamTLSMode
+	// UpstreamTLSConfig is the base of the proxy's TLS client
+	// configuration toward servers (RootCAs, ServerName,
+	// InsecureSkipVerify, a client certificate); each session clones it
+	// and gives it a session cache of its own. nil: the system's roots.
+	UpstreamTLSConfig *tls.Config
 	// DataPath, when set, has the kernel forward data connections (see
 	// rules.DataPath and kernel.go); those it cannot carry are spliced, and
 	// the session logs why. nil: every data connection is spliced.
@@ -233,6 +257,9 @@ func newSettings(cfg Config) (*settings, error) {
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
+	}
+	if err := checkTLS(&cfg); err != nil {
+		return nil, err
 	}
 	fitSessions(&cfg, fileLimit(), cfg.Logger)
 	ports := nat.NewPorts(cfg.DataPorts)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -109,10 +110,26 @@ type Session struct {
 	noEPSV, noEPRT atomic.Bool // the server is known not to do EPSV/EPRT
 	opaque         atomic.Bool // the control channel turned into TLS: relay bytes only
 	commands       atomic.Int64
-	refused        atomic.Int64 // refused input, for the warning limit
-	spliceNoted    atomic.Bool  // the reason the kernel path is not used is logged
-	loggedIn       atomic.Bool  // the server accepted the login (230/232)
-	login          *time.Timer  // LoginTimeout, until loggedIn
+
+	// TLS (tls.go). clientTLS is the client's control connection once it
+	// is TLS; pbsz and clientProt are what the client asked for (PROT P:
+	// its data connections are TLS); serverProt is 'P' when the proxy
+	// set PROT P with a TLS server. tlsServer and upstreamData are the
+	// session's TLS configurations toward the client and the server.
+	clientTLS    atomic.Pointer[tls.Conn]
+	pbsz         atomic.Bool
+	clientProt   atomic.Uint32
+	serverProt   atomic.Uint32
+	tlsOnce      sync.Once
+	tlsServer    *tls.Config
+	upstreamData *tls.Config
+	authRest     []byte       // bytes the command scanner had read past AUTH
+	rawServer    net.Conn     // the server's TCP connection, for Close from any goroutine
+	greeting     []byte       // the server's greeting, when the TLS prelude read it
+	refused      atomic.Int64 // refused input, for the warning limit
+	spliceNoted  atomic.Bool  // the reason the kernel path is not used is logged
+	loggedIn     atomic.Bool  // the server accepted the login (230/232)
+	login        *time.Timer  // LoginTimeout, until loggedIn
 
 	data sync.WaitGroup // data offers and transfers
 
@@ -126,24 +143,29 @@ type Session struct {
 	activeOffer *dataOffer
 	lastKernel  *dataOffer             // the last offer mapped in the kernel (see syncKernel)
 	transfers   map[*transfer]struct{} // running, for a shutdown to cut
-	unconfirmed []*transfer            // waiting for the server's answer to their command, oldest first
+	// The server's answers to transfer commands (transferEvent): data
+	// connections whose TLS handshake waits for the 150 watch them.
+	prelims, finals uint64
+	xferChanged     chan struct{}
+	unconfirmed     []*transfer // waiting for the server's answer to their command, oldest first
 }
 
 func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *Session {
 	set := srv.settings()
 	s := &Session{
-		srv:        srv,
-		cfg:        &set.cfg,
-		ports:      set.ports,
-		id:         id,
-		started:    time.Now(),
-		client:     wrapControl(client),
-		rawClient:  client,
-		clientAddr: peer,
-		clientSide: nat.AddrPortOf(client.LocalAddr()),
-		corr:       newCorrelator(),
-		handover:   make(chan struct{}),
-		transfers:  map[*transfer]struct{}{},
+		srv:         srv,
+		cfg:         &set.cfg,
+		ports:       set.ports,
+		id:          id,
+		started:     time.Now(),
+		client:      wrapControl(client),
+		rawClient:   client,
+		clientAddr:  peer,
+		clientSide:  nat.AddrPortOf(client.LocalAddr()),
+		corr:        newCorrelator(),
+		handover:    make(chan struct{}),
+		transfers:   map[*transfer]struct{}{},
+		xferChanged: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.done = s.ctx.Done()
@@ -165,7 +187,7 @@ func (s *Session) run() {
 		log := s.log
 		s.login = time.AfterFunc(d, func() { s.loginTimeout(log) })
 	}
-	if !s.dialServer() {
+	if !s.implicitTLS() || !s.dialServer() {
 		s.stopLoginTimer()
 		s.rawClient.Close()
 		s.cancel()
@@ -178,7 +200,11 @@ func (s *Session) run() {
 		s.teardown()
 	})
 	s.idle = newIdleWatch(s.cfg.IdleTimeout, s.idleTimeout)
-	s.corr.add(&exchange{cmd: ftp.Command{Verb: "(greeting)"}}, s.done) // the queue is empty: never waits
+	if s.greeting != nil { // read by the TLS prelude
+		s.corr.add(&exchange{cmd: ftp.Command{Verb: "(greeting)"}, local: true, final: true, out: []chunk{{b: s.greeting}}}, s.done)
+	} else {
+		s.corr.add(&exchange{cmd: ftp.Command{Verb: "(greeting)"}}, s.done) // the queue is empty: never waits
+	}
 
 	var wg sync.WaitGroup
 	wg.Go(s.replyPump)
@@ -236,11 +262,44 @@ func (s *Session) dialServer() bool {
 		return false
 	}
 	s.cfg.Observer.UpstreamConnected(time.Since(dialStart))
+	s.rawServer = c
 	s.server = wrapControl(c)
 	s.serverAddr = nat.AddrPortOf(c.RemoteAddr())
 	s.serverSide = nat.AddrPortOf(c.LocalAddr())
 	s.log = s.log.With(zap.Stringer("server", s.serverAddr))
 	s.log.Info(MsgConnected, zap.Stringer("local", s.serverSide))
+	host, _, _ := net.SplitHostPort(upstream)
+	switch s.cfg.UpstreamTLS {
+	case UpstreamTLSImplicit, UpstreamTLSExplicit, UpstreamTLSAuto:
+		ctl, greeting, msg, err := s.upstreamPrelude(c, host)
+		if err != nil {
+			c.Close()
+			s.refuse(msg)
+			return false
+		}
+		if ctl != c {
+			s.server = ctl
+		}
+		s.greeting = greeting
+	}
+	return true
+}
+
+// implicitTLS runs the TLS server handshake first for a session of an
+// implicit-FTPS listener; false ends the session.
+func (s *Session) implicitTLS() bool {
+	if s.cfg.ImplicitTLS == nil || !s.cfg.ImplicitTLS(s.rawClient) {
+		return true
+	}
+	tc := tls.Server(s.client, s.clientTLSConfig())
+	if err := s.handshake(s.ctx, tc, "client"); err != nil {
+		s.why.CompareAndSwap(0, uint32(endProtocol))
+		return false
+	}
+	s.client = tc
+	s.clientTLS.Store(tc)
+	s.pbsz.Store(true)
+	s.clientProt.Store('P') // implicit FTPS protects data by default
 	return true
 }
 
@@ -282,7 +341,7 @@ func (s *Session) reason() endReason { return endReason(s.why.Load()) }
 // a shutdown it also cuts the running transfers; otherwise they go on
 // until they end by themselves.
 func (s *Session) teardown() {
-	s.server.Close()
+	s.rawServer.Close()
 	s.dropOffer(nil)
 	if s.reason() == endShutdown {
 		s.abortTransfers()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -13,39 +14,53 @@ import (
 // finished, the other only owes its FIN.
 const drainTimeout = 30 * time.Second
 
+// leg is one side of a data connection: conn is what is read and written
+// (the TCP connection itself, or TLS over it), raw the TCP connection.
+type leg struct {
+	conn net.Conn
+	raw  *net.TCPConn
+}
+
+func tcpLeg(c *net.TCPConn) leg { return leg{conn: c, raw: c} }
+
 // splice copies between a and b in both directions until both have ended,
-// and closes both. It hands io.Copy the bare *net.TCPConn values so Linux
-// moves the bytes with splice(2) and never through user space; the counts
-// come from io.Copy's return, never from a wrapper. An orderly end (EOF) is
-// passed on as a half-close; an error (reset) ends both directions at once.
-func splice(a, b *net.TCPConn) (aToB, bToA int64, err error) {
+// and closes both. Between bare TCP connections io.Copy gets the
+// *net.TCPConn values themselves, so Linux moves the bytes with splice(2)
+// and never through user space; a TLS leg is copied through a buffer. The
+// counts come from io.Copy's return, never from a wrapper. An orderly end
+// (EOF) is passed on as a half-close (after a TLS close_notify on a TLS
+// leg); an error (reset) ends both directions at once.
+func splice(a, b leg) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var errAB, errBA error
 	wg.Go(func() { aToB, errAB = copyHalf(b, a) })
 	wg.Go(func() { bToA, errBA = copyHalf(a, b) })
 	wg.Wait()
-	a.Close()
-	b.Close()
+	a.raw.Close()
+	b.raw.Close()
 	return aToB, bToA, errors.Join(errAB, errBA)
 }
 
 // copyHalf copies src to dst until EOF or an error.
-func copyHalf(dst, src *net.TCPConn) (int64, error) {
-	n, err := io.Copy(dst, src)
+func copyHalf(dst, src leg) (int64, error) {
+	n, err := io.Copy(dst.conn, src.conn)
 	if err != nil {
 		if isClosed(err) {
 			return n, nil // the other direction failed and closed both
 		}
 		// Abort both: a reset on one side must reach the other, and the
 		// other direction's copy must end too.
-		dst.SetLinger(0)
-		dst.Close()
-		src.Close()
+		dst.raw.SetLinger(0)
+		dst.raw.Close()
+		src.raw.Close()
 		return n, err
 	}
-	dst.CloseWrite()
+	if tc, ok := dst.conn.(*tls.Conn); ok {
+		tc.CloseWrite() // close_notify, so the peer's TLS takes the end for orderly
+	}
+	dst.raw.CloseWrite()
 	// The other direction, which reads from dst, now only owes its FIN.
-	dst.SetReadDeadline(time.Now().Add(drainTimeout))
+	dst.raw.SetReadDeadline(time.Now().Add(drainTimeout))
 	return n, nil
 }
 

@@ -36,6 +36,14 @@ type transfer struct {
 	mode    string       // passive or active
 	in      *net.TCPConn // splice path: the accepted connection
 	started time.Time
+	tls     bool // a leg is TLS: copied in user space
+
+	// TLS legs: tlsDone is closed once their handshakes are decided,
+	// with tlsRefused set when the proxy refused the connection (what
+	// the client is told instead of the server's 2xx).
+	tlsDone    chan struct{}
+	tlsOnce    sync.Once
+	tlsRefused string
 
 	// Kernel path: the mapping that carried the connection, which end
 	// was its peer (the client in passive mode), the family (for the
@@ -185,8 +193,11 @@ func (t *transfer) report(msg string, extra ...zap.Field) {
 	}
 	t.reported = true
 	path := "splice"
-	if t.fwd != nil {
+	switch {
+	case t.fwd != nil:
 		path = "kernel"
+	case t.tls:
+		path = "tls"
 	}
 	fields := []zap.Field{zap.String("mode", t.mode), zap.String("path", path), zap.Int64("bytes_to_client", t.toClient),
 		zap.Int64("bytes_to_server", t.toServer), zap.Duration("duration", t.took)}

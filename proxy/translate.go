@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -139,8 +138,11 @@ func (s *Session) activeVerb(k ftp.Kind, local netip.AddrPort) (verb, arg string
 	return activeForm(k, local)
 }
 
-// featReply adds EPSV and EPRT to the server's FEAT reply (the proxy
-// provides them by translation) and learns what the server lacks.
+// featReply adjusts the server's FEAT reply to what the client gets from
+// the proxy: EPSV and EPRT are added (the proxy provides them by
+// translation), and when the proxy manages TLS it lists its own AUTH,
+// PBSZ and PROT in place of the server's. It also learns what the server
+// lacks.
 func (s *Session) featReply(r *ftp.Reply) []byte {
 	raw := r.Raw()
 	feats, ok := ftp.ParseFEAT(r)
@@ -153,23 +155,41 @@ func (s *Session) featReply(r *ftp.Reply) []byte {
 	if !feats.Has("EPRT") {
 		s.noEPRT.Store(true)
 	}
-	if s.serverAddr.Addr().Is6() {
-		// Over IPv6 there is no PASV/PORT to translate to: what the
-		// server lacks, the proxy cannot provide.
-		return raw
-	}
-	var add []byte
-	for _, f := range []string{"EPRT", "EPSV"} {
-		if !feats.Has(f) {
-			add = append(add, " "+f+"\r\n"...)
+	var add []string
+	// Over IPv6 there is no PASV/PORT to translate to: what the server
+	// lacks, the proxy cannot provide.
+	if !s.serverAddr.Addr().Is6() {
+		for _, f := range []string{"EPRT", "EPSV"} {
+			if !feats.Has(f) {
+				add = append(add, f)
+			}
 		}
 	}
-	if add == nil {
+	drop := func(string) bool { return false }
+	if s.manageTLS() {
+		// The client's TLS is the proxy's: the server's own offer says
+		// nothing about it.
+		drop = func(name string) bool { return name == "AUTH" || name == "PBSZ" || name == "PROT" || name == "CCC" }
+		if s.cfg.ClientTLS != ClientTLSOff {
+			add = append(add, "AUTH TLS", "PBSZ", "PROT")
+		}
+	}
+	out := append([]byte(nil), r.Lines[0].Raw...)
+	dropped := false
+	for _, l := range r.Lines[1 : len(r.Lines)-1] {
+		if name, _ := ftp.FeatureLine(l.Text); drop(name) {
+			dropped = true
+			continue
+		}
+		out = append(out, l.Raw...)
+	}
+	if add == nil && !dropped {
 		return raw
 	}
+	for _, f := range add {
+		out = append(out, " "+f+"\r\n"...)
+	}
 	s.cfg.Observer.Translated(TranslationFEAT)
-	s.log.Info("FEAT: adding what the proxy provides", zap.ByteString("added", bytes.TrimSpace(add)))
-	last := r.Lines[len(r.Lines)-1].Raw
-	out := append(raw[:len(raw)-len(last):len(raw)-len(last)], add...)
-	return append(out, last...)
+	s.log.Info("FEAT: listing what the proxy provides", zap.Strings("added", add), zap.Bool("server_tls_features_removed", dropped))
+	return append(out, r.Lines[len(r.Lines)-1].Raw...)
 }

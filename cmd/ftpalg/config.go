@@ -55,6 +55,7 @@ type frontendFlags struct {
 	connectTimeout, dataTimeout, idleTimeout time.Duration
 	dataIdleTimeout, loginTimeout, keepAlive time.Duration
 	maxSessions, maxPerIP                    int
+	tls                                      tlsFlags
 }
 
 // listFlag is a flag that may be given several times, each time with one
@@ -117,6 +118,7 @@ func (f *frontendFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.keepAlive, "tcp-keepalive", proxy.DefaultKeepAlive, "TCP keepalive period of control and data connections (each one jittered by ±12.5%); negative disables")
 	fs.IntVar(&f.maxSessions, "max-sessions", 0, fmt.Sprintf("most concurrent sessions; more are refused with 421 (0: %d, or fewer if RLIMIT_NOFILE cannot carry them; negative: no limit)", proxy.DefaultMaxSessions))
 	fs.IntVar(&f.maxPerIP, "max-sessions-per-ip", proxy.DefaultMaxSessionsPerIP, "most concurrent sessions from one client address (0 or negative: no limit)")
+	f.tls.register(fs)
 }
 
 // runFlagSet is the flag set of `ftpalg run` (and `check-config`): g's
@@ -203,8 +205,11 @@ type frontend struct {
 	// flags alone configure the process.
 	name string
 	// line is where it starts in the configuration file (0: not there).
-	line   int
-	listen []string
+	line int
+	// listen are the addresses to listen on, implicit FTPS ones
+	// included; implicit lists those (--listen-implicit).
+	listen   []string
+	implicit []string
 	// mode is how connections are intercepted in transparent mode; zero in
 	// reverse mode.
 	mode nat.Mode
@@ -217,6 +222,20 @@ type frontend struct {
 	intercept *intercept.Config
 	// settings is the value of every front-end key, as text.
 	settings map[string]string
+	// tls is the front end's TLS material (nil: none); run turns it
+	// into proxy.Config's TLS configurations (applyTLS).
+	tls *tlsFiles
+}
+
+// plainListen is fe's listen addresses but the implicit FTPS ones.
+func (fe frontend) plainListen() []string {
+	var out []string
+	for _, a := range fe.listen {
+		if !slices.Contains(fe.implicit, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // flagValue is a flag given on the command line.
@@ -380,6 +399,21 @@ func (f *frontendFlags) config(fw firewallFlags) (frontend, error) {
 	default:
 		return fe, fmt.Errorf("--mode %q: want reverse or transparent", f.mode)
 	}
+	tlsFiles, err := f.tls.config(&cfg)
+	if err != nil {
+		return fe, err
+	}
+	if cfg.Transparent && (tlsFiles != nil || cfg.ClientTLS != proxy.ClientTLSPassthrough && cfg.ClientTLS != proxy.ClientTLSOff) {
+		return fe, errors.New("transparent mode relays FTPS as it is (--client-tls passthrough or off): terminating TLS there would show clients ftpalg's certificate for every server")
+	}
+	fe.tls = tlsFiles
+	for _, a := range f.tls.listenImplicit.values {
+		if slices.Contains(fe.listen, a) {
+			return fe, fmt.Errorf("--listen-implicit %s: also in --listen; an address is either plain/explicit FTPS or implicit FTPS", a)
+		}
+		fe.implicit = append(fe.implicit, a)
+	}
+	fe.listen = append(slices.Clip(fe.listen), fe.implicit...)
 	if f.advertise != "" {
 		a, err := netip.ParseAddr(f.advertise)
 		if err != nil {

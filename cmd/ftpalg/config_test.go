@@ -6,6 +6,7 @@ import (
 	"flag"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,6 +112,41 @@ func TestRunConfig(t *testing.T) {
 				}
 			}},
 		{name: "listen-empty", args: []string{"--upstream", "192.0.2.10:21", "--listen", ","}, err: "--listen: no address"},
+		{name: "tls-default-with-cert", args: []string{"--upstream", "192.0.2.10:21", "--tls-cert", "testdata/tls/cert.pem", "--tls-key", "testdata/tls/key.pem", "--listen-implicit", "127.0.0.1:990"},
+			proxy: func(c *proxy.Config) { c.ClientTLS = proxy.ClientTLSOptional },
+			check: func(t *testing.T, rc runConfig) {
+				fe := rc.frontends[0]
+				if fe.tls == nil || len(fe.tls.certPEM) == 0 || !slices.Equal(fe.listen, []string{":21", "127.0.0.1:990"}) ||
+					!slices.Equal(fe.implicit, []string{"127.0.0.1:990"}) || !slices.Equal(fe.plainListen(), []string{":21"}) {
+					t.Errorf("listen %q, implicit %q, TLS material loaded: %v", fe.listen, fe.implicit, fe.tls != nil)
+				}
+			}},
+		{name: "tls-offload-to-tls", args: []string{"--upstream", "192.0.2.10:21", "--tls-cert", "testdata/tls/cert.pem", "--tls-key", "testdata/tls/key.pem", "--client-tls", "required", "--upstream-tls", "auto",
+			"--upstream-ca", "testdata/tls/ca.pem", "--upstream-server-name", "ftp.example", "--require-tls-reuse"},
+			proxy: func(c *proxy.Config) {
+				c.ClientTLS, c.UpstreamTLS, c.RequireTLSReuse = proxy.ClientTLSRequired, proxy.UpstreamTLSAuto, true
+			}},
+		{name: "tls-plain-client-to-tls-server", args: []string{"--upstream", "192.0.2.10:21", "--client-tls", "off", "--upstream-tls", "implicit"},
+			proxy: func(c *proxy.Config) { c.ClientTLS, c.UpstreamTLS = proxy.ClientTLSOff, proxy.UpstreamTLSImplicit }},
+		{name: "tls-required-without-cert", args: []string{"--upstream", "192.0.2.10:21", "--client-tls", "required"}, err: "--client-tls required needs --tls-cert and --tls-key"},
+		{name: "tls-cert-without-key", args: []string{"--upstream", "192.0.2.10:21", "--tls-cert", "testdata/tls/cert.pem"}, err: "--tls-cert and --tls-key go together"},
+		{name: "tls-key-not-the-certs", args: []string{"--upstream", "192.0.2.10:21", "--tls-cert", "testdata/tls/cert.pem", "--tls-key", "testdata/tls/client-key.pem"},
+			err: "--tls-cert/--tls-key: tls: private key does not match public key"},
+		{name: "tls-cert-missing", args: []string{"--upstream", "192.0.2.10:21", "--tls-cert", "testdata/tls/none.pem", "--tls-key", "testdata/tls/key.pem"},
+			err: "--tls-cert: open testdata/tls/none.pem"},
+		{name: "tls-ca-not-pem", args: []string{"--upstream", "192.0.2.10:21", "--upstream-tls", "explicit", "--client-tls", "off", "--upstream-ca", "testdata/tls/README.md"},
+			err: "--upstream-ca: no PEM certificate"},
+		{name: "tls-implicit-without-termination", args: []string{"--upstream", "192.0.2.10:21", "--listen-implicit", ":990"},
+			err: "--listen-implicit needs --client-tls optional or required (now passthrough)"},
+		{name: "tls-implicit-also-plain", args: []string{"--upstream", "192.0.2.10:21", "--tls-cert", "testdata/tls/cert.pem", "--tls-key", "testdata/tls/key.pem", "--listen", ":990", "--listen-implicit", ":990"},
+			err: "--listen-implicit :990: also in --listen"},
+		{name: "tls-upstream-with-passthrough", args: []string{"--upstream", "192.0.2.10:21", "--upstream-tls", "explicit"},
+			err: "--upstream-tls needs ftpalg to terminate the client's TLS too"},
+		{name: "tls-upstream-options-without-tls", args: []string{"--upstream", "192.0.2.10:21", "--client-tls", "off", "--upstream-insecure"},
+			err: "need --upstream-tls"},
+		{name: "tls-reuse-without-termination", args: []string{"--upstream", "192.0.2.10:21", "--require-tls-reuse"}, err: "--require-tls-reuse needs"},
+		{name: "tls-bad-mode", args: []string{"--upstream", "192.0.2.10:21", "--client-tls", "maybe"}, err: `--client-tls: client TLS "maybe"`},
+		{name: "tls-transparent", args: append(tp, "--tls-cert", "testdata/tls/cert.pem", "--tls-key", "testdata/tls/key.pem"), err: "transparent mode relays FTPS as it is"},
 		{name: "transparent-one-listen", args: append(tp, "--listen", ":2121", "--listen", ":2122"), err: "transparent mode takes one listen address"},
 		{name: "bad-mode", args: []string{"--mode", "gateway"}, err: `--mode "gateway": want reverse or transparent`},
 		{name: "upstream-with-transparent", args: append(tp, "--upstream", "192.0.2.10:21"), err: "--upstream makes no sense with --mode transparent"},

@@ -561,7 +561,9 @@ func printSummary(w io.Writer, rc runConfig) {
 			v := fe.settings[k]
 			switch {
 			case k == "listen":
-				v = strings.Join(fe.listen, ", ")
+				v = strings.Join(fe.plainListen(), ", ")
+			case k == "listen-implicit":
+				v = strings.Join(fe.implicit, ", ")
 			case k == "upstream" && fe.proxy.Transparent:
 				v = "(each connection's original destination)"
 			}

@@ -34,6 +34,11 @@ var everyKey = map[string][][2]string{
 		{"connect-timeout", "3s"}, {"data-timeout", "4s"}, {"idle-timeout", "-1s"},
 		{"data-idle-timeout", "1m"}, {"login-timeout", "-1s"}, {"tcp-keepalive", "30s"},
 		{"max-sessions", "-1"}, {"max-sessions-per-ip", "5"},
+		{"listen-implicit", "127.0.0.1:9990"}, {"client-tls", "required"}, {"require-tls-reuse", "true"},
+		{"tls-cert", "testdata/tls/cert.pem"}, {"tls-key", "testdata/tls/key.pem"},
+		{"upstream-tls", "explicit"}, {"upstream-ca", "testdata/tls/ca.pem"}, {"upstream-server-name", "ftp.example"},
+		{"upstream-insecure", "true"}, {"upstream-client-cert", "testdata/tls/client-cert.pem"},
+		{"upstream-client-key", "testdata/tls/client-key.pem"},
 	},
 	"transparent": {
 		{"firewall-instance", "gw"}, {"iptables", "nft"},

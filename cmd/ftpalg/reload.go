@@ -20,6 +20,8 @@ import (
 //   - a front end's proxy settings (upstream, advertise, data-ports,
 //     limits, timeouts, upstream-source...): sessions admitted from then
 //     on get them, running sessions keep theirs (proxy.Server.Reconfigure);
+//   - a front end's TLS certificates, keys and CA files, read again on
+//     every reload (sessions admitted from then on get them);
 //   - a reverse front end's listen addresses: new ones are opened before
 //     anything else changes (a failure to bind rejects the reload), the
 //     ones no longer listed are closed; sessions accepted on them go on;
@@ -213,6 +215,12 @@ func planFrontend(was, fe frontend) (frontendChange, []string, error) {
 		summary = append(summary, fmt.Sprintf("frontend %q: %s %s → %s", fe.name, k, orNone(was.settings[k]), orNone(fe.settings[k])))
 	}
 	c.reconfigure = !reflect.DeepEqual(was.proxy, fe.proxy)
+	if !reflect.DeepEqual(was.tls, fe.tls) {
+		// Also when only the files' content changed (a renewed
+		// certificate under the same name).
+		c.reconfigure = true
+		summary = append(summary, fmt.Sprintf("frontend %q: TLS certificates and keys read again", fe.name))
+	}
 	if c.reconfigure && len(summary) == 0 {
 		summary = append(summary, fmt.Sprintf("frontend %q: settings", fe.name))
 	}

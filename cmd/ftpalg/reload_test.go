@@ -1,11 +1,15 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"go.uber.org/zap/zapcore"
+
+	"github.com/ftpalg/ftpalg/internal/testcert"
 )
 
 // TestPlanReload goes from the running configuration and the reloaded
@@ -164,5 +168,48 @@ frontends:
 				t.Errorf("summary %q, want nothing", p.summary)
 			}
 		})
+	}
+}
+
+// TestReloadRereadsCertificates: a reload reads the TLS files again, so a
+// certificate renewed under the same file name reaches new sessions.
+func TestReloadRereadsCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcert.NewAuthority("reload test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func() {
+		leaf, err := ca.Leaf("ftp.example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range map[string][]byte{"cert.pem": leaf.CertPEM, "key.pem": leaf.KeyPEM} {
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	file := []byte("frontends:\n  - name: a\n    listen: 127.0.0.1:2121\n    upstream: 192.0.2.10:21\n" +
+		"    tls-cert: " + filepath.Join(dir, "cert.pem") + "\n    tls-key: " + filepath.Join(dir, "key.pem") + "\n")
+	load := func() runConfig {
+		rc, err := parseConfig("ftpalg.yaml", file, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rc
+	}
+	write()
+	old := load()
+	if p, err := planReload(old, load()); err != nil || len(p.change) != 0 {
+		t.Fatalf("the same files: plan %+v, %v; want no change", p, err)
+	}
+	write() // renewed
+	p, err := planReload(old, load())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.change) != 1 || !p.change[0].reconfigure || !slices.ContainsFunc(p.summary, func(s string) bool { return strings.Contains(s, "TLS certificates") }) {
+		t.Errorf("renewed certificate: plan %+v, want front end a reconfigured", p)
 	}
 }

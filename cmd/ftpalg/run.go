@@ -226,19 +226,39 @@ type frontendRun struct {
 	sw       *nat.Switch
 	lns      map[string]net.Listener
 	director func(net.Conn) (netip.AddrPort, error)
+	// implicit holds the listeners of fe.implicit: their sessions start
+	// with a TLS handshake.
+	implicit nat.ListenSet
 	cancel   context.CancelFunc
 	removed  atomic.Bool
 }
 
-// proxyConfig is fe's proxy.Config with what run adds.
-func (fes *frontends) proxyConfig(fe frontend, director func(net.Conn) (netip.AddrPort, error)) proxy.Config {
+// proxyConfig is fe's proxy.Config, for fr, with what run adds.
+func (fes *frontends) proxyConfig(fe frontend, fr *frontendRun) (proxy.Config, error) {
 	cfg := fe.proxy
 	cfg.Logger, cfg.Firewall, cfg.Observer, cfg.DataPath = fes.base.Logger, fes.base.Firewall, fes.base.Observer, fes.base.DataPath
 	if fe.name != "" {
 		cfg.Logger = cfg.Logger.With(zap.String("frontend", fe.name))
 	}
-	cfg.Director = director
-	return cfg
+	cfg.Director = fr.director
+	if fe.tls != nil && fe.tls.certPEM != nil {
+		// Which addresses are implicit FTPS may change with a reload
+		// that changes nothing else: the set is read per connection.
+		cfg.ImplicitTLS = fr.implicit.Has
+	}
+	return cfg, applyTLS(fes.log, fe, &cfg)
+}
+
+// setImplicit points fr.implicit at the listeners of fe's implicit FTPS
+// addresses.
+func (fr *frontendRun) setImplicit(fe frontend) {
+	var lns []net.Listener
+	for _, a := range fe.implicit {
+		if ln, ok := fr.lns[a]; ok {
+			lns = append(lns, ln)
+		}
+	}
+	fr.implicit.Set(lns...)
 }
 
 // open opens fe's listeners and makes its server, not yet serving.
@@ -250,6 +270,7 @@ func (fes *frontends) open(ctx context.Context, fe frontend) (*frontendRun, erro
 			return nil, fes.wrap(fe.name, err)
 		}
 		fr.lns = lns
+		fr.setImplicit(fe)
 		fr.sw = nat.NewSwitch(inOrder(lns, fe.listen)...)
 		fr.ln = fr.sw
 	} else {
@@ -264,12 +285,14 @@ func (fes *frontends) open(ctx context.Context, fe frontend) (*frontendRun, erro
 		}
 		fr.ln, fr.director = ln, dir
 	}
-	srv, err := proxy.NewServer(fes.proxyConfig(fe, fr.director))
+	cfg, err := fes.proxyConfig(fe, fr)
+	if err == nil {
+		fr.srv, err = proxy.NewServer(cfg)
+	}
 	if err != nil {
 		fr.ln.Close()
 		return nil, fes.wrap(fe.name, err)
 	}
-	fr.srv = srv
 	return fr, nil
 }
 
@@ -440,17 +463,26 @@ func (fes *frontends) reload(ctx context.Context, level zap.AtomicLevel, old, ne
 	for _, c := range p.change {
 		fr := byName[c.fe.name]
 		if c.reconfigure {
-			if err := fr.srv.Reconfigure(fes.proxyConfig(c.fe, fr.director)); err != nil {
+			cfg, err := fes.proxyConfig(c.fe, fr)
+			if err == nil {
+				err = fr.srv.Reconfigure(cfg)
+			}
+			if err != nil {
 				// The configuration was checked as NewServer checks it.
 				fes.log.Error("front end keeps its settings", zap.String("frontend", c.fe.name), zap.Error(err))
 			}
 		}
-		if fr.sw != nil && (len(c.open) > 0 || len(c.close) > 0) {
+		if fr.sw != nil {
 			for _, a := range c.close {
 				delete(fr.lns, a) // Set closes it
 			}
 			maps.Copy(fr.lns, opened[c.fe.name])
-			fr.sw.Set(inOrder(fr.lns, c.fe.listen)...)
+			// Implicit first: a connection on a new implicit address
+			// must not start as plain FTP.
+			fr.setImplicit(c.fe)
+			if len(c.open) > 0 || len(c.close) > 0 {
+				fr.sw.Set(inOrder(fr.lns, c.fe.listen)...)
+			}
 		}
 		fr.fe = c.fe
 	}

@@ -30,6 +30,12 @@ type Options struct {
 	// data ports are taken from; by default the kernel picks any port
 	// (from ip_local_port_range, where a busy loopback runs short).
 	PassiveLo, PassiveHi int
+	// TLS, when set, is the server's TLS configuration: it offers AUTH
+	// TLS (and lists it in FEAT) and PROT P.
+	TLS *tls.Config
+	// TLSMode is ftpserverlib's TLS requirement: ClearOrEncrypted,
+	// MandatoryEncryption (control and data) or ImplicitEncryption.
+	TLSMode ftpserver.TLSRequirement
 }
 
 // Server is a running FTP server.
@@ -45,7 +51,11 @@ func Start(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &driver{fs: afero.NewBasePathFs(afero.NewOsFs(), o.Dir), settings: &ftpserver.Settings{
+	if o.TLSMode == ftpserver.ImplicitEncryption {
+		// ftpserverlib wraps only the listeners it opens itself.
+		ln = tls.NewListener(ln, o.TLS)
+	}
+	d := &driver{tls: o.TLS, fs: afero.NewBasePathFs(afero.NewOsFs(), o.Dir), settings: &ftpserver.Settings{
 		Listener:                ln,
 		PublicHost:              o.PublicHost,
 		Banner:                  o.Banner,
@@ -57,6 +67,7 @@ func Start(o Options) (*Server, error) {
 		// is also its control address, so the strict check holds.
 		PasvConnectionsCheck:   ftpserver.IPMatchRequired,
 		ActiveConnectionsCheck: ftpserver.IPMatchRequired,
+		TLSRequired:            o.TLSMode,
 	}}
 	if o.PassiveLo > 0 {
 		d.settings.PassiveTransferPortRange = ftpserver.PortRange{Start: o.PassiveLo, End: o.PassiveHi}
@@ -85,6 +96,7 @@ func (s *Server) Close() error {
 }
 
 type driver struct {
+	tls      *tls.Config
 	fs       afero.Fs
 	settings *ftpserver.Settings
 }
@@ -104,4 +116,9 @@ func (d *driver) AuthUser(_ ftpserver.ClientContext, _, _ string) (ftpserver.Cli
 	return d.fs, nil
 }
 
-func (d *driver) GetTLSConfig() (*tls.Config, error) { return nil, errors.New("ftpd: no TLS") }
+func (d *driver) GetTLSConfig() (*tls.Config, error) {
+	if d.tls == nil {
+		return nil, errors.New("ftpd: no TLS")
+	}
+	return d.tls, nil
+}

@@ -90,6 +90,19 @@ func (f Features) HasAUTH(mech string) bool {
 	return false
 }
 
+// FeatureLine splits one line of a FEAT reply into the feature's name,
+// upper case, and its parameters; name is empty for a blank line. A name
+// ends at any white space: a line may hold a bare LF or a tab, which the
+// reply scanner keeps inside the line.
+func FeatureLine(text []byte) (name, params string) {
+	t := strings.TrimSpace(string(text))
+	name = t
+	if i := strings.IndexAny(t, " \t\r\n"); i >= 0 {
+		name, params = t[:i], strings.TrimSpace(t[i+1:])
+	}
+	return strings.ToUpper(name), params
+}
+
 // ParseFEAT returns the features of a whole 211 reply to FEAT; ok is false
 // for any other reply (500 and the like: the server lists nothing).
 func ParseFEAT(r *Reply) (f Features, ok bool) {
@@ -98,17 +111,16 @@ func ParseFEAT(r *Reply) (f Features, ok bool) {
 	}
 	f = Features{}
 	for _, l := range r.Lines[1 : len(r.Lines)-1] {
-		text := strings.TrimSpace(string(l.Text))
-		if text == "" {
+		name, params := FeatureLine(l.Text)
+		if name == "" {
 			continue
 		}
-		// A feature name ends at any white space: a line may hold a bare
-		// LF or a tab, which the reply scanner keeps inside the line.
-		name, params := text, ""
-		if i := strings.IndexAny(text, " \t\r\n"); i >= 0 {
-			name, params = text[:i], strings.TrimSpace(text[i+1:])
+		if prev, seen := f[name]; seen && prev != "" {
+			// Listed twice (vsftpd: " AUTH SSL" and " AUTH TLS"):
+			// keep both.
+			params = prev + ";" + params
 		}
-		f[strings.ToUpper(name)] = params
+		f[name] = params
 	}
 	return f, true
 }

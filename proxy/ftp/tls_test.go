@@ -69,6 +69,12 @@ func TestParseFEAT(t *testing.T) {
 	if f, _ := ParseFEAT(r); !f.HasAUTH(AuthTLS) || f.HasAUTH(AuthSSL) {
 		t.Errorf("AUTH TLS only: %v", f)
 	}
+	// vsftpd lists each mechanism on a line of its own.
+	rr = NewReplyReader(NewReplyScanner(strings.NewReader("211-Features:\r\n AUTH TLS\r\n AUTH SSL\r\n211 End\r\n")))
+	r, _ = rr.Next()
+	if f, _ := ParseFEAT(r); !f.HasAUTH(AuthTLS) || !f.HasAUTH(AuthSSL) {
+		t.Errorf("AUTH on two lines: %v", f)
+	}
 }
 
 func FuzzParseTLSCommands(f *testing.F) {
