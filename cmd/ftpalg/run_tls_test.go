@@ -73,6 +73,18 @@ func TestRunTLS(t *testing.T) {
 		}
 	})
 
+	// run opens the listeners after it started: wait for them.
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		c, err := net.Dial("tcp", addr(1))
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("ftpalg does not listen: %v", err)
+		}
+	}
+
 	// Explicit: plain until AUTH TLS; USER before it is refused.
 	c := greet(t, addr(0), "220")
 	r := bufio.NewReader(c)
