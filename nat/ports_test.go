@@ -118,7 +118,7 @@ func TestAdvertised(t *testing.T) {
 // twice while held, and Listen steps over it.
 func TestPortsReserve(t *testing.T) {
 	lo := netip.MustParseAddr("127.0.0.1")
-	p := NewPorts(PortRange{Lo: 41000, Hi: 41002})
+	p := NewPorts(freeRange(t, lo, 3))
 	a, relA, err := p.Reserve(lo)
 	if err != nil {
 		t.Fatal(err)
@@ -173,4 +173,27 @@ func TestLocalAddrs(t *testing.T) {
 	if l.read == first {
 		t.Error("not read again after localRefresh")
 	}
+}
+
+// freeRange finds n consecutive ports of addr that nothing holds now, below
+// the usual ephemeral range (a fixed range may be taken by another test or
+// process on the machine).
+func freeRange(t *testing.T, addr netip.Addr, n uint16) PortRange {
+	t.Helper()
+	for lo := uint16(20000); lo < 30000; lo += n {
+		free := true
+		for port := lo; port < lo+n && free; port++ {
+			ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
+			if err != nil {
+				free = false
+				continue
+			}
+			ln.Close()
+		}
+		if free {
+			return PortRange{Lo: lo, Hi: lo + n - 1}
+		}
+	}
+	t.Fatalf("no %d free consecutive ports on %s", n, addr)
+	return PortRange{}
 }
