@@ -114,6 +114,34 @@ func TestAdvertised(t *testing.T) {
 	}
 }
 
+// TestAdvertisedFor: the longest matching prefix wins, families never
+// cross, and without a match the default (or the control connection's
+// local address) is announced.
+func TestAdvertisedFor(t *testing.T) {
+	def, rules, err := ParseAdvertise("203.0.113.7, 10.0.0.0/8=10.0.0.1,10.1.0.0/16=10.1.0.1, 2001:db8::/32=2001:db8::7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := netip.MustParseAddr("192.0.2.1")
+	for client, want := range map[string]string{
+		"10.9.9.9": "10.0.0.1", "10.1.2.3": "10.1.0.1", "::ffff:10.1.2.3": "10.1.0.1", "198.51.100.5": "203.0.113.7",
+		"2001:db8::5": "2001:db8::7",
+	} {
+		if got := AdvertisedFor(rules, netip.MustParseAddr(client), def, local); got != netip.MustParseAddr(want) {
+			t.Errorf("client %s: announced %s, want %s", client, got, want)
+		}
+	}
+	if got := AdvertisedFor(rules, netip.MustParseAddr("198.51.100.5"), netip.Addr{}, local); got != local {
+		t.Errorf("no rule, no default: %s, want the local address %s", got, local)
+	}
+	for _, bad := range []string{"", "203.0.113.7,203.0.113.8", "10.0.0.0/8=2001:db8::1", "10.0.0.0/8", "10.0.0.0/33=10.0.0.1",
+		"10.0.0.0/8=10.0.0.1,10.0.0.0/8=10.0.0.2", "fe80::1%eth0", "proxy.example"} {
+		if _, _, err := ParseAdvertise(bad); err == nil {
+			t.Errorf("ParseAdvertise(%q) accepted", bad)
+		}
+	}
+}
+
 // TestPortsReserve: a reservation holds no socket, is never handed out
 // twice while held, and Listen steps over it.
 func TestPortsReserve(t *testing.T) {

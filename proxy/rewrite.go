@@ -108,7 +108,7 @@ func (s *Session) advertised() (adv, listen netip.Addr) {
 		// instead (curl, ftplib, FileZilla) land there too.
 		listen = s.serverAddr.Addr()
 	}
-	return nat.Advertised(s.cfg.Advertise, listen), listen
+	return nat.AdvertisedFor(s.cfg.AdvertiseFor, s.clientAddr.Addr(), s.cfg.Advertise, listen), listen
 }
 
 // active validates and rewrites PORT, EPRT and LPRT: the proxy listens on

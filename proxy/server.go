@@ -43,6 +43,11 @@ type Config struct {
 	// Advertise is the address announced to clients in passive replies;
 	// zero means the local address of the client's control connection.
 	Advertise netip.Addr
+	// AdvertiseFor announces other addresses to the clients of some
+	// networks (the longest matching prefix wins over Advertise): an
+	// instance behind a load balancer tells outside clients the virtual
+	// address and inside ones its own, for example.
+	AdvertiseFor []nat.AdvertiseRule
 	// DataPorts is the range data connections listen on, on both sides.
 	DataPorts nat.PortRange
 	// TrustPASVAddress makes the proxy dial the address a server announces

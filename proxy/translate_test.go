@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/ftpd"
+	"github.com/ftpalg/ftpalg/nat"
 	pftp "github.com/ftpalg/ftpalg/proxy/ftp"
 )
 
@@ -307,4 +309,27 @@ func (c *ctl) download6(t *testing.T, mode, cmd string, w io.Writer) {
 		t.Fatal(err)
 	}
 	c.expect(t, 226)
+}
+
+// TestAdvertiseFor: a client in a network with its own rule is told that
+// rule's address in 227; others get the default.
+func TestAdvertiseFor(t *testing.T) {
+	for _, tc := range []struct {
+		rules []nat.AdvertiseRule
+		want  string
+	}{
+		{[]nat.AdvertiseRule{{Clients: netip.MustParsePrefix("127.0.0.0/8"), Addr: netip.MustParseAddr("198.51.100.9")}}, "198.51.100.9"},
+		{[]nat.AdvertiseRule{{Clients: netip.MustParsePrefix("10.0.0.0/8"), Addr: netip.MustParseAddr("10.0.0.1")}}, "203.0.113.7"},
+	} {
+		e := newEnv(t, func(c *Config) {
+			c.Advertise = netip.MustParseAddr("203.0.113.7")
+			c.AdvertiseFor = tc.rules
+		})
+		c := dialCtl(t, e.addr, "")
+		c.login(t, "tester")
+		ap, ok := parse227(c.cmd(t, 227, "PASV"))
+		if !ok || ap.Addr() != netip.MustParseAddr(tc.want) {
+			t.Errorf("rules %v: 227 announced %v, want %s", tc.rules, ap, tc.want)
+		}
+	}
 }

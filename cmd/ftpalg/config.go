@@ -107,7 +107,7 @@ func (f *frontendFlags) register(fs *flag.FlagSet) {
 	f.route.register(fs)
 	fs.BoolVar(&f.divert, "divert", true, "transparent mode: install the divert rule and policy route that deliver data connections to ftpalg's transparent sockets")
 	fs.StringVar(&f.upstreamSource, "upstream-source", "router", "transparent mode: connect to servers from the router's address (router) or from the client's (client, needs the divert routing in rules/intercept/README.md)")
-	fs.StringVar(&f.advertise, "advertise", "", "address announced to clients in passive replies (default: the local address the client connected to)")
+	fs.StringVar(&f.advertise, "advertise", "", "address announced to clients in passive replies (default: the local address the client connected to); PREFIX=ADDRESS entries, comma-separated, announce ADDRESS to the clients in PREFIX instead (the longest prefix wins), e.g. 203.0.113.7,10.0.0.0/8=10.0.0.11")
 	fs.StringVar(&f.dataPorts, "data-ports", "50000-50999", "port range for data connections, LO-HI, on both sides (0: any port)")
 	fs.BoolVar(&f.trustPASV, "trust-pasv-address", false, "dial the address a server announces in 227 even when it is not the server's control address (default: dial the control address, as curl and lftp do)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", proxy.DefaultConnectTimeout, "timeout for connecting to the server and to data peers")
@@ -415,11 +415,11 @@ func (f *frontendFlags) config(fw firewallFlags) (frontend, error) {
 	}
 	fe.listen = append(slices.Clip(fe.listen), fe.implicit...)
 	if f.advertise != "" {
-		a, err := netip.ParseAddr(f.advertise)
+		def, rules, err := nat.ParseAdvertise(f.advertise)
 		if err != nil {
-			return fe, fmt.Errorf("--advertise %q: want an IP address", f.advertise)
+			return fe, fmt.Errorf("--advertise %s", err)
 		}
-		cfg.Advertise = a
+		cfg.Advertise, cfg.AdvertiseFor = def, rules
 	}
 	r, err := nat.ParsePortRange(f.dataPorts)
 	if err != nil {

@@ -151,6 +151,12 @@ func TestRunConfig(t *testing.T) {
 		{name: "bad-mode", args: []string{"--mode", "gateway"}, err: `--mode "gateway": want reverse or transparent`},
 		{name: "upstream-with-transparent", args: append(tp, "--upstream", "192.0.2.10:21"), err: "--upstream makes no sense with --mode transparent"},
 		{name: "bad-advertise", args: []string{"--upstream", "192.0.2.10:21", "--advertise", "proxy.example"}, err: `--advertise "proxy.example": want an IP address`},
+		{name: "advertise-per-network", args: []string{"--upstream", "192.0.2.10:21", "--advertise", "203.0.113.7,10.0.0.0/8=10.0.0.11"},
+			proxy: func(c *proxy.Config) {
+				c.Advertise = netip.MustParseAddr("203.0.113.7")
+				c.AdvertiseFor = []nat.AdvertiseRule{{Clients: netip.MustParsePrefix("10.0.0.0/8"), Addr: netip.MustParseAddr("10.0.0.11")}}
+			}},
+		{name: "advertise-family-mismatch", args: []string{"--upstream", "192.0.2.10:21", "--advertise", "10.0.0.0/8=2001:db8::1"}, err: "--advertise \"10.0.0.0/8=2001:db8::1\": clients in 10.0.0.0/8 cannot be told an address of the other family"},
 		{name: "bad-advertise-prefix", args: []string{"--upstream", "192.0.2.10:21", "--advertise", "203.0.113.7/32"}, err: "--advertise"},
 		{name: "bad-data-ports-order", args: []string{"--upstream", "192.0.2.10:21", "--data-ports", "50999-50000"}, err: "--data-ports"},
 		{name: "bad-data-ports-junk", args: []string{"--upstream", "192.0.2.10:21", "--data-ports", "many"}, err: "--data-ports"},
