@@ -7,7 +7,8 @@
 #
 # What it does:
 #   * apt-get install vsftpd, lftp, curl, python3, iptables, ipset, nftables,
-#     iproute2, procps and the shared libraries proftpd-core and pure-ftpd
+#     iproute2, procps, keepalived (its --config-test checks deploy/keepalived)
+#     and the shared libraries proftpd-core and pure-ftpd
 #     need (those two are not installed through dpkg, see below).
 #   * vsftpd, proftpd-core and pure-ftpd conflict with each other in apt, so
 #     only vsftpd is installed as a package; proftpd-core and pure-ftpd are
@@ -50,7 +51,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
 	vsftpd lftp curl python3 \
-	iptables ipset nftables iproute2 procps \
+	iptables ipset nftables iproute2 procps keepalived \
 	libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23
 
 # 3. proftpd-core and pure-ftpd: download and unpack without installing.
