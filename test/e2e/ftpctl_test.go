@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy/ftp"
 )
 
 // ctlConn is a minimal FTP control client for tests that must stop between
@@ -154,10 +155,20 @@ var (
 	re229 = regexp.MustCompile(`\(\|\|\|(\d+)\|\)`)
 )
 
-// passive sends PASV or EPSV and returns the announced data address (for
-// EPSV: the control connection's peer and the announced port).
+// passive sends PASV, EPSV or LPSV and returns the announced data address
+// (for EPSV: the control connection's peer and the announced port).
 func (f *ctlConn) passive(mode Mode) (netip.AddrPort, error) {
 	switch mode {
+	case LPSV:
+		text, err := f.expect("LPSV", 228)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		ap, err := ftp.ParseLPSV(text)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("unparsable 228 reply %q: %w", text, err)
+		}
+		return ap, nil
 	case PASV:
 		text, err := f.expect("PASV", 227)
 		if err != nil {
@@ -193,6 +204,24 @@ func (f *ctlConn) passive(mode Mode) (netip.AddrPort, error) {
 		return netip.AddrPortFrom(peer, uint16(port)), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("passive: mode %s is not passive", mode)
+}
+
+// active announces ap with PORT, EPRT or LPRT (the client listens there)
+// and requires the 200.
+func (f *ctlConn) active(mode Mode, ap netip.AddrPort) error {
+	var line string
+	switch mode {
+	case PORT:
+		line = "PORT " + ftp.FormatPORT(ap)
+	case EPRT:
+		line = "EPRT " + ftp.FormatEPRT(ap)
+	case LPRT:
+		line = "LPRT " + ftp.FormatLPRT(ap)
+	default:
+		return fmt.Errorf("active: mode %s is not active", mode)
+	}
+	_, err := f.expect(line, 200)
+	return err
 }
 
 // retr downloads remote over the already connected data connection dc

@@ -143,7 +143,9 @@ func runTransferCase(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Clie
 // ftpalg's log of the session.
 func runTransferCaseCheck(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Client, tgt Target, mode Mode, check caseCheck) error {
 	work := t.TempDir()
-	prefix := fmt.Sprintf("%s-%s-%s-", c.Name(), tgt.Family(), mode)
+	// Unique per run: vsftpd does not let anonymous users overwrite, and
+	// a test may run a client and mode twice against one server.
+	prefix := fmt.Sprintf("%s-%s-%s-%d-", c.Name(), tgt.Family(), mode, gwUploadSeq.Add(1))
 
 	ops := []Op{{Kind: OpList}}
 	var downloads []string
