@@ -38,10 +38,21 @@ type ctlConn struct {
 
 // dialCtl connects from ns to addr and reads the greeting.
 func dialCtl(ns *nstest.NS, addr string, wait time.Duration) (*ctlConn, error) {
-	c, err := dial(ns, addr, wait)
+	return dialCtlFrom(ns, netip.Addr{}, addr, wait)
+}
+
+// dialCtlFrom is dialCtl from the address from (invalid: the one the
+// kernel picks; with several addresses on a link, IPv6 picks the newest).
+func dialCtlFrom(ns *nstest.NS, from netip.Addr, addr string, wait time.Duration) (*ctlConn, error) {
+	to, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, err
 	}
+	tc, err := ns.Dial(from, to, wait)
+	if err != nil {
+		return nil, err
+	}
+	c := net.Conn(tc)
 	f := &ctlConn{ns: ns, c: c, r: bufio.NewReader(c), wait: wait}
 	code, _, err := f.reply()
 	if err != nil {

@@ -61,7 +61,7 @@ func policyDrops(t testing.TB, ns *nstest.NS, ipt string) int {
 func requireDropped(t *testing.T, topo *Topology, srv *Server, p *Proxy) {
 	t.Helper()
 	before := policyDrops(t, topo.Front, "iptables")
-	c, data := kernelAnnounce(t, topo.Client, srv, p, PASV)
+	c, data := kernelAnnounce(t, topo.Client, netip.Addr{}, srv, p, PASV)
 	defer c.Close()
 	got, conn := knock(topo.Client, data, knockTimeout)
 	if conn != nil {
@@ -75,12 +75,13 @@ func requireDropped(t *testing.T, topo *Topology, srv *Server, p *Proxy) {
 	}
 }
 
-// kernelAnnounce logs in from ns to ftpalg and announces a passive data
+// kernelAnnounce logs in from ns (from the address from; invalid: the
+// one the kernel picks) to ftpalg and announces a passive data
 // connection; it returns the control connection and the announced
 // address (ftpalg's, for PASV; for EPSV the control peer's).
-func kernelAnnounce(t *testing.T, ns *nstest.NS, srv *Server, p *Proxy, mode Mode) (*ctlConn, netip.AddrPort) {
+func kernelAnnounce(t *testing.T, ns *nstest.NS, from netip.Addr, srv *Server, p *Proxy, mode Mode) (*ctlConn, netip.AddrPort) {
 	t.Helper()
-	c, err := dialCtl(ns, p.Listen, 10*time.Second)
+	c, err := dialCtlFrom(ns, from, p.Listen, 10*time.Second)
 	if err != nil {
 		t.Fatalf("control connection: %v", err)
 	}
@@ -223,7 +224,7 @@ func TestKernelForwardDrop(t *testing.T) {
 			t.Fatalf("no nft fix for the table's forward chain: %v", warned)
 		}
 		t.Run("dropped", func(t *testing.T) {
-			c, data := kernelAnnounce(t, topo.Client, srv, p, PASV)
+			c, data := kernelAnnounce(t, topo.Client, netip.Addr{}, srv, p, PASV)
 			defer c.Close()
 			if got, conn := knock(topo.Client, data, knockTimeout); got != "timeout" {
 				if conn != nil {
