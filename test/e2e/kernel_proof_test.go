@@ -271,23 +271,35 @@ func requireKernelFlows(t testing.TB, ns *nstest.NS, ms []kernelMapping, passive
 		return
 	}
 	flows := conntrackDump(t, ns)
+	var example string
 	for _, m := range ms {
 		peer, source := passivePeer, passiveSource
 		if !m.passive {
 			peer, source = activePeer, activeSource
 		}
+		// The announced port may have served an earlier proxy's
+		// connection whose entry conntrack still holds (TIME_WAIT): the
+		// one DNATed to this target is this one.
 		var hit *conntrack.Flow
+		var others []string
 		for i, f := range flows {
-			o := f.TupleOrig
-			if o.Proto.Protocol == 6 && o.IP.SourceAddress.Unmap() == peer && o.IP.DestinationAddress.Unmap() == m.announced.Addr() &&
-				o.Proto.DestinationPort == m.announced.Port() {
+			o, r := f.TupleOrig, f.TupleReply
+			if o.Proto.Protocol != 6 || o.IP.SourceAddress.Unmap() != peer || o.IP.DestinationAddress.Unmap() != m.announced.Addr() ||
+				o.Proto.DestinationPort != m.announced.Port() {
+				continue
+			}
+			if netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort) == m.target {
 				hit = &flows[i]
 				break
 			}
+			others = append(others, flowString(f))
 		}
 		if hit == nil {
-			t.Errorf("conntrack has no connection %s → %s (ftpalg announced it)", peer, m.announced)
+			t.Errorf("conntrack has no connection %s → %s DNATed to %s (ftpalg announced it); others to that port: %q", peer, m.announced, m.target, others)
 			continue
+		}
+		if example == "" {
+			example = flowString(*hit)
 		}
 		r := hit.TupleReply
 		wantDst := source
@@ -302,17 +314,8 @@ func requireKernelFlows(t testing.TB, ns *nstest.NS, ms []kernelMapping, passive
 		}
 	}
 	if !t.Failed() {
-		t.Logf("conntrack holds the %d announced data connections with their NAT tuples, e.g. %s", len(ms), flowString(firstFlow(flows, ms[0].announced)))
+		t.Logf("conntrack holds the %d announced data connections with their NAT tuples, e.g. %s", len(ms), example)
 	}
-}
-
-func firstFlow(fs []conntrack.Flow, announced netip.AddrPort) conntrack.Flow {
-	for _, f := range fs {
-		if netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress.Unmap(), f.TupleOrig.Proto.DestinationPort) == announced {
-			return f
-		}
-	}
-	return conntrack.Flow{}
 }
 
 // procSockets returns the TCP sockets process pid holds: its socket file
