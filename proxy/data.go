@@ -206,7 +206,7 @@ func (s *Session) transfer(o *dataOffer, in *net.TCPConn) {
 	if !o.passive {
 		client, server = out, in
 	}
-	s.log.Info(MsgDataConnected, zap.String("mode", t.mode),
+	s.log.Info(MsgDataConnected, zap.String("mode", t.mode), zap.String("path", "splice"),
 		zap.Stringer("client_data", client.RemoteAddr()), zap.Stringer("server_data", server.RemoteAddr()))
 	stop := t.watchIdle(s.cfg.DataIdleTimeout)
 	var toServer, toClient int64

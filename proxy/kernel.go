@@ -25,7 +25,8 @@ import (
 // IPv6 server or the reverse (the kernel does not translate), or a target
 // on this host (a server on loopback, as a sidecar's often is: DNAT to a
 // local address is delivered, not forwarded, and could not be SNATed to
-// the proxy's address that servers check).
+// the proxy's address that servers check), or a peer on this host (that
+// server connecting in active mode: its SYN never passes prerouting).
 
 // kernelPath reports whether a data connection from peer to announceIP,
 // for target, goes through the kernel. The first time it does not in a

@@ -219,3 +219,28 @@ func TestKernelPayload(t *testing.T) {
 		}
 	}
 }
+
+// TestSplicePathNamed: without a kernel data path, the data connection
+// and the transfer are logged with path=splice, as kernel ones are with
+// path=kernel, so that an operator (and test/e2e) can tell which path
+// carried each (the data connection line once had no path).
+func TestSplicePathNamed(t *testing.T) {
+	e := newEnv(t)
+	c := dialCtl(t, e.addr, "")
+	c.login(t, "tester")
+	var got bytes.Buffer
+	c.download(t, "EPSV", "RETR "+f4k, 0, &got)
+	c.cmd(t, 221, "QUIT")
+	eventually(t, ioTimeout, "transfer not reported", func() bool {
+		return e.logs.FilterMessage(MsgTransferFinished).Len() == 1
+	})
+	for _, msg := range []string{MsgDataConnected, MsgTransferFinished} {
+		ls := e.logs.FilterMessage(msg).All()
+		if len(ls) != 1 || ls[0].ContextMap()["path"] != "splice" {
+			for _, l := range ls {
+				t.Logf("%s %v", l.Message, l.ContextMap())
+			}
+			t.Errorf("%q: %d lines, want one with path=splice", msg, len(ls))
+		}
+	}
+}

@@ -124,8 +124,9 @@ type DataPath interface {
 	// Supports tells, without asking the kernel, whether m can be
 	// forwarded at all: nil, or an error wrapping ErrInvalid that says
 	// why not (Mapping.Check's reasons; a target on this host, which the
-	// kernel delivers instead of forwarding). The proxy splices what the
-	// kernel cannot carry.
+	// kernel delivers instead of forwarding; a peer on this host, whose
+	// connections the kernel sends out, never through prerouting). The
+	// proxy splices what the kernel cannot carry.
 	Supports(m Mapping) error
 	// Map installs m and returns when a new connection from m.Peer to
 	// m.Announced would be forwarded.

@@ -87,9 +87,31 @@ func run(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, rc runConf
 	if m != nil {
 		fes.base.Observer = m.Observer()
 	}
+	// Every listener first, so a failed start leaves no rules.
+	for _, fe := range rc.frontends {
+		fr, err := fes.listen(ctx, fe)
+		if err != nil {
+			fes.closeAll()
+			return err
+		}
+		fes.list = append(fes.list, fr)
+	}
+	// Setup after the listen succeeded, so a failed start leaves no rules;
+	// it also removes what a crashed run left behind.
+	if err := fw.Setup(ctx); err != nil {
+		fes.closeAll()
+		// Remove whatever part of the setup did happen.
+		return errors.Join(fmt.Errorf("firewall %s: %w", fw.Name(), err), teardown(fw))
+	}
+	// The data path after the firewall: its check of the forward chains
+	// that would drop the forwarded data, and --data-path auto's probe,
+	// must see the pinhole backend's FORWARD hook, which admits each
+	// mapped connection (before it, a default-DROP router was warned
+	// about, and auto spliced, although the hook was about to be there).
 	dp, err := startDataPath(ctx, log, rc)
 	if err != nil {
-		return err
+		fes.closeAll()
+		return errors.Join(err, teardown(fw))
 	}
 	if dp != nil {
 		defer func() {
@@ -102,29 +124,21 @@ func run(ctx context.Context, log *zap.Logger, level zap.AtomicLevel, rc runConf
 			fes.base.DataPath = m.DataPath(dp)
 		}
 	}
-	// Every listener first, so a failed start leaves no rules.
-	for _, fe := range rc.frontends {
-		fr, err := fes.open(ctx, fe)
-		if err != nil {
+	// The servers once the data path is known: each takes it into its
+	// configuration.
+	for _, fr := range fes.list {
+		if err := fes.newServer(fr); err != nil {
 			fes.closeAll()
-			return err
+			return errors.Join(err, teardown(fw))
 		}
-		fes.list = append(fes.list, fr)
 	}
 	if m != nil {
 		stopMetrics, err := serveMetrics(ctx, log, level, rc.metricsListen, m, fes.ready)
 		if err != nil {
 			fes.closeAll()
-			return err
+			return errors.Join(err, teardown(fw))
 		}
 		defer stopMetrics()
-	}
-	// Setup after the listen succeeded, so a failed start leaves no rules;
-	// it also removes what a crashed run left behind.
-	if err := fw.Setup(ctx); err != nil {
-		fes.closeAll()
-		// Remove whatever part of the setup did happen.
-		return errors.Join(fmt.Errorf("firewall %s: %w", fw.Name(), err), teardown(fw))
 	}
 	tp := fes.transparent()
 	if tp != nil && len(tp.fe.intercept.Sources) == 0 && len(tp.fe.intercept.Interfaces) == 0 {
@@ -263,6 +277,18 @@ func (fr *frontendRun) setImplicit(fe frontend) {
 
 // open opens fe's listeners and makes its server, not yet serving.
 func (fes *frontends) open(ctx context.Context, fe frontend) (*frontendRun, error) {
+	fr, err := fes.listen(ctx, fe)
+	if err != nil {
+		return nil, err
+	}
+	if err := fes.newServer(fr); err != nil {
+		return nil, err
+	}
+	return fr, nil
+}
+
+// listen opens fe's listeners; its server is made by newServer.
+func (fes *frontends) listen(ctx context.Context, fe frontend) (*frontendRun, error) {
 	fr := &frontendRun{name: fe.name, fe: fe}
 	if fe.mode == 0 {
 		lns, err := listenEach(ctx, fe.listen)
@@ -285,15 +311,21 @@ func (fes *frontends) open(ctx context.Context, fe frontend) (*frontendRun, erro
 		}
 		fr.ln, fr.director = ln, dir
 	}
-	cfg, err := fes.proxyConfig(fe, fr)
+	return fr, nil
+}
+
+// newServer makes fr's server with what run adds to its configuration
+// now (fes.base); on failure it closes fr's listeners.
+func (fes *frontends) newServer(fr *frontendRun) error {
+	cfg, err := fes.proxyConfig(fr.fe, fr)
 	if err == nil {
 		fr.srv, err = proxy.NewServer(cfg)
 	}
 	if err != nil {
 		fr.ln.Close()
-		return nil, fes.wrap(fe.name, err)
+		return fes.wrap(fr.fe.name, err)
 	}
-	return fr, nil
+	return nil
 }
 
 // wrap says which front end err is about.

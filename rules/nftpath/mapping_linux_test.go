@@ -172,7 +172,7 @@ func TestCloseUnused(t *testing.T) {
 
 // TestMapRefusals: a key mapped already, a second mapping of the same peer
 // and target while one wants SNAT, IPv4-to-IPv6, loopback and this host's
-// own targets, IPv6 on a host not forwarding it, Map before Setup and
+// own targets and peers, IPv6 on a host not forwarding it, Map before Setup and
 // after Teardown.
 func TestMapRefusals(t *testing.T) {
 	d, k, _, c := setUpFake(t)
@@ -194,6 +194,9 @@ func TestMapRefusals(t *testing.T) {
 		{Peer: peer, Announced: annc, Target: target6},
 		{Peer: peer, Announced: annc, Target: netip.MustParseAddrPort("127.0.0.1:21")},
 		{Peer: peer, Announced: annc, Target: netip.AddrPortFrom(netip.IPv4Unspecified(), 1)},
+		// A server on loopback in active mode: its SYN never passes
+		// prerouting (found by test/e2e TestKernelSpliceFallback).
+		{Peer: netip.MustParseAddr("127.0.0.1"), Announced: netip.MustParseAddrPort("127.0.0.1:50000"), Target: target},
 	} {
 		if _, err := d.Map(context.Background(), bad); !errors.Is(err, rules.ErrInvalid) {
 			t.Errorf("Map(%s) = %v, want ErrInvalid", bad, err)
@@ -203,6 +206,10 @@ func TestMapRefusals(t *testing.T) {
 		bad := rules.Mapping{Peer: peer, Announced: annc, Target: netip.AddrPortFrom(own, 21)}
 		if err := d.Supports(bad); !errors.Is(err, rules.ErrInvalid) || !strings.Contains(err.Error(), "own address") {
 			t.Errorf("Supports(%s) = %v, want ErrInvalid naming the host's own address", bad, err)
+		}
+		bad = rules.Mapping{Peer: own, Announced: annc, Target: target}
+		if err := d.Supports(bad); !errors.Is(err, rules.ErrInvalid) || !strings.Contains(err.Error(), "peer") {
+			t.Errorf("Supports(%s) = %v, want ErrInvalid naming the peer as the host's own address", bad, err)
 		}
 	}
 	adds := k.count("add")

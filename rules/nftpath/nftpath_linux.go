@@ -243,7 +243,8 @@ func (d *DataPath) transient() (kernel, error) {
 // Supports tells, from m alone and the host's state at Setup, whether
 // the kernel can forward m: Mapping.Check's reasons, a target on this
 // host (DNAT to a local address is delivered, not forwarded, and could
-// not be SNATed to the proxy's address), and IPv6 while the host does not
+// not be SNATed to the proxy's address), a peer on this host (its
+// connections never pass prerouting), and IPv6 while the host does not
 // forward IPv6. It reads the host's addresses (at most every few
 // seconds) in the calling thread's network namespace, which must be
 // Setup's.
@@ -255,6 +256,13 @@ func (d *DataPath) Supports(m rules.Mapping) error {
 	t := m.Target.Addr()
 	if t.IsLoopback() || d.local.Has(t) {
 		return fmt.Errorf("%w: mapping %s: the target %s is this host's own address: the kernel delivers such a connection instead of forwarding it", rules.ErrInvalid, m, t)
+	}
+	// A peer on this host (a server on loopback, in active mode)
+	// connects from a local socket: its SYN leaves through the output
+	// hook and never passes prerouting, where the mappings apply, and
+	// would reach the reserved port, where nothing listens.
+	if p := m.Peer; p.IsLoopback() || d.local.Has(p) {
+		return fmt.Errorf("%w: mapping %s: the peer %s is this host's own address: its connections never pass the prerouting hook the mappings are in", rules.ErrInvalid, m, p)
 	}
 	if m.Peer.Is6() {
 		d.mu.Lock()

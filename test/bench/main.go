@@ -52,7 +52,7 @@ func main() { benchkit.Main("bench", parseFlags, run) }
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	o.Define(32, []string{"throughput", "rate", "idle", "metrics"}, "which measurements to run, comma-separated")
+	o.Define("32", []string{"throughput", "rate", "idle", "metrics"}, "which measurements to run, comma-separated")
 	flag.StringVar(&o.MetricsData, "metrics-data-ports", "31000-31999", "--data-ports of the second proxy, the one with metrics (apart from the first's)")
 	flag.StringVar(&o.metricsPort, "metrics-port", "39121", "port of the second proxy's --metrics-listen on 127.0.0.1")
 	flag.IntVar(&o.idle, "idle", 5000, "idle sessions held open through the proxy in the memory test")

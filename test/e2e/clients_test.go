@@ -31,6 +31,13 @@ const (
 
 var allModes = []Mode{PASV, EPSV, PORT, EPRT}
 
+// LPSV and LPRT (RFC 1639) are sent by none of the clients; the raw
+// control client (ctlConn) uses them.
+const (
+	LPSV Mode = "lpsv"
+	LPRT Mode = "lprt"
+)
+
 // Command returns the FTP command that sets up a data connection in mode m.
 func (m Mode) Command() string { return strings.ToUpper(string(m)) }
 

@@ -19,6 +19,16 @@
 // ftpalg with --firewall ipset, iptables and none and read the sets and
 // chains back with ipset and iptables.
 //
+// The kernel data path tests (kernel_*_test.go; what covers what is in
+// kernel_test.go) run ftpalg with --data-path kernel on a forwarding front
+// host or gateway router, and prove per session that the kernel, not
+// ftpalg's sockets, carried the data: the transfer lines say path=kernel
+// with conntrack's byte counts, conntrack (read with ti-mo/conntrack)
+// holds each announced connection with its NAT tuple, and in the middle
+// of a transfer ftpalg holds no data socket. They also cover one mapping
+// per connection, SIGKILL mid-transfer, drop-policy forward chains and the
+// sessions the kernel cannot carry (spliced, with the reason logged).
+//
 // Binary locations can be overridden with FTPALG_VSFTPD, FTPALG_PROFTPD,
 // FTPALG_PUREFTPD and FTPALG_PUREPW.
 //

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy/ftp"
 )
 
 // ctlConn is a minimal FTP control client for tests that must stop between
@@ -37,10 +38,21 @@ type ctlConn struct {
 
 // dialCtl connects from ns to addr and reads the greeting.
 func dialCtl(ns *nstest.NS, addr string, wait time.Duration) (*ctlConn, error) {
-	c, err := dial(ns, addr, wait)
+	return dialCtlFrom(ns, netip.Addr{}, addr, wait)
+}
+
+// dialCtlFrom is dialCtl from the address from (invalid: the one the
+// kernel picks; with several addresses on a link, IPv6 picks the newest).
+func dialCtlFrom(ns *nstest.NS, from netip.Addr, addr string, wait time.Duration) (*ctlConn, error) {
+	to, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, err
 	}
+	tc, err := ns.Dial(from, to, wait)
+	if err != nil {
+		return nil, err
+	}
+	c := net.Conn(tc)
 	f := &ctlConn{ns: ns, c: c, r: bufio.NewReader(c), wait: wait}
 	code, _, err := f.reply()
 	if err != nil {
@@ -154,10 +166,20 @@ var (
 	re229 = regexp.MustCompile(`\(\|\|\|(\d+)\|\)`)
 )
 
-// passive sends PASV or EPSV and returns the announced data address (for
-// EPSV: the control connection's peer and the announced port).
+// passive sends PASV, EPSV or LPSV and returns the announced data address
+// (for EPSV: the control connection's peer and the announced port).
 func (f *ctlConn) passive(mode Mode) (netip.AddrPort, error) {
 	switch mode {
+	case LPSV:
+		text, err := f.expect("LPSV", 228)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		ap, err := ftp.ParseLPSV(text)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("unparsable 228 reply %q: %w", text, err)
+		}
+		return ap, nil
 	case PASV:
 		text, err := f.expect("PASV", 227)
 		if err != nil {
@@ -193,6 +215,24 @@ func (f *ctlConn) passive(mode Mode) (netip.AddrPort, error) {
 		return netip.AddrPortFrom(peer, uint16(port)), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("passive: mode %s is not passive", mode)
+}
+
+// active announces ap with PORT, EPRT or LPRT (the client listens there)
+// and requires the 200.
+func (f *ctlConn) active(mode Mode, ap netip.AddrPort) error {
+	var line string
+	switch mode {
+	case PORT:
+		line = "PORT " + ftp.FormatPORT(ap)
+	case EPRT:
+		line = "EPRT " + ftp.FormatEPRT(ap)
+	case LPRT:
+		line = "LPRT " + ftp.FormatLPRT(ap)
+	default:
+		return fmt.Errorf("active: mode %s is not active", mode)
+	}
+	_, err := f.expect(line, 200)
+	return err
 }
 
 // retr downloads remote over the already connected data connection dc

@@ -235,6 +235,13 @@ func gw6RequireOwnInterception(t *testing.T, r *GwRouter, mode Interception) {
 // command used, every SHA-256, and that ftpalg relayed the transfers.
 func gw6Transfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase) error {
 	t.Helper()
+	return gw6TransferCheck(t, r, srv, p, c, nil)
+}
+
+// gw6TransferCheck is gw6Transfer with check (if not nil) run on ftpalg's
+// log of the session, as runTransferCaseCheck does.
+func gw6TransferCheck(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, check caseCheck) error {
+	t.Helper()
 	requirePrereqs(t, clientRequirement(c.client))
 	if ok, why := c.client.Supports(c.mode, true); !ok {
 		t.Fatalf("%s cannot do %s over IPv6: %s", c.client.Name(), c.mode, why)
@@ -246,12 +253,25 @@ func gw6Transfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase) e
 		ops = append(ops, Op{Kind: OpGet, Remote: name, Local: filepath.Join(work, "dl-"+name)})
 	}
 	logOff := p.LogSize()
+	var after func([]int64, int)
+	if check != nil {
+		after = check(t, p.Proxy, logOff)
+	}
 	start := time.Now()
 	res := r.runClient(c.client, Session{
 		Target: gw6Target, User: srv.User, Pass: srv.Pass, Mode: c.mode, Ops: ops,
 		WorkDir: work, Timeout: caseTimeout, ExtraArgs: c.extra,
 	})
 	elapsed := time.Since(start)
+	if after != nil && res.Err == nil {
+		// Before the counts below: a kernel transfer is reported once
+		// conntrack saw its end, which may be after the client exited.
+		var sizes []int64
+		for _, name := range downloads {
+			sizes = append(sizes, srv.Files[name].Size)
+		}
+		after(sizes, 1)
+	}
 	plog := p.LogSince(logOff)
 	if res.Err != nil {
 		t.Errorf("%s (%s) over IPv6 through router %s failed after %v: %v", c.client.Name(), c.mode.Command(), r.Name, elapsed.Round(time.Millisecond), res.Err)

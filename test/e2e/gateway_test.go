@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,6 +112,13 @@ var gwUploadSeq atomic.Int64
 // ftpalg relayed the transfers. It returns the client's error.
 func gwTransfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, full bool) error {
 	t.Helper()
+	return gwTransferCheck(t, r, srv, p, c, full, nil)
+}
+
+// gwTransferCheck is gwTransfer with check (if not nil) run on ftpalg's
+// log of the session, as runTransferCaseCheck does.
+func gwTransferCheck(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, full bool, check caseCheck) error {
+	t.Helper()
 	requirePrereqs(t, clientRequirement(c.client))
 	if ok, why := c.client.Supports(c.mode, false); !ok {
 		t.Fatalf("%s cannot do %s: %s", c.client.Name(), c.mode, why)
@@ -135,12 +143,25 @@ func gwTransfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, fu
 		ops = append(ops, Op{Kind: OpPut, Local: filepath.Join(srv.Root, name), Remote: uploadDirName + "/" + prefix + name})
 	}
 	logOff := p.LogSize()
+	var after func([]int64, int)
+	if check != nil {
+		after = check(t, p.Proxy, logOff)
+	}
 	start := time.Now()
 	res := r.runClient(c.client, Session{
 		Target: gwTarget, User: srv.User, Pass: srv.Pass, Mode: c.mode, Ops: ops,
 		WorkDir: work, Timeout: caseTimeout, ExtraArgs: c.extra,
 	})
 	elapsed := time.Since(start)
+	if after != nil && res.Err == nil {
+		// Before the counts below: a kernel transfer is reported once
+		// conntrack saw its end, which may be after the client exited.
+		var sizes []int64
+		for _, name := range slices.Concat(downloads, uploads) {
+			sizes = append(sizes, srv.Files[name].Size)
+		}
+		after(sizes, 1)
+	}
 	plog := p.LogSince(logOff)
 
 	if res.Err != nil {
@@ -212,13 +233,18 @@ func gwTransfer(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCase, fu
 // runGwCases runs cases as sub-tests; after maxHardTimeouts clients hung,
 // the rest fail at once.
 func runGwCases(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, cases []gwCase, full bool) {
+	runGwCasesCheck(t, r, srv, p, cases, full, nil)
+}
+
+// runGwCasesCheck is runGwCases with check run after each case.
+func runGwCasesCheck(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, cases []gwCase, full bool, check caseCheck) {
 	hung := 0
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			if hung >= maxHardTimeouts {
 				t.Fatalf("not run: %d earlier clients hung until killed", hung)
 			}
-			if errors.Is(gwTransfer(t, r, srv, p, c, full), errHardTimeout) {
+			if errors.Is(gwTransferCheck(t, r, srv, p, c, full, check), errHardTimeout) {
 				hung++
 			}
 		})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,6 +102,18 @@ func TestDirectBaseline(t *testing.T) {
 // the target's address family. Modes a client cannot use on that family
 // (lftp EPRT over IPv4; PASV/PORT over IPv6) are not generated.
 func runMatrix(t *testing.T, topo *Topology, srv *Server, p *Proxy, tgt Target) {
+	runMatrixCheck(t, topo, srv, p, tgt, nil)
+}
+
+// caseCheck is called before one client session of a matrix (off: where
+// in ftpalg's log the session starts) and returns what checks, once the
+// session went well, what ftpalg logged beyond what runTransferCase
+// checks; sizes are the sizes of the files the session moved, listings
+// the number of listings.
+type caseCheck func(t *testing.T, p *Proxy, off int64) (after func(sizes []int64, listings int))
+
+// runMatrixCheck is runMatrix with check run after each case.
+func runMatrixCheck(t *testing.T, topo *Topology, srv *Server, p *Proxy, tgt Target, check caseCheck) {
 	hardTimeouts := 0
 	for _, c := range allClients {
 		for _, mode := range allModes {
@@ -112,7 +125,7 @@ func runMatrix(t *testing.T, topo *Topology, srv *Server, p *Proxy, tgt Target) 
 				if hardTimeouts >= maxHardTimeouts {
 					t.Fatalf("not run: %d earlier clients of this matrix hung until killed", hardTimeouts)
 				}
-				if errors.Is(runTransferCase(t, topo, srv, p, c, tgt, mode), errHardTimeout) {
+				if errors.Is(runTransferCaseCheck(t, topo, srv, p, c, tgt, mode, check), errHardTimeout) {
 					hardTimeouts++
 				}
 			})
@@ -123,8 +136,16 @@ func runMatrix(t *testing.T, topo *Topology, srv *Server, p *Proxy, tgt Target) 
 // runTransferCase: list, download the standard files, upload small.bin and
 // big.bin, verify everything. It returns the client's error.
 func runTransferCase(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Client, tgt Target, mode Mode) error {
+	return runTransferCaseCheck(t, topo, srv, p, c, tgt, mode, nil)
+}
+
+// runTransferCaseCheck is runTransferCase with check (if not nil) run on
+// ftpalg's log of the session.
+func runTransferCaseCheck(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Client, tgt Target, mode Mode, check caseCheck) error {
 	work := t.TempDir()
-	prefix := fmt.Sprintf("%s-%s-%s-", c.Name(), tgt.Family(), mode)
+	// Unique per run: vsftpd does not let anonymous users overwrite, and
+	// a test may run a client and mode twice against one server.
+	prefix := fmt.Sprintf("%s-%s-%s-%d-", c.Name(), tgt.Family(), mode, gwUploadSeq.Add(1))
 
 	ops := []Op{{Kind: OpList}}
 	var downloads []string
@@ -138,8 +159,12 @@ func runTransferCase(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Clie
 	}
 
 	var logOff int64
+	var after func([]int64, int)
 	if p != nil {
 		logOff = p.LogSize()
+		if check != nil {
+			after = check(t, p, logOff)
+		}
 	}
 	start := time.Now()
 	res := c.Run(context.Background(), topo.Client, Session{
@@ -187,6 +212,13 @@ func runTransferCase(t *testing.T, topo *Topology, srv *Server, p *Proxy, c Clie
 	if p != nil {
 		if err := p.Alive(); err != nil {
 			t.Error(err)
+		}
+		if after != nil && res.Err == nil {
+			var sizes []int64
+			for _, name := range slices.Concat(downloads, uploads) {
+				sizes = append(sizes, srv.Files[name].Size)
+			}
+			after(sizes, 1)
 		}
 	}
 	if t.Failed() {

@@ -212,6 +212,7 @@ func Watcher(t *testing.T, c Config) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var gate sync.Mutex
 	go func() {
 		exit, err := ns.Enter()
 		if err != nil {
@@ -219,7 +220,7 @@ func Watcher(t *testing.T, c Config) {
 			return
 		}
 		defer exit()
-		rules.Watch(ctx, 100*time.Millisecond, opts.Logger, s.b)
+		rules.Watch(ctx, 100*time.Millisecond, opts.Logger, gatedSyncer{s.b, &gate})
 		done <- nil
 	}()
 	stopped := false
@@ -234,7 +235,13 @@ func Watcher(t *testing.T, c Config) {
 	}
 	defer stop()
 
+	// A reload script restores and then destroys the sets in one go; a
+	// Sync in between would put the hooks back, which keep the set in use,
+	// and the destroy would fail ("Set cannot be destroyed: it is in
+	// use": this test was flaky). The watch waits for the whole reload.
+	gate.Lock()
 	ReloadFirewall(t, ns, c.Variant, s.host)
+	gate.Unlock()
 	start := time.Now()
 	deadline := start.Add(15 * time.Second)
 	for {
@@ -265,6 +272,19 @@ func Watcher(t *testing.T, c Config) {
 			t.Errorf("%s lines say %q; want %q named; log:\n%s", rules.MsgRestored, all, want, dumpLogs(logs))
 		}
 	}
+}
+
+// gatedSyncer is a Syncer whose Sync waits while gate is held, so that a
+// test can make a sequence of its own atomic with respect to a Watch.
+type gatedSyncer struct {
+	rules.Syncer
+	gate *sync.Mutex
+}
+
+func (g gatedSyncer) Sync(ctx context.Context) (rules.Restored, error) {
+	g.gate.Lock()
+	defer g.gate.Unlock()
+	return g.Syncer.Sync(ctx)
 }
 
 func dumpLogs(logs *observer.ObservedLogs) string {

@@ -20,6 +20,7 @@ import (
 const (
 	ctaTupleOrig  = 1
 	ctaTupleReply = 2
+	ctaStatus     = 3
 	ctaHelp       = 5
 	ctaHelpName   = 1
 	ctaTupleIP    = 1
@@ -29,6 +30,8 @@ const (
 	ctaProtoNum   = 1
 	ctaProtoSrc   = 2
 	ctaProtoDst   = 3
+
+	ipsDstNAT = 1 << 5 // IPS_DST_NAT in ctaStatus
 )
 
 // ctDump is what the router's conntrack table holds (TCP over IPv4).
@@ -36,6 +39,7 @@ type ctDump struct {
 	Total      int            // TCP connections
 	Control    int            // original direction to port 21
 	Redirected int            // control connections answered from port 2121 (REDIRECT to ftpalg)
+	DNATData   int            // connections to a port of dataLo-dataHi that a DNAT bound
 	Helpers    map[string]int // connections with a helper, by helper name
 	Sample     string         // one connection with a helper
 }
@@ -100,8 +104,9 @@ func parseTuple(b []byte) ctTuple {
 	return t
 }
 
-// dumpConntrack lists this namespace's conntrack table.
-func dumpConntrack(proxyPort uint16) (ctDump, error) {
+// dumpConntrack lists this namespace's conntrack table; dataLo-dataHi
+// are ftpalg's data ports.
+func dumpConntrack(proxyPort, dataLo, dataHi uint16) (ctDump, error) {
 	d := ctDump{Helpers: map[string]int{}}
 	req := nl.NewNetlinkRequest((int(netlink.ConntrackTable)<<8)|nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nl.NFNETLINK_V0})
@@ -120,6 +125,10 @@ func dumpConntrack(proxyPort uint16) (ctDump, error) {
 			continue
 		}
 		d.Total++
+		if st, ok := a[ctaStatus]; ok && len(st) == 4 && binary.BigEndian.Uint32(st)&ipsDstNAT != 0 &&
+			orig.dport >= dataLo && orig.dport <= dataHi {
+			d.DNATData++
+		}
 		if orig.dport == 21 {
 			d.Control++
 			if reply.sport == proxyPort {

@@ -217,12 +217,29 @@ var proxyInputRules = [][]string{
 	{"INPUT", "-p", "tcp", "-m", "mark", "--mark", divMark, "-j", "ACCEPT"},
 }
 
-// proxyDataInputRule is needed with ftpalg --firewall none for active mode
-// (the server's data connection to the router's WAN address); with
-// --firewall ipset ftpalg opens a pinhole per connection instead.
-func proxyDataInputRule(ports string) []string {
-	return []string{"INPUT", "-i", wanDev, "-p", "tcp", "--dport", strings.Replace(ports, "-", ":", 1), "-j", "ACCEPT"}
+// proxyDataInputRule is needed with ftpalg --firewall none for the data
+// connections ftpalg's sockets take on dev: active mode's from the server
+// on the WAN, and in the reverse topology passive mode's from the client
+// on the LAN; with --firewall ipset ftpalg opens a pinhole per connection
+// instead.
+func proxyDataInputRule(dev, ports string) []string {
+	return []string{"INPUT", "-i", dev, "-p", "tcp", "--dport", strings.Replace(ports, "-", ":", 1), "-j", "ACCEPT"}
 }
+
+// reverseInputRule accepts the clients' control connections to ftpalg in
+// the reverse topology (it listens on the router's port 21).
+var reverseInputRule = []string{"INPUT", "-i", lanDev, "-p", "tcp", "--dport", "21", "-j", "ACCEPT"}
+
+// forwardDNATRule is the fix ftpalg's start check prints for a drop-policy
+// FORWARD chain: the kernel data path's connections are DNATed. With
+// --firewall ipset its FORWARD hook admits each one instead.
+var forwardDNATRule = []string{"FORWARD", "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"}
+
+// helperDNATRule makes the router the server's front in the reverse
+// topology's helper configuration: its port 21 is DNATed to the server,
+// whose passive replies nf_nat_ftp rewrites to the router's address.
+var helperDNATRule = []string{"-t", "nat", "PREROUTING", "-i", lanDev, "-d", lanIP, "-p", "tcp", "--dport", "21",
+	"-j", "DNAT", "--to-destination", serverIP + ":21"}
 
 // flushConntrack empties the router's connection tracking table (and with
 // it the expectations), so that each configuration starts clean and its
@@ -245,17 +262,21 @@ type ctStats struct {
 	redirected int // control connections answered by port 2121 (REDIRECT to ftpalg)
 	anyHelper  int
 	expect     int // entries in nf_conntrack_expect
-	sample     string
+	// dnatData: connections to one of ftpalg's data ports (original
+	// direction) that a DNAT bound: the kernel data path's mappings.
+	dnatData int
+	sample   string
 }
 
-func (t *topo) conntrack() (ctStats, error) {
+// conntrack reads the router's table; dataPorts are ftpalg's.
+func (t *topo) conntrack(dataPorts string) (ctStats, error) {
 	var s ctStats
-	r, err := runWorker(t.router, job{Mode: "ctdump"}, time.Minute)
+	r, err := runWorker(t.router, job{Mode: "ctdump", DataPorts: dataPorts}, time.Minute)
 	if err != nil {
 		return s, err
 	}
 	d := r.CT
-	s.total, s.control, s.redirected, s.sample = d.Total, d.Control, d.Redirected, d.Sample
+	s.total, s.control, s.redirected, s.sample, s.dnatData = d.Total, d.Control, d.Redirected, d.Sample, d.DNATData
 	s.helperFTP = d.Helpers["ftp"]
 	for _, n := range d.Helpers {
 		s.anyHelper += n

@@ -29,6 +29,7 @@ type job struct {
 	LocalIP        string        // verify: the client's own address, for PORT
 	Clients        int           // rate
 	Duration       time.Duration // rate
+	DataPorts      string        // ctdump: ftpalg's data ports, LO-HI
 	WatchPID       int           // CPU time of this process is measured (0: none)
 	// download, rate: the benchmark's namespaces (inode numbers) and
 	// process, to tell other processes' CPU use apart from ours.
@@ -83,7 +84,8 @@ func workerMain(arg string) {
 			r = rateJob(j)
 		case "ctdump":
 			p, _ := strconv.Atoi(proxyPort)
-			d, err := dumpConntrack(uint16(p))
+			lo, hi, _ := benchkit.ParseRange(j.DataPorts)
+			d, err := dumpConntrack(uint16(p), uint16(lo), uint16(hi))
 			if err != nil {
 				r.Err = err.Error()
 			}

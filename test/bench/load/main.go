@@ -84,7 +84,7 @@ func main() { benchkit.Main("load", parseFlags, run) }
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	o.DefineCommon(32, scenarios, scenarios[:3], "scenarios to run, comma-separated (keepalive is opt-in: it takes minutes)")
+	o.DefineCommon("32", scenarios, scenarios[:3], "scenarios to run, comma-separated (keepalive is opt-in: it takes minutes)")
 	flag.IntVar(&o.idle, "idle", 10000, "idle: concurrent logged-in idle sessions")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "idle, churn: wait before reading the proxy's figures")
 	flag.DurationVar(&o.releaseWait, "release-wait", 0, "idle: after closing, wait up to this long for the proxy's RSS to come back near the baseline (the Go runtime's forced GC comes 2 minutes after the last: 3m to see it)")

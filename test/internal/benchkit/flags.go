@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,11 +16,15 @@ import (
 // session-rate ones (--size, --runs, --bufsize, --xfer-timeout,
 // --duration).
 type Flags struct {
-	Size           int64 // of BigFile
-	Runs           int   // throughput runs per path
-	BufSize        int   // client read buffer for the throughput runs
-	XferTimeout    time.Duration
-	Clients        int // concurrent clients of the session-rate runs
+	Size        int64 // of BigFile
+	Runs        int   // throughput runs per path
+	BufSize     int   // client read buffer for the throughput runs
+	XferTimeout time.Duration
+	Clients     int // concurrent clients of the session-rate runs (the first of ClientCounts)
+	// ClientCounts are the --clients values, in order: a benchmark that
+	// set MultiClients before Parse measures the session rate with each.
+	ClientCounts   []int
+	MultiClients   bool
 	Duration       time.Duration
 	SessionTimeout time.Duration
 	Only           map[string]bool // what to measure
@@ -30,15 +35,15 @@ type Flags struct {
 	Keep           bool            // keep the temporary directory
 	Markdown       string          // also write the results here
 
-	size, bufSize, only string
-	choices             []string
-	throughput          bool // Define, not only DefineCommon, registered the flags
+	size, bufSize, only, clients string
+	choices                      []string
+	throughput                   bool // Define, not only DefineCommon, registered the flags
 }
 
 // Define registers the flags on flag.CommandLine: clients is the default
-// of --clients; --only picks of choices (all by default), onlyHelp
-// describes it.
-func (f *Flags) Define(clients int, choices []string, onlyHelp string) {
+// of --clients ("32", or "16,64" where MultiClients); --only picks of
+// choices (all by default), onlyHelp describes it.
+func (f *Flags) Define(clients string, choices []string, onlyHelp string) {
 	f.DefineCommon(clients, choices, choices, onlyHelp)
 	f.throughput = true
 	flag.StringVar(&f.size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
@@ -51,9 +56,9 @@ func (f *Flags) Define(clients int, choices []string, onlyHelp string) {
 // DefineCommon registers the flags every benchmark takes: clients is the
 // default of --clients; --only picks of choices, those in defaults unless
 // told, and onlyHelp describes it.
-func (f *Flags) DefineCommon(clients int, choices, defaults []string, onlyHelp string) {
+func (f *Flags) DefineCommon(clients string, choices, defaults []string, onlyHelp string) {
 	f.choices = choices
-	flag.IntVar(&f.Clients, "clients", clients, "concurrent clients in the session-rate test")
+	flag.StringVar(&f.clients, "clients", clients, "concurrent clients in the session-rate test (a comma-separated list where a benchmark measures several)")
 	flag.DurationVar(&f.SessionTimeout, "session-timeout", 10*time.Second, "time limit of one session in the rate test (and of one login in the idle test)")
 	flag.StringVar(&f.only, "only", strings.Join(defaults, ","), onlyHelp)
 	flag.StringVar(&f.Vsftpd, "vsftpd", "/usr/sbin/vsftpd", "vsftpd binary")
@@ -85,9 +90,18 @@ func (f *Flags) Parse() error {
 			return err
 		}
 	}
-	if f.Clients < 1 {
-		return errors.New("--clients must be positive")
+	f.ClientCounts = nil
+	for _, w := range strings.Split(f.clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || n < 1 {
+			return fmt.Errorf("--clients %q: want positive numbers", f.clients)
+		}
+		f.ClientCounts = append(f.ClientCounts, n)
 	}
+	if len(f.ClientCounts) > 1 && !f.MultiClients {
+		return fmt.Errorf("--clients %q: this benchmark takes one number", f.clients)
+	}
+	f.Clients = f.ClientCounts[0]
 	if !f.throughput {
 		return nil
 	}
