@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
@@ -39,6 +40,33 @@ type ctlConn struct {
 // dialCtl connects from ns to addr and reads the greeting.
 func dialCtl(ns *nstest.NS, addr string, wait time.Duration) (*ctlConn, error) {
 	return dialCtlFrom(ns, netip.Addr{}, addr, wait)
+}
+
+// loginPassive dials ftpalg's listen address from ns (from the address
+// from; invalid: the one the kernel picks), logs in as srv's user and
+// announces a passive data connection with mode; it returns the control
+// connection, closed when the test ends (with its transcript if the test
+// failed), and the announced address.
+func loginPassive(t *testing.T, ns *nstest.NS, from netip.Addr, listen string, srv *Server, mode Mode) (*ctlConn, netip.AddrPort) {
+	t.Helper()
+	c, err := dialCtlFrom(ns, from, listen, 10*time.Second)
+	if err != nil {
+		t.Fatalf("control connection: %v", err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			t.Logf("--- control transcript ---\n%s", c.Transcript())
+		}
+	})
+	if err := c.login(srv.User, srv.Pass); err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	announced, err := c.passive(mode)
+	if err != nil {
+		t.Fatalf("%s: %v", mode.Command(), err)
+	}
+	return c, announced
 }
 
 // dialCtlFrom is dialCtl from the address from (invalid: the one the
@@ -270,7 +298,12 @@ func (f *ctlConn) quit() error {
 // dropped by a firewall), "refused" (RST: the port is reachable but
 // nobody listens) or "error: ...".
 func knock(ns *nstest.NS, addr netip.AddrPort, timeout time.Duration) (string, net.Conn) {
-	c, err := dial(ns, addr.String(), timeout)
+	return knockFrom(ns, netip.Addr{}, addr, timeout)
+}
+
+// knockFrom is knock from the source address from (invalid: any).
+func knockFrom(ns *nstest.NS, from netip.Addr, addr netip.AddrPort, timeout time.Duration) (string, net.Conn) {
+	c, err := ns.Dial(from, addr, timeout)
 	switch {
 	case err == nil:
 		return "connected", c

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
 	"github.com/ftpalg/ftpalg/proxy"
@@ -61,7 +60,7 @@ func policyDrops(t testing.TB, ns *nstest.NS, ipt string) int {
 func requireDropped(t *testing.T, topo *Topology, srv *Server, p *Proxy) {
 	t.Helper()
 	before := policyDrops(t, topo.Front, "iptables")
-	c, data := kernelAnnounce(t, topo.Client, netip.Addr{}, srv, p, PASV)
+	c, data := loginPassive(t, topo.Client, netip.Addr{}, p.Listen, srv, PASV)
 	defer c.Close()
 	got, conn := knock(topo.Client, data, knockTimeout)
 	if conn != nil {
@@ -73,32 +72,6 @@ func requireDropped(t *testing.T, topo *Topology, srv *Server, p *Proxy) {
 	if after := policyDrops(t, topo.Front, "iptables"); after <= before {
 		t.Errorf("the FORWARD policy dropped nothing (%d packets before, %d after)", before, after)
 	}
-}
-
-// kernelAnnounce logs in from ns (from the address from; invalid: the
-// one the kernel picks) to ftpalg and announces a passive data
-// connection; it returns the control connection and the announced
-// address (ftpalg's, for PASV; for EPSV the control peer's).
-func kernelAnnounce(t *testing.T, ns *nstest.NS, from netip.Addr, srv *Server, p *Proxy, mode Mode) (*ctlConn, netip.AddrPort) {
-	t.Helper()
-	c, err := dialCtlFrom(ns, from, p.Listen, 10*time.Second)
-	if err != nil {
-		t.Fatalf("control connection: %v", err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			t.Logf("--- control transcript ---\n%s", c.Transcript())
-		}
-	})
-	if err := c.login(srv.User, srv.Pass); err != nil {
-		t.Fatalf("login: %v", err)
-	}
-	data, err := c.passive(mode)
-	if err != nil {
-		t.Fatalf("%s: %v", mode.Command(), err)
-	}
-	return c, data
 }
 
 // TestKernelForwardDrop: the front host's iptables FORWARD policy is
@@ -224,7 +197,7 @@ func TestKernelForwardDrop(t *testing.T) {
 			t.Fatalf("no nft fix for the table's forward chain: %v", warned)
 		}
 		t.Run("dropped", func(t *testing.T) {
-			c, data := kernelAnnounce(t, topo.Client, netip.Addr{}, srv, p, PASV)
+			c, data := loginPassive(t, topo.Client, netip.Addr{}, p.Listen, srv, PASV)
 			defer c.Close()
 			if got, conn := knock(topo.Client, data, knockTimeout); got != "timeout" {
 				if conn != nil {

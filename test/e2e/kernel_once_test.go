@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -28,24 +27,6 @@ var (
 	kernelIntruder4 = netip.MustParseAddr("198.51.100.20")
 	kernelIntruder6 = netip.MustParseAddr("2001:db8:1::20")
 )
-
-// knockFrom is knock from a given source address (invalid: any).
-func knockFrom(ns *nstest.NS, from netip.Addr, addr netip.AddrPort, timeout time.Duration) (string, net.Conn) {
-	c, err := ns.Dial(from, addr, timeout)
-	switch {
-	case err == nil:
-		return "connected", c
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused", nil
-	case errors.Is(err, syscall.ECONNRESET):
-		return "reset", nil
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return "timeout", nil
-	}
-	return "error: " + err.Error(), nil
-}
 
 // kernelMappingsShown returns the lines of `ftpalg rules show` (run in
 // ns, as an operator would, from another process) that list a kernel
@@ -138,7 +119,7 @@ func kernelOnce(t *testing.T, topo *Topology, srv *Server, p *Proxy, firewall st
 			t.Logf("--- ftpalg log ---\n%s", nstest.Tail(p.LogSince(off), 60))
 		}
 	}()
-	c, data := kernelAnnounce(t, topo.Client, f.Client, srv, p, mode)
+	c, data := loginPassive(t, topo.Client, f.Client, p.Listen, srv, mode)
 	if data.Addr() != f.RouterClient {
 		t.Fatalf("%s announced %s, want the front host's %s", mode.Command(), data, f.RouterClient)
 	}
@@ -256,7 +237,7 @@ func TestKernelKill9(t *testing.T) {
 	p := kernelProxy(t, topo, "--firewall", "none", "--data-timeout", lifetime)
 
 	pr := startPausedRetr(t, topo, p, srv, PASV, big.Name, 1<<20)
-	_, announced := kernelAnnounce(t, topo.Client, nstest.V4.Client, srv, p, EPSV)
+	_, announced := loginPassive(t, topo.Client, nstest.V4.Client, p.Listen, srv, EPSV)
 	before, token := nftTable(t, topo.Front)
 	if !armedElement(before, nstest.V4.Client, announced) {
 		t.Fatalf("no armed mapping %s → %s in the table:\n%s", ClientIP4, announced, before)

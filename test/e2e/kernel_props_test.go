@@ -53,23 +53,7 @@ type pausedRetr struct {
 // (PASV or EPSV), connects, sends RETR name and reads first bytes.
 func startPausedRetr(t *testing.T, topo *Topology, p *Proxy, srv *Server, mode Mode, name string, first int64) *pausedRetr {
 	t.Helper()
-	c, err := dialCtl(topo.Client, p.Listen, 10*time.Second)
-	if err != nil {
-		t.Fatalf("control connection: %v", err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			t.Logf("--- control transcript ---\n%s", c.Transcript())
-		}
-	})
-	if err := c.login(srv.User, srv.Pass); err != nil {
-		t.Fatalf("login: %v", err)
-	}
-	announced, err := c.passive(mode)
-	if err != nil {
-		t.Fatalf("%s: %v", mode.Command(), err)
-	}
+	c, announced := loginPassive(t, topo.Client, netip.Addr{}, p.Listen, srv, mode)
 	dc, err := c.dialData(announced)
 	if err != nil {
 		t.Fatalf("data connection to %s: %v", announced, err)

@@ -273,23 +273,7 @@ func pinholeAddrs(v6 bool) (client, intruder, host netip.Addr) {
 // must be the host's.
 func announce(t *testing.T, h *HostTopology, srv *Server, p *Proxy, mode Mode) (*ctlConn, netip.AddrPort) {
 	t.Helper()
-	c, err := dialCtl(h.Client, p.Listen, 10*time.Second)
-	if err != nil {
-		t.Fatalf("control connection: %v", err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			t.Logf("--- control transcript ---\n%s", c.Transcript())
-		}
-	})
-	if err := c.login(srv.User, srv.Pass); err != nil {
-		t.Fatalf("login: %v", err)
-	}
-	data, err := c.passive(mode)
-	if err != nil {
-		t.Fatalf("%s: %v", mode.Command(), err)
-	}
+	c, data := loginPassive(t, h.Client, netip.Addr{}, p.Listen, srv, mode)
 	if want := netip.MustParseAddrPort(p.Listen).Addr(); data.Addr() != want {
 		t.Fatalf("%s announced %s, want the host address %s", mode.Command(), data, want)
 	}
