@@ -51,8 +51,14 @@ import (
 //     to the instance that announced them, routed, not NATed. EPSV cannot
 //     work in this pattern: a 229 reply has no address, so the client
 //     connects to VIP:port, which the director does not forward (asserted:
-//     refused). PORT and EPRT work in both patterns: the instance connects
-//     to the client from its own address, routed through the director.
+//     refused).
+//
+// PORT and EPRT work in both patterns: the instance connects to the
+// client from its own address, routed through the director without NAT.
+// The client sees that connection come from 192.0.2.1x, not from the VIP;
+// curl, lftp (ftp:verify-address is off by default) and ftplib accept
+// that, a client that checks it would need an SNAT rule on the director
+// for the instances' outgoing connections.
 //
 // The subtests:
 //
@@ -522,6 +528,9 @@ func (so *scaleOut) stats(t *testing.T, i int, off int64) soLogStats {
 		case proxy.MsgDataForeign, proxy.MsgDataNotMade, proxy.MsgDataFailed, proxy.MsgTransferFailed:
 			t.Errorf("instance %d logged %q: %v", i, msg, e)
 		}
+		if l := e.str("level"); l == "warn" || l == "error" {
+			t.Errorf("instance %d logged a %s: %v", i, l, e)
+		}
 	}
 	return st
 }
@@ -840,6 +849,20 @@ func (so *scaleOut) drain(t *testing.T) {
 	}
 	if err := c.quit(); err != nil {
 		t.Errorf("QUIT: %v", err)
+	}
+	// The instance finished relaying the transfer after the SIGTERM: it
+	// was in flight, not already in the client's socket buffer.
+	finished := false
+	for _, e := range parseProxyLog(p.LogSince(off)) {
+		if e.str("msg") == proxy.MsgTransferFinished && addrOnly(e.str("client")) == soPrimary {
+			finished = true
+			if b, _ := e["bytes_to_client"].(float64); int64(b) != soDrainSize {
+				t.Errorf("the drained transfer logged %v bytes to the client, want %d", e["bytes_to_client"], soDrainSize)
+			}
+		}
+	}
+	if !finished {
+		t.Errorf("no %q line for %s after the SIGTERM: the transfer was not in flight", proxy.MsgTransferFinished, soDrainFile)
 	}
 	// With its last session gone the instance exits, well before the
 	// grace period ends.
