@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,12 +54,14 @@ import (
 //     connects to VIP:port, which the director does not forward (asserted:
 //     refused).
 //
-// PORT and EPRT work in both patterns: the instance connects to the
-// client from its own address, routed through the director without NAT.
-// The client sees that connection come from 192.0.2.1x, not from the VIP;
-// curl, lftp (ftp:verify-address is off by default) and ftplib accept
-// that, a client that checks it would need an SNAT rule on the director
-// for the instances' outgoing connections.
+// PORT and EPRT work in both patterns: the instance connects out to the
+// client. In pattern 2 it does so from its own address, routed through
+// the director. In pattern 1 the director masquerades the instances'
+// outgoing connections (deploy/keepalived/README.md's rule, which IPVS
+// NAT mode needs as well: it does not translate connections the real
+// servers open), so the client sees them come from the director's
+// address; asserted by the rule's counter. curl, lftp and ftplib accept
+// a data connection from an address other than the control peer's.
 //
 // The subtests:
 //
@@ -89,12 +92,18 @@ import (
 //     answering 200 at once, the checker takes it out, new sessions all go
 //     to the other instances (no session started in its log after the
 //     SIGTERM), and the held transfer then completes whole with the right
-//     checksum; the instance exits cleanly once that session quits.
+//     checksum (and was still being relayed after the SIGTERM). A new
+//     data connection of that session is refused: its bucket moved (IPVS
+//     with expire_quiescent_template=1 behaves the same). The instance
+//     exits cleanly once the session quits.
 //
 // The health checker (soChecker) stands in for keepalived's HTTP_GET
-// checker on each instance's /readyz: the test polls /readyz from the
-// director every 100 ms and rewrites the bucket map in one nft
-// transaction when an instance stops answering 200.
+// checker on each instance's /readyz (deploy/keepalived/keepalived.conf):
+// the test polls /readyz from the director every 100 ms and, when an
+// instance stops answering 200, rewrites the bucket map in one nft
+// transaction so that the instance's buckets name live ones. Like
+// keepalived's inhibit_on_failure (weight 0), that only steers new
+// connections: established ones stay where conntrack has them.
 func TestScaleOut(t *testing.T) {
 	requirePrereqs(t, reqCurl, reqLftp, reqPython, reqVsftpd)
 	nstest.Require(t, "nft")
@@ -233,9 +242,19 @@ func newScaleOut(t *testing.T, pattern soPattern, o soOptions) *scaleOut {
 // rule of the pattern, every instance in the map.
 func (so *scaleOut) installLB(t *testing.T) {
 	t.Helper()
-	ports, pick := "21", "numgen inc"
+	ports, pick, snat := "21", "numgen inc", ""
 	if so.pattern == soPersistence {
 		ports, pick = "{ 21, "+soDataPorts+" }", "jhash ip saddr"
+		// deploy/keepalived/README.md's source NAT for the connections
+		// the instances open themselves (active mode), so that clients
+		// see them come from the director, as the instances' addresses
+		// are private in pattern 1. Replies of the DNATed connections
+		// are not new connections and never reach it.
+		snat = `	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 192.0.2.0/24 oifname "cli0" tcp sport != 21 counter masquerade
+	}
+`
 	}
 	// A map keyed by the mark: nft 1.0.6 cannot list a map declared
 	// "typeof jhash ..." (it crashes), and the mark makes the analogy to
@@ -248,8 +267,8 @@ func (so *scaleOut) installLB(t *testing.T) {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr %s tcp dport %s meta mark set %s mod %d dnat to meta mark map @buckets
 	}
-}
-`, soVIP, ports, pick, soBuckets)
+%s}
+`, soVIP, ports, pick, soBuckets, snat)
 	path := filepath.Join(t.TempDir(), "lb.nft")
 	writeFile(t, path, ruleset, 0o600)
 	so.Director.Run(t, "nft", "-f", path)
@@ -604,6 +623,12 @@ func (so *scaleOut) loadCheck(t *testing.T, n int, modes []Mode) {
 		}
 	}
 	t.Logf("served by (source → instances): %v; instances used %v", servedBy, used)
+	if so.pattern == soPersistence && slices.ContainsFunc(ss, func(s *soSession) bool { return s.Mode == PORT || s.Mode == EPRT }) {
+		out := so.Director.Run(t, "nft", "list", "chain", "ip", "lb", "postrouting")
+		if m := regexp.MustCompile(`counter packets (\d+)`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+			t.Errorf("active-mode sessions ran, but the director's masquerade rule for the instances' outgoing connections never matched:\n%s", out)
+		}
+	}
 	so.alive(t)
 }
 
@@ -846,6 +871,21 @@ func (so *scaleOut) drain(t *testing.T) {
 	}
 	if code, text, err := c.reply(); err != nil || code != 226 {
 		t.Errorf("end of RETR: %q, %v; want 226\n%s", text, err, c.Transcript())
+	}
+	// The limit of draining behind a balancer that moves the drained
+	// instance's clients: the session's next data connection goes to
+	// VIP:port like the first, but the bucket now names another instance,
+	// which has no such port open. IPVS with expire_quiescent_template=1
+	// (deploy/keepalived/README.md) does the same: the client's template
+	// points at a weight-0 instance, so the new connection is scheduled
+	// afresh. Only transfers already running at the drain finish.
+	if at, err := c.passive(EPSV); err != nil {
+		t.Errorf("EPSV after the drained transfer: %v", err)
+	} else if got, dc := knock(so.Client, at, 3*time.Second); got != "refused" {
+		if dc != nil {
+			dc.Close()
+		}
+		t.Errorf("a new data connection of the draining session to %s: %s, want refused (its bucket moved)", at, got)
 	}
 	if err := c.quit(); err != nil {
 		t.Errorf("QUIT: %v", err)
