@@ -87,6 +87,13 @@ type Session struct {
 	WorkDir   string        // scratch directory for the client
 	Timeout   time.Duration // hard limit for the whole client run
 	ExtraArgs []string      // client specific (rarely needed)
+	// Source is the local address the client binds its control and data
+	// connections to ("": the kernel's choice), for a client namespace
+	// with several addresses.
+	Source string
+	// LimitRate > 0 caps each data transfer at this many bytes per second
+	// (a transfer that stays in flight long enough to interfere with).
+	LimitRate int64
 }
 
 // Result of a client run.
@@ -177,6 +184,12 @@ func (c curlClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	common := []string{"--silent", "--show-error", "--verbose", "--globoff",
 		"--connect-timeout", "5", "--user", s.User + ":" + s.Pass}
 	common = append(common, c.modeArgs(s)...)
+	if s.Source != "" {
+		common = append(common, "--interface", s.Source)
+	}
+	if s.LimitRate > 0 {
+		common = append(common, "--limit-rate", strconv.FormatInt(s.LimitRate, 10))
+	}
 	common = append(common, s.ExtraArgs...)
 	url := "ftp://" + s.Target.URLHost() + "/"
 	argv := []string{"curl", "-q", "--fail-early", "--max-time", strconv.Itoa(int(s.Timeout / time.Second))}
@@ -251,6 +264,16 @@ func (c lftpClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	} {
 		script.WriteString(l + "\n")
 	}
+	if s.Source != "" {
+		bind := "net:socket-bind-ipv4"
+		if strings.Contains(s.Source, ":") {
+			bind = "net:socket-bind-ipv6"
+		}
+		fmt.Fprintf(&script, "set %s %s\n", bind, s.Source)
+	}
+	if s.LimitRate > 0 {
+		fmt.Fprintf(&script, "set net:limit-rate %d\n", s.LimitRate)
+	}
 	fmt.Fprintf(&script, "open -u %s,%s ftp://%s\n", lftpQuote(s.User), lftpQuote(s.Pass), s.Target.URLHost())
 	for _, op := range s.Ops {
 		switch op.Kind {
@@ -314,6 +337,12 @@ func runPython(ctx context.Context, ns *nstest.NS, s Session, actions ...string)
 	}
 	argv := []string{pythonPath, "-I", "-u", script,
 		"--timeout", strconv.Itoa(int(s.Timeout/time.Second) / 2)}
+	if s.Source != "" {
+		argv = append(argv, "--source", s.Source)
+	}
+	if s.LimitRate > 0 {
+		argv = append(argv, "--limit-rate", strconv.FormatInt(s.LimitRate, 10))
+	}
 	argv = append(argv, s.ExtraArgs...)
 	argv = append(argv, s.Target.Host, strconv.Itoa(s.Target.Port), s.User, s.Pass, string(s.Mode))
 	argv = append(argv, actions...)

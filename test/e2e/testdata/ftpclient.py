@@ -32,11 +32,15 @@ import argparse
 import ftplib
 import socket
 import sys
+import time
 
 
 class Client(ftplib.FTP):
-    def __init__(self, mode, trust_pasv, timeout):
-        super().__init__(timeout=timeout)
+    def __init__(self, mode, trust_pasv, timeout, source=None):
+        # source_address binds the control connection and (in ftplib's
+        # ntransfercmd) every passive data connection; makeport listens on
+        # the control connection's local address.
+        super().__init__(timeout=timeout, source_address=(source, 0) if source else None)
         self.xmode = mode
         # By default ftplib ignores the address in a 227 reply and connects
         # to the control connection's peer. The tests want to know that the
@@ -152,11 +156,33 @@ def get_gated(ftp, remote, local, want, gate):
     ftp.voidresp()
 
 
+def paced(write, rate):
+    """Wrap write so that, called per received block, it sleeps enough to
+    keep the transfer at rate bytes/s (rate 0: no limit)."""
+    if not rate:
+        return write
+    start = time.monotonic()
+    got = 0
+
+    def cb(block):
+        nonlocal got
+        write(block)
+        got += len(block)
+        ahead = got / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    return cb
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--timeout", type=float, default=20)
     ap.add_argument("--ignore-pasv-address", action="store_true",
                     help="stock ftplib behaviour: connect to the control peer, not the 227 address")
+    ap.add_argument("--source", default=None,
+                    help="local address for the control and data connections")
+    ap.add_argument("--limit-rate", type=int, default=0,
+                    help="cap each download at this many bytes/s")
     ap.add_argument("--abort-after", type=int, default=1 << 20,
                     help="bytes to read before ABOR")
     ap.add_argument("--abort-style", choices=["stock", "telnet", "plain"], default="telnet",
@@ -169,7 +195,7 @@ def main():
     ap.add_argument("actions", nargs="+")
     a = ap.parse_args()
 
-    ftp = Client(a.mode, not a.ignore_pasv_address, a.timeout)
+    ftp = Client(a.mode, not a.ignore_pasv_address, a.timeout, a.source)
     ftp.set_debuglevel(1)
     ftp.connect(a.host, a.port)
     ftp.login(a.user, a.password)
@@ -183,7 +209,7 @@ def main():
         elif act == "get":
             remote, local = acts.pop(0), acts.pop(0)
             with open(local, "wb") as f:
-                ftp.retrbinary("RETR " + remote, f.write)
+                ftp.retrbinary("RETR " + remote, paced(f.write, a.limit_rate))
         elif act == "put":
             local, remote = acts.pop(0), acts.pop(0)
             with open(local, "rb") as f:
