@@ -42,6 +42,9 @@ type Target struct {
 	ClientIP string // the client's own address (for curl -P)
 	// WantPASVIP is the address a 227 reply must carry ("" = not checked).
 	WantPASVIP string
+	// TLS makes the client speak FTPS (ftps_harness_test.go); nil: plain
+	// FTP.
+	TLS *ClientTLS
 }
 
 // URLHost is Host:Port, bracketed for IPv6.
@@ -171,7 +174,8 @@ func (c curlClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 		"--connect-timeout", "5", "--user", s.User + ":" + s.Pass}
 	common = append(common, c.modeArgs(s)...)
 	common = append(common, s.ExtraArgs...)
-	url := "ftp://" + s.Target.URLHost() + "/"
+	common = append(common, s.Target.TLS.curlArgs()...)
+	url := s.Target.TLS.scheme() + "://" + s.Target.URLHost() + "/"
 	argv := []string{"curl", "-q", "--fail-early", "--max-time", strconv.Itoa(int(s.Timeout / time.Second))}
 	for i, op := range s.Ops {
 		if i > 0 {
@@ -244,7 +248,10 @@ func (c lftpClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	} {
 		script.WriteString(l + "\n")
 	}
-	fmt.Fprintf(&script, "open -u %s,%s ftp://%s\n", lftpQuote(s.User), lftpQuote(s.Pass), s.Target.URLHost())
+	for _, l := range s.Target.TLS.lftpSettings() {
+		script.WriteString(l + "\n")
+	}
+	fmt.Fprintf(&script, "open -u %s,%s %s://%s\n", lftpQuote(s.User), lftpQuote(s.Pass), s.Target.TLS.scheme(), s.Target.URLHost())
 	for _, op := range s.Ops {
 		switch op.Kind {
 		case OpList:
@@ -308,6 +315,7 @@ func runPython(ctx context.Context, ns *nstest.NS, s Session, actions ...string)
 	argv := []string{pythonPath, "-I", "-u", script,
 		"--timeout", strconv.Itoa(int(s.Timeout/time.Second) / 2)}
 	argv = append(argv, s.ExtraArgs...)
+	argv = append(argv, s.Target.TLS.pythonArgs()...)
 	argv = append(argv, s.Target.Host, strconv.Itoa(s.Target.Port), s.User, s.Pass, string(s.Mode))
 	argv = append(argv, actions...)
 	out, errOut, err := runClient(ctx, ns, s.WorkDir, s.Timeout, argv...)

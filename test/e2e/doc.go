@@ -19,6 +19,10 @@
 // ftpalg with --firewall ipset, iptables and none and read the sets and
 // chains back with ipset and iptables.
 //
+// The FTPS tests (ftps_test.go, harness in ftps_harness_test.go) run the
+// same servers with TLS required, TLS clients, and ftpalg terminating and
+// re-originating TLS; each test makes its own certificates.
+//
 // Binary locations can be overridden with FTPALG_VSFTPD, FTPALG_PROFTPD,
 // FTPALG_PUREFTPD and FTPALG_PUREPW.
 //
