@@ -427,8 +427,14 @@ func tlsReason(err error) string {
 // vsftpd does, so that the client reads an empty connection and then the
 // reply that says why (a reset makes some clients, python's ftplib among
 // them, fail before they read the reply).
+//
+// Both sockets are read and written through batchConns (tlscopy.go),
+// which save most of the system calls crypto/tls would make.
 func (s *Session) relayTLS(o *dataOffer, t *transfer, client, server *net.TCPConn) (toServer, toClient int64, err error) {
-	cl, sv, refusal, err := s.dataTLS(o, client, server)
+	bc, bs := newBatchConn(client), newBatchConn(server)
+	defer bc.release()
+	defer bs.release()
+	cl, sv, refusal, err := s.dataTLS(o, bc, bs)
 	t.tlsDecided(refusal)
 	if err != nil {
 		server.SetLinger(0)
@@ -446,7 +452,8 @@ func (s *Session) relayTLS(o *dataOffer, t *transfer, client, server *net.TCPCon
 		t.serverFresh = true
 		t.mu.Unlock()
 	}
-	return splice(leg{conn: cl, raw: client}, leg{conn: sv, raw: server})
+	relay(bc, bs)
+	return splice(leg{conn: cl, raw: client, buf: bc}, leg{conn: sv, raw: server, buf: bs})
 }
 
 // hintServerFresh is added to the report of a failed transfer whose data
