@@ -39,7 +39,13 @@ type Flags struct {
 // of --clients; --only picks of choices (all by default), onlyHelp
 // describes it.
 func (f *Flags) Define(clients int, choices []string, onlyHelp string) {
-	f.DefineCommon(clients, choices, choices, onlyHelp)
+	f.DefineSome(clients, choices, choices, onlyHelp)
+}
+
+// DefineSome is Define with --only picking those in defaults unless told
+// (the others run only when asked for).
+func (f *Flags) DefineSome(clients int, choices, defaults []string, onlyHelp string) {
+	f.DefineCommon(clients, choices, defaults, onlyHelp)
 	f.throughput = true
 	flag.StringVar(&f.size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
 	flag.IntVar(&f.Runs, "runs", 3, "throughput runs of each path measured")
