@@ -39,4 +39,10 @@ const (
 	MsgTransferFailed    = "transfer failed"      // the server answered 4xx/5xx, or a peer reset the data connection
 	MsgTransferAborted   = "transfer aborted"     // ftpalg cut it (shutdown, data idle timeout): both peers got a reset
 	MsgTransferNoConfirm = "transfer unconfirmed" // data ended, but the server never answered the transfer command
+
+	MsgTLSEstablished   = "TLS established"        // fields leg (client, server, client_data, server_data), version, cipher, resumed
+	MsgTLSFailed        = "TLS handshake failed"   // fields leg, error
+	MsgTLSRefused       = "the server refused TLS" // field reply: its answer to AUTH TLS
+	MsgTLSNotResumed    = "client data connection did not resume the control connection's TLS session: refused"
+	MsgTLSUpstreamPlain = "the server offers no AUTH TLS: plain control connection" // --upstream-tls auto
 )

@@ -15,10 +15,12 @@ import (
 const drainTimeout = 30 * time.Second
 
 // leg is one side of a data connection: conn is what is read and written
-// (the TCP connection itself, or TLS over it), raw the TCP connection.
+// (the TCP connection itself, or TLS over it), raw the TCP connection;
+// on the TLS path buf is the batchConn between them (tlscopy.go).
 type leg struct {
 	conn net.Conn
 	raw  *net.TCPConn
+	buf  *batchConn
 }
 
 func tcpLeg(c *net.TCPConn) leg { return leg{conn: c, raw: c} }
@@ -44,6 +46,9 @@ func splice(a, b leg) (aToB, bToA int64, err error) {
 // copyHalf copies src to dst until EOF or an error.
 func copyHalf(dst, src leg) (int64, error) {
 	n, err := io.Copy(dst.conn, src.conn)
+	if err == nil && dst.buf != nil {
+		err = dst.buf.endBatch() // what is collected, before close_notify and FIN
+	}
 	if err != nil {
 		if isClosed(err) {
 			return n, nil // the other direction failed and closed both

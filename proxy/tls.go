@@ -236,12 +236,12 @@ func (s *Session) handshake(ctx context.Context, tc *tls.Conn, leg string) error
 	ctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		s.log.Warn("TLS handshake failed", zap.String("leg", leg), zap.Error(err))
+		s.log.Warn(MsgTLSFailed, zap.String("leg", leg), zap.Error(err))
 		s.cfg.Observer.TLSHandshake(leg, "", false, false)
 		return err
 	}
 	st := tc.ConnectionState()
-	s.log.Info("TLS established", zap.String("leg", leg), zap.String("version", tls.VersionName(st.Version)),
+	s.log.Info(MsgTLSEstablished, zap.String("leg", leg), zap.String("version", tls.VersionName(st.Version)),
 		zap.String("cipher", tls.CipherSuiteName(st.CipherSuite)), zap.Bool("resumed", st.DidResume))
 	s.cfg.Observer.TLSHandshake(leg, tls.VersionName(st.Version), st.DidResume, true)
 	return nil
@@ -357,7 +357,7 @@ func (s *Session) upstreamPrelude(c net.Conn, host string) (ctl net.Conn, greeti
 			return nil, nil, "421 Service not available: the FTP server closed the connection.\r\n", err
 		}
 		if f, ok := ftp.ParseFEAT(r); !ok || !f.HasAUTH(ftp.AuthTLS) {
-			s.log.Info("the server offers no AUTH TLS: plain control connection", zap.Int("feat_code", r.Code))
+			s.log.Info(MsgTLSUpstreamPlain, zap.Int("feat_code", r.Code))
 			return c, greeting, "", nil
 		}
 	}
@@ -371,7 +371,7 @@ func (s *Session) upstreamPrelude(c net.Conn, host string) (ctl net.Conn, greeti
 			if r != nil {
 				text = strings.TrimSpace(string(r.Raw()))
 			}
-			s.log.Warn("the server refused TLS", zap.String("reply", text), zap.Error(err))
+			s.log.Warn(MsgTLSRefused, zap.String("reply", text), zap.Error(err))
 			return nil, nil, "421 Service not available: the FTP server refused TLS (" + text + ").\r\n", errors.New("AUTH TLS refused")
 		}
 		s.upstreamData = s.upstreamTLSConfig(host)
@@ -420,18 +420,63 @@ func tlsReason(err error) string {
 }
 
 // relayTLS carries a data connection with a TLS leg: the handshakes, then
-// the copy. A failed handshake resets both connections.
+// the copy. When a handshake fails (or the client's did not resume its
+// session where that is required), nothing has been relayed yet: the
+// server's connection is reset, and the client's too, unless its TLS
+// handshake completed: then it is closed in good order (closeRefused), as
+// vsftpd does, so that the client reads an empty connection and then the
+// reply that says why (a reset makes some clients, python's ftplib among
+// them, fail before they read the reply).
+//
+// Both sockets are read and written through batchConns (tlscopy.go),
+// which save most of the system calls crypto/tls would make.
 func (s *Session) relayTLS(o *dataOffer, t *transfer, client, server *net.TCPConn) (toServer, toClient int64, err error) {
-	cl, sv, refusal, err := s.dataTLS(o, client, server)
+	bc, bs := newBatchConn(client), newBatchConn(server)
+	defer bc.release()
+	defer bs.release()
+	cl, sv, refusal, err := s.dataTLS(o, bc, bs)
 	t.tlsDecided(refusal)
 	if err != nil {
-		for _, c := range []*net.TCPConn{client, server} {
-			c.SetLinger(0)
-			c.Close()
+		server.SetLinger(0)
+		server.Close()
+		if tc, ok := cl.(*tls.Conn); ok && tc.ConnectionState().HandshakeComplete {
+			closeRefused(tc, client)
+		} else {
+			client.SetLinger(0)
+			client.Close()
 		}
 		return 0, 0, fmt.Errorf("data connection TLS: %w", err)
 	}
-	return splice(leg{conn: cl, raw: client}, leg{conn: sv, raw: server})
+	if tc, ok := sv.(*tls.Conn); ok && !tc.ConnectionState().DidResume {
+		t.mu.Lock()
+		t.serverFresh = true
+		t.mu.Unlock()
+	}
+	relay(bc, bs)
+	return splice(leg{conn: cl, raw: client, buf: bc}, leg{conn: sv, raw: server, buf: bs})
+}
+
+// hintServerFresh is added to the report of a failed transfer whose data
+// connection to the server did not resume the control connection's TLS
+// session: the likely cause when the server insists on reuse.
+const hintServerFresh = "the data connection to the server did not resume ftpalg's TLS session with it " +
+	"(ftpalg resumes with session tickets only): a server that requires session reuse refuses it; " +
+	"let the server issue tickets (TLS 1.3; proftpd: TLSSessionTickets on) or stop requiring reuse"
+
+// refusedLinger bounds how long a refused TLS data connection waits for
+// the client's close_notify and FIN.
+const refusedLinger = 5 * time.Second
+
+// closeRefused ends a client's TLS data connection that carried nothing:
+// close_notify and FIN, then (bounded) the client's own close_notify and
+// FIN, so that its TLS shutdown finds the connection still there.
+func closeRefused(tc *tls.Conn, raw *net.TCPConn) {
+	deadline := time.Now().Add(refusedLinger)
+	raw.SetDeadline(deadline)
+	tc.CloseWrite()
+	raw.CloseWrite()
+	io.Copy(io.Discard, tc)
+	raw.Close()
 }
 
 // dataTLS makes the legs of a data connection TLS where its offer says:
@@ -450,7 +495,7 @@ func (s *Session) dataTLS(o *dataOffer, client, server net.Conn) (cl, sv net.Con
 			case err != nil:
 				refusal = "522 Data connection refused: its TLS handshake failed.\r\n"
 			case s.cfg.RequireTLSReuse && !tc.ConnectionState().DidResume:
-				s.refusal("client data connection did not resume the control connection's TLS session: refused")
+				s.refusal(MsgTLSNotResumed)
 				err = errors.New("TLS session not resumed")
 				refusal = "522 Data connection refused: TLS session reuse required (resume the control connection's session).\r\n"
 			}
@@ -493,11 +538,10 @@ func (t *transfer) tlsDecided(refusal string) {
 // handshakes of that transfer's data connection and returns the proxy's
 // own reply if the proxy refused the connection: the server, which may
 // have sent a short listing into the socket before the reset, would call
-// it a success. vsftpd answers 522 in the same case.
+// it a success. vsftpd answers 522 in the same case. A failure reply
+// (the server's 426 after the reset) is replaced too when the proxy has
+// refused the connection by then, since the refusal is the cause.
 func (s *Session) dataRefusal(code int) string {
-	if code/100 != 2 {
-		return ""
-	}
 	s.mu.Lock()
 	var t *transfer
 	if len(s.unconfirmed) > 0 {
@@ -506,6 +550,14 @@ func (s *Session) dataRefusal(code int) string {
 	s.mu.Unlock()
 	if t == nil || t.tlsDone == nil {
 		return ""
+	}
+	if code/100 != 2 {
+		select {
+		case <-t.tlsDone:
+			return t.tlsRefused
+		default:
+			return ""
+		}
 	}
 	timer := time.NewTimer(2 * tlsHandshakeTimeout)
 	defer timer.Stop()

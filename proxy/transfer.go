@@ -44,6 +44,9 @@ type transfer struct {
 	tlsDone    chan struct{}
 	tlsOnce    sync.Once
 	tlsRefused string
+	// serverFresh: the server's data leg is TLS and did not resume the
+	// control connection's session (under mu).
+	serverFresh bool
 
 	// Kernel path: the mapping that carried the connection, which end
 	// was its peer (the client in passive mode), the family (for the
@@ -201,6 +204,9 @@ func (t *transfer) report(msg string, extra ...zap.Field) {
 	}
 	fields := []zap.Field{zap.String("mode", t.mode), zap.String("path", path), zap.Int64("bytes_to_client", t.toClient),
 		zap.Int64("bytes_to_server", t.toServer), zap.Duration("duration", t.took)}
+	if t.serverFresh && msg != MsgTransferFinished {
+		fields = append(fields, zap.String("hint", hintServerFresh))
+	}
 	if t.fwd != nil && !t.counted {
 		fields = append(fields, zap.String("counted", "no: conntrack accounting (net.netfilter.nf_conntrack_acct) was off"))
 	}

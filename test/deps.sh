@@ -8,12 +8,15 @@
 # What it does:
 #   * apt-get install vsftpd, lftp, curl, python3, iptables, ipset, nftables,
 #     iproute2, procps, keepalived (its --config-test checks deploy/keepalived)
-#     and the shared libraries proftpd-core and pure-ftpd
-#     need (those two are not installed through dpkg, see below).
+#     and the shared libraries proftpd-core, its mod_tls and pure-ftpd need
+#     (not installed through dpkg, see below; mod_tls's libssl3 comes with
+#     vsftpd and curl).
 #   * vsftpd, proftpd-core and pure-ftpd conflict with each other in apt, so
-#     only vsftpd is installed as a package; proftpd-core and pure-ftpd are
-#     downloaded with `apt-get download` and unpacked with `dpkg -x` into
-#     /opt/ftpalg-test/root (no maintainer scripts run, nothing is enabled).
+#     only vsftpd is installed as a package; proftpd-core, pure-ftpd and
+#     proftpd-mod-crypto (proftpd's mod_tls.so: bookworm's proftpd-core has
+#     no TLS compiled in) are downloaded with `apt-get download` and
+#     unpacked with `dpkg -x` into /opt/ftpalg-test/root (no maintainer
+#     scripts run, nothing is enabled).
 #   * Makes sure services do not auto-start (policy-rc.d) and that
 #     `ip netns` works.
 #
@@ -22,6 +25,7 @@
 #   proftpd    /opt/ftpalg-test/root/usr/sbin/proftpd    (env FTPALG_PROFTPD)
 #   pure-ftpd  /opt/ftpalg-test/root/usr/sbin/pure-ftpd  (env FTPALG_PUREFTPD)
 #   pure-pw    /opt/ftpalg-test/root/usr/bin/pure-pw     (env FTPALG_PUREPW)
+#   mod_tls    /opt/ftpalg-test/root/usr/lib/proftpd/mod_tls.so (proftpd's ModulePath)
 # Nothing is exported; the kernel must have veth, netfilter NAT and
 # conntrack built in (modprobe is never called).
 set -euo pipefail
@@ -54,12 +58,14 @@ apt-get install -y --no-install-recommends \
 	iptables ipset nftables iproute2 procps keepalived \
 	libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23
 
-# 3. proftpd-core and pure-ftpd: download and unpack without installing.
+# 3. proftpd-core, proftpd-mod-crypto and pure-ftpd: download and unpack
+# without installing.
 # The download is skipped when the cache already holds the candidate
 # versions and they are what is unpacked in $ROOT.
 mkdir -p "$CACHE"
 want=()
-for pkg in proftpd-core pure-ftpd; do
+debs=(proftpd-core proftpd-mod-crypto pure-ftpd)
+for pkg in "${debs[@]}"; do
 	ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
 	[[ -n $ver && $ver != "(none)" ]] || die "no installation candidate for $pkg"
 	want+=("${pkg}_${ver//:/%3a}_")
@@ -70,13 +76,13 @@ for prefix in "${want[@]}"; do
 done
 stamp=$ROOT/.ftpalg-debs
 if [[ $have_all == 1 && -f $stamp && "$(cat "$stamp")" == "$(cd "$CACHE" && ls -1 ./*.deb)" ]]; then
-	log "proftpd-core/pure-ftpd already unpacked in $ROOT (cached: ${want[*]})"
+	log "${debs[*]} already unpacked in $ROOT (cached: ${want[*]})"
 else
 	dl=$(mktemp -d "$CACHE/.dl.XXXXXX")
 	trap 'rm -rf "$dl" "$ROOT.new"' EXIT
 	# Download as root into our own directory (the _apt sandbox user cannot
 	# write there).
-	(cd "$dl" && apt-get download -o APT::Sandbox::User=root proftpd-core pure-ftpd)
+	(cd "$dl" && apt-get download -o APT::Sandbox::User=root "${debs[@]}")
 	rm -f "$CACHE"/*.deb
 	mv "$dl"/*.deb "$CACHE"/
 
@@ -96,8 +102,10 @@ fi
 "$ROOT/usr/sbin/pure-ftpd" --help >/dev/null 2>&1 || true # exits non-zero after printing help
 "$ROOT/usr/sbin/pure-ftpd" --help 2>&1 | grep -q 'pure-ftpd v' || die "pure-ftpd does not run"
 "$ROOT/usr/bin/pure-pw" --help >/dev/null 2>&1 || true
-if ldd "$ROOT/usr/sbin/proftpd" "$ROOT/usr/sbin/pure-ftpd" "$ROOT/usr/bin/pure-pw" | grep -q 'not found'; then
-	ldd "$ROOT/usr/sbin/proftpd" "$ROOT/usr/sbin/pure-ftpd" "$ROOT/usr/bin/pure-pw" | grep 'not found' >&2
+[[ -f $ROOT/usr/lib/proftpd/mod_tls.so ]] || die "proftpd's mod_tls.so missing (proftpd-mod-crypto)"
+bins=("$ROOT/usr/sbin/proftpd" "$ROOT/usr/sbin/pure-ftpd" "$ROOT/usr/bin/pure-pw" "$ROOT/usr/lib/proftpd/mod_tls.so")
+if ldd "${bins[@]}" | grep -q 'not found'; then
+	ldd "${bins[@]}" | grep 'not found' >&2
 	die "missing shared libraries"
 fi
 /usr/sbin/vsftpd -v </dev/null >/dev/null 2>&1 || true

@@ -4,7 +4,12 @@
 //  1. throughput of a large RETR (EPSV), direct and through the proxy;
 //  2. session rate of short sessions (login, LIST, RETR of 4 KiB, QUIT)
 //     from concurrent clients, direct and through the proxy;
-//  3. resident memory of the proxy per idle logged-in control session.
+//  3. resident memory of the proxy per idle logged-in control session;
+//  4. the cost of metrics (--only metrics);
+//  5. FTPS (--only ftps, not part of the default run): throughput and
+//     session rate of FTPS straight to vsftpd against ftpalg with TLS on
+//     both legs, TLS offload to a plain vsftpd and plain FTP (ftps.go,
+//     docs/benchmarks-ftps.md).
 //
 // It builds ./cmd/ftpalg and runs it as a separate process so that its CPU
 // time and memory can be read from /proc alone. The server is vsftpd when
@@ -18,6 +23,7 @@
 //	go run ./test/bench                       # the full run (1 GiB, 32 clients × 10 s, 5000 idle)
 //	go run ./test/bench --size 64MiB --duration 2s --idle 500
 //	go run ./test/bench --only rate --markdown /tmp/rate.md
+//	go run ./test/bench --only ftps           # FTPS (1 GiB, 32 clients × 10 s)
 //
 // It needs Linux (/proc) and, for 5000 idle sessions, an open-file limit
 // above 10000: it raises its own RLIMIT_NOFILE (as root also the hard
@@ -52,7 +58,8 @@ func main() { benchkit.Main("bench", parseFlags, run) }
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	o.Define("32", []string{"throughput", "rate", "idle", "metrics"}, "which measurements to run, comma-separated")
+	o.DefineSome("32", []string{"throughput", "rate", "idle", "metrics", "ftps"}, []string{"throughput", "rate", "idle", "metrics"},
+		"which measurements to run, comma-separated (ftps only when asked for)")
 	flag.StringVar(&o.MetricsData, "metrics-data-ports", "31000-31999", "--data-ports of the second proxy, the one with metrics (apart from the first's)")
 	flag.StringVar(&o.metricsPort, "metrics-port", "39121", "port of the second proxy's --metrics-listen on 127.0.0.1")
 	flag.IntVar(&o.idle, "idle", 5000, "idle sessions held open through the proxy in the memory test")
@@ -82,6 +89,7 @@ type results struct {
 	rateProxy  *rateResult
 	idle       *idleResult
 	metrics    *metricsResult
+	ftps       *ftpsResult
 }
 
 func run(o *options) error {
@@ -111,9 +119,9 @@ func run(o *options) error {
 			return err
 		}
 	}
-	needFiles := o.Only["throughput"] || o.Only["rate"] || o.Only["metrics"]
+	needFiles := o.Only["throughput"] || o.Only["rate"] || o.Only["metrics"] || o.Only["ftps"]
 	size := o.Size
-	if !o.Only["throughput"] && !o.Only["metrics"] {
+	if !o.Only["throughput"] && !o.Only["metrics"] && !o.Only["ftps"] {
 		size = 0
 	}
 	if needFiles {
@@ -134,7 +142,7 @@ func run(o *options) error {
 		setup.Close()
 	})
 
-	if needFiles {
+	if o.Only["throughput"] || o.Only["rate"] || o.Only["metrics"] {
 		useVsftpd := o.server == "vsftpd"
 		if o.server == "auto" {
 			_, err := os.Stat(o.Vsftpd)
@@ -198,6 +206,14 @@ func run(o *options) error {
 			vs.Stop(stopGrace)
 		}
 	}
+	if o.Only["ftps"] {
+		if _, err := os.Stat(o.Vsftpd); err != nil {
+			return fmt.Errorf("the FTPS measurement needs vsftpd: %w", err)
+		}
+		if res.ftps, err = runFTPS(o, bin, dir, root); err != nil {
+			return err
+		}
+	}
 
 	if o.Only["idle"] {
 		fdir := dir + "/ftpd"
@@ -240,7 +256,9 @@ func summary(o *options, r *results) string {
 		line := fmt.Sprintf("%-38s %14s %14s %8s", name, direct, proxy, ratio)
 		b.WriteString(strings.TrimRight(line, " ") + "\n")
 	}
-	row("measurement", "direct", "proxy", "ratio")
+	if r.thr != nil || r.rateDirect != nil || r.metrics != nil || r.idle != nil {
+		row("measurement", "direct", "proxy", "ratio")
+	}
 	if t := r.thr; t != nil {
 		row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.Size)), benchkit.F1(t.direct), benchkit.F1(t.proxy), benchkit.Ratio(t.proxy, t.direct, 3))
 		row("machine CPU s per GiB (all processes)", benchkit.F3(t.machDirect), benchkit.F3(t.machProxy), benchkit.Ratio(t.machProxy, t.machDirect, 3))
@@ -271,6 +289,12 @@ func summary(o *options, r *results) string {
 	if r.serverName != "" {
 		fmt.Fprintf(&b, "server: %s\n", r.serverName)
 	}
+	if r.ftps != nil {
+		if b.Len() > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(ftpsTable(o, r.ftps))
+	}
 	return b.String()
 }
 
@@ -286,6 +310,9 @@ func markdown(o *options, r *results, table string) string {
 	fmt.Fprintf(&b, "- background load before the run: %.2f CPUs busy\n", r.background)
 	if r.serverName != "" {
 		fmt.Fprintf(&b, "- server (throughput, session rate): %s; idle sessions: internal/ftpd\n", r.serverName)
+	}
+	if r.ftps != nil {
+		fmt.Fprintf(&b, "- servers (FTPS): two %s, one requiring FTPS (require_ssl_reuse), one plain\n", o.Vsftpd)
 	}
 	fmt.Fprintf(&b, "\n```\n%s```\n", table)
 	if t := r.thr; t != nil {
@@ -307,6 +334,9 @@ func markdown(o *options, r *results, table string) string {
 				fmt.Fprintf(&b, "- %s error ×%d: `%s`\n", x.label, x.r.errKinds[k], k)
 			}
 		}
+	}
+	if r.ftps != nil {
+		b.WriteString(ftpsMarkdown(r.ftps, f.NProc))
 	}
 	if i := r.idle; i != nil {
 		fmt.Fprintf(&b, "\nIdle sessions: %d opened in %.1f s (%d failed); proxy VmRSS %d → %d KiB (RssAnon %d → %d KiB, VmHWM %d KiB), fds %d → %d; "+

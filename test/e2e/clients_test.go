@@ -49,6 +49,9 @@ type Target struct {
 	ClientIP string // the client's own address (for curl -P)
 	// WantPASVIP is the address a 227 reply must carry ("" = not checked).
 	WantPASVIP string
+	// TLS makes the client speak FTPS (ftps_harness_test.go); nil: plain
+	// FTP.
+	TLS *ClientTLS
 }
 
 // URLHost is Host:Port, bracketed for IPv6.
@@ -191,7 +194,8 @@ func (c curlClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 		common = append(common, "--limit-rate", strconv.FormatInt(s.LimitRate, 10))
 	}
 	common = append(common, s.ExtraArgs...)
-	url := "ftp://" + s.Target.URLHost() + "/"
+	common = append(common, s.Target.TLS.curlArgs()...)
+	url := s.Target.TLS.scheme() + "://" + s.Target.URLHost() + "/"
 	argv := []string{"curl", "-q", "--fail-early", "--max-time", strconv.Itoa(int(s.Timeout / time.Second))}
 	for i, op := range s.Ops {
 		if i > 0 {
@@ -274,7 +278,10 @@ func (c lftpClient) Run(ctx context.Context, ns *nstest.NS, s Session) Result {
 	if s.LimitRate > 0 {
 		fmt.Fprintf(&script, "set net:limit-rate %d\n", s.LimitRate)
 	}
-	fmt.Fprintf(&script, "open -u %s,%s ftp://%s\n", lftpQuote(s.User), lftpQuote(s.Pass), s.Target.URLHost())
+	for _, l := range s.Target.TLS.lftpSettings() {
+		script.WriteString(l + "\n")
+	}
+	fmt.Fprintf(&script, "open -u %s,%s %s://%s\n", lftpQuote(s.User), lftpQuote(s.Pass), s.Target.TLS.scheme(), s.Target.URLHost())
 	for _, op := range s.Ops {
 		switch op.Kind {
 		case OpList:
@@ -344,6 +351,7 @@ func runPython(ctx context.Context, ns *nstest.NS, s Session, actions ...string)
 		argv = append(argv, "--limit-rate", strconv.FormatInt(s.LimitRate, 10))
 	}
 	argv = append(argv, s.ExtraArgs...)
+	argv = append(argv, s.Target.TLS.pythonArgs()...)
 	argv = append(argv, s.Target.Host, strconv.Itoa(s.Target.Port), s.User, s.Pass, string(s.Mode))
 	argv = append(argv, actions...)
 	out, errOut, err := runClient(ctx, ns, s.WorkDir, s.Timeout, argv...)

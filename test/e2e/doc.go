@@ -29,6 +29,10 @@
 // per connection, SIGKILL mid-transfer, drop-policy forward chains and the
 // sessions the kernel cannot carry (spliced, with the reason logged).
 //
+// The FTPS tests (ftps_test.go, harness in ftps_harness_test.go) run the
+// same servers with TLS required, TLS clients, and ftpalg terminating and
+// re-originating TLS; each test makes its own certificates.
+//
 // Binary locations can be overridden with FTPALG_VSFTPD, FTPALG_PROFTPD,
 // FTPALG_PUREFTPD and FTPALG_PUREPW.
 //

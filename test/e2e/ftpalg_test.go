@@ -74,6 +74,10 @@ type ProxyConfig struct {
 	// Extra flags, appended after the standard ones (so they win):
 	// "--firewall", "ipset", "--data-timeout", "3s", ...
 	Extra []string
+	// NoWait: StartProxy returns once the process runs, without waiting
+	// for a client to get the 220 (a test that expects a 421 waits
+	// itself).
+	NoWait bool
 }
 
 // StartProxy runs ftpalg in the front namespace and waits until a client
@@ -107,6 +111,9 @@ func StartProxy(t testing.TB, topo *Topology, cfg ProxyConfig) *Proxy {
 			t.Logf("--- ftpalg log (%s, listen %s) ---\n%s", logPath, cfg.Listen, nstest.Tail(p.Log(), 80))
 		}
 	})
+	if cfg.NoWait {
+		return p
+	}
 	if err := waitBanner(topo.Client, cfg.Listen, 15*time.Second, p.Alive); err != nil {
 		t.Fatalf("ftpalg not serving: %v", err)
 	}

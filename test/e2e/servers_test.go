@@ -81,6 +81,10 @@ type Server struct {
 	User      string
 	Pass      string
 	Files     map[string]DataFile
+	// TLS is how the server speaks FTPS (ftps_harness_test.go); nil:
+	// plain FTP.
+	TLS       *ServerTLS
+	tlsArgs   []string // pure-ftpd's TLS flags
 	procs     []*nstest.Proc
 	extraLogs []string // log files written by the servers themselves
 	// cmdLogs are the log files in which the server records every command
@@ -116,6 +120,9 @@ type ServerOptions struct {
 	// MaxClients > 0 sets the server's limits on concurrent sessions, in
 	// total and per client address (only implemented for vsftpd).
 	MaxClients int
+	// TLS makes the server require FTPS (ftps_harness_test.go); nil:
+	// plain FTP.
+	TLS *ServerTLS
 }
 
 // StartServer writes the data files and configuration and starts the
@@ -147,6 +154,9 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 	}
 	s.UploadDir = mkdir(t, filepath.Join(s.Root, uploadDirName), 0o777)
 	etc := mkdir(t, filepath.Join(base, "etc"), 0o755)
+	if opt.TLS != nil {
+		opt.Config = s.setupTLS(t, kind, etc, opt.TLS) + opt.Config
+	}
 	for i, f := range standardFiles {
 		s.Files[f.name] = writeRandomFile(t, filepath.Join(s.Root, f.name), f.size, uint64(i+1))
 	}
@@ -197,8 +207,12 @@ func StartServer(t testing.TB, topo *Topology, kind ServerKind, opt ServerOption
 	if opt.IPv6 {
 		addrs = append(addrs, s.Addr6())
 	}
+	wait := waitBanner
+	if s.TLS != nil && s.TLS.Implicit {
+		wait = s.TLS.waitBanner
+	}
 	for _, a := range addrs {
-		if err := waitBanner(topo.Server, a, 15*time.Second, s.Alive); err != nil {
+		if err := wait(topo.Server, a, 15*time.Second, s.Alive); err != nil {
 			t.Fatalf("%s did not come up: %v\n%s", kind, err, s.Logs())
 		}
 	}
@@ -360,19 +374,19 @@ func (s *Server) startPureFTPd(t testing.TB, topo *Topology, etc, pdb string, v6
 	if v6 {
 		fam, bind = "6", s.addr6+","+strconv.Itoa(s.port)
 	}
-	s.procs = append(s.procs, nstest.Start(t, topo.Server, "pure-ftpd-ipv"+fam,
-		filepath.Join(etc, "pure-ftpd"+fam+".log"),
-		clientEnv(os.TempDir()), pureFTPdPath(),
+	args := append([]string{pureFTPdPath(),
 		"--bind", bind,
 		"--passiveportrange", fmt.Sprintf("%d:%d", s.pasvMin, s.pasvMax),
 		"--noanonymous",
-		"--login", "puredb:"+pdb,
+		"--login", "puredb:" + pdb,
 		"--chrooteveryone",
 		"--dontresolve",
 		"--minuid", "1",
 		"--maxidletime", "2",
 		"--syslogfacility", "none",
-	))
+	}, s.tlsArgs...)
+	s.procs = append(s.procs, nstest.Start(t, topo.Server, "pure-ftpd-ipv"+fam,
+		filepath.Join(etc, "pure-ftpd"+fam+".log"), clientEnv(os.TempDir()), args...))
 }
 
 // writeRandomFile writes size deterministic pseudo-random bytes.

@@ -7,6 +7,13 @@ MODE is one of pasv, epsv, port, eprt. Stock ftplib picks PASV/PORT on IPv4
 and EPSV/EPRT on IPv6; this client uses exactly the mode it is told to, on
 either family, so the test can assert which one went over the wire.
 
+FTPS: --tls is ftplib.FTP_TLS (AUTH TLS before USER, then PBSZ 0 and PROT P:
+prot_p(), unless --clear-data), --implicit TLS from the first byte (FTP_TLS
+has no implicit mode: connect() wraps the socket itself); --cafile is the
+authority an ssl.SSLContext trusts (certificate and host name verified).
+FTP_TLS wraps each data connection in a new TLS session: it never resumes
+the control connection's session.
+
 ACTIONs (executed in order on one control connection):
   list                 LIST, each line printed as "LIST-LINE: ..."
   get REMOTE LOCAL     RETR REMOTE into LOCAL
@@ -31,16 +38,15 @@ The control exchange is printed (set_debuglevel(1): "*cmd* ..." and
 import argparse
 import ftplib
 import socket
+import ssl
 import sys
 import time
 
 
-class Client(ftplib.FTP):
-    def __init__(self, mode, trust_pasv, timeout, source=None):
-        # source_address binds the control connection and (in ftplib's
-        # ntransfercmd) every passive data connection; makeport listens on
-        # the control connection's local address.
-        super().__init__(timeout=timeout, source_address=(source, 0) if source else None)
+class Modes:
+    """Data connection setup in exactly the mode asked for."""
+
+    def setup(self, mode, trust_pasv):
         self.xmode = mode
         # By default ftplib ignores the address in a 227 reply and connects
         # to the control connection's peer. The tests want to know that the
@@ -74,6 +80,42 @@ class Client(ftplib.FTP):
         if self.timeout is not None:
             sock.settimeout(self.timeout)
         return sock
+
+
+def bind(source):
+    """ftplib's source_address for a source address (None: any).
+
+    It binds the control connection and (in ftplib's ntransfercmd) every
+    passive data connection; makeport listens on the control connection's
+    local address."""
+    return (source, 0) if source else None
+
+
+class Client(Modes, ftplib.FTP):
+    def __init__(self, mode, trust_pasv, timeout, source=None):
+        ftplib.FTP.__init__(self, timeout=timeout, source_address=bind(source))
+        self.setup(mode, trust_pasv)
+
+
+class TLSClient(Modes, ftplib.FTP_TLS):
+    def __init__(self, mode, trust_pasv, timeout, context, implicit, source=None):
+        ftplib.FTP_TLS.__init__(self, context=context, timeout=timeout, source_address=bind(source))
+        self.setup(mode, trust_pasv)
+        self.implicit = implicit
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        if not self.implicit:
+            return super().connect(host, port)
+        # Implicit FTPS: the greeting already comes over TLS, so login()
+        # sends no AUTH (the socket is an SSLSocket).
+        self.host, self.port = host, port
+        sock = socket.create_connection((host, port), self.timeout, source_address=self.source_address)
+        self.af = sock.family
+        self.sock = self.context.wrap_socket(sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        print("*tls* implicit %s %s" % (self.sock.version(), self.sock.cipher()[0]), flush=True)
+        self.welcome = self.getresp()
+        return self.welcome
 
 
 def send_abort(ftp, style, conn):
@@ -187,6 +229,10 @@ def main():
                     help="bytes to read before ABOR")
     ap.add_argument("--abort-style", choices=["stock", "telnet", "plain"], default="telnet",
                     help="how abort-get sends ABOR (see send_abort)")
+    ap.add_argument("--tls", action="store_true", help="explicit FTPS (FTP_TLS, AUTH TLS)")
+    ap.add_argument("--implicit", action="store_true", help="implicit FTPS (TLS from the first byte)")
+    ap.add_argument("--cafile", help="authority that signs the server's certificate (verification on)")
+    ap.add_argument("--clear-data", action="store_true", help="FTPS without PROT P: data connections in clear")
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("user")
@@ -195,10 +241,16 @@ def main():
     ap.add_argument("actions", nargs="+")
     a = ap.parse_args()
 
-    ftp = Client(a.mode, not a.ignore_pasv_address, a.timeout, a.source)
+    if a.tls or a.implicit:
+        ctx = ssl.create_default_context(cafile=a.cafile)
+        ftp = TLSClient(a.mode, not a.ignore_pasv_address, a.timeout, ctx, a.implicit, a.source)
+    else:
+        ftp = Client(a.mode, not a.ignore_pasv_address, a.timeout, a.source)
     ftp.set_debuglevel(1)
     ftp.connect(a.host, a.port)
     ftp.login(a.user, a.password)
+    if (a.tls or a.implicit) and not a.clear_data:
+        ftp.prot_p()
     ftp.set_pasv(a.mode in ("pasv", "epsv"))
 
     acts = list(a.actions)

@@ -4,6 +4,7 @@
 package benchftp
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,9 @@ type Client struct {
 	conn net.Conn
 	tp   *textproto.Conn
 	host string // host of the control connection; data connections go there
+	// dataTLS is the TLS configuration of the data connections of an
+	// FTPS session (tls.go), nil for plain FTP.
+	dataTLS *tls.Config
 }
 
 // stepError tells which step of a session failed, for the error counts.
@@ -45,6 +49,10 @@ type Dialer struct {
 	// net.Dialer: 0 is Go's default (15 s), negative turns it off (for
 	// idle sessions whose keepalive should come from the proxy alone).
 	KeepAlive time.Duration
+	// TLS, when set, makes the session FTPS (tls.go): AUTH TLS after the
+	// greeting, PBSZ 0 and PROT P, and every data connection TLS,
+	// resuming the control connection's session.
+	TLS *tls.Config
 }
 
 // Dial connects, sets deadline on the control connection and reads the
@@ -67,6 +75,12 @@ func (d Dialer) Dial(addr string, deadline time.Time) (*Client, error) {
 	if _, _, err := c.tp.ReadResponse(2); err != nil {
 		conn.Close()
 		return nil, StepErr("greeting", err)
+	}
+	if d.TLS != nil {
+		if err := c.startTLS(d.TLS, deadline); err != nil {
+			conn.Close()
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -190,7 +204,7 @@ func (c *Client) Transfer(command string, deadline time.Time, connectTimeout tim
 	if _, _, err := c.Cmd(1, "%s", command); err != nil {
 		return 0, port, StepErr(verb, err)
 	}
-	n, err := Drain(dc, buf)
+	n, err := Drain(c.data(dc), buf)
 	if err != nil {
 		return n, port, StepErr(verb+" data", err)
 	}

@@ -44,7 +44,13 @@ type Flags struct {
 // of --clients ("32", or "16,64" where MultiClients); --only picks of
 // choices (all by default), onlyHelp describes it.
 func (f *Flags) Define(clients string, choices []string, onlyHelp string) {
-	f.DefineCommon(clients, choices, choices, onlyHelp)
+	f.DefineSome(clients, choices, choices, onlyHelp)
+}
+
+// DefineSome is Define with --only picking those in defaults unless told
+// (the others run only when asked for).
+func (f *Flags) DefineSome(clients string, choices, defaults []string, onlyHelp string) {
+	f.DefineCommon(clients, choices, defaults, onlyHelp)
 	f.throughput = true
 	flag.StringVar(&f.size, "size", "1GiB", "size of the file downloaded in the throughput test (KiB, MiB, GiB)")
 	flag.IntVar(&f.Runs, "runs", 3, "throughput runs of each path measured")

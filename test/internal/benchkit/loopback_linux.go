@@ -29,13 +29,18 @@ func FreePort() (int, error) {
 // WaitFTP waits until an FTP server answers on addr with a greeting, logs
 // in and out once.
 func WaitFTP(p *nstest.Proc, addr string, timeout time.Duration) error {
+	return WaitFTPWith(benchftp.Dialer{}, p, addr, timeout)
+}
+
+// WaitFTPWith is WaitFTP logging in with d (FTPS: d.TLS).
+func WaitFTPWith(d benchftp.Dialer, p *nstest.Proc, addr string, timeout time.Duration) error {
 	end := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(end) {
 		if err := p.Alive(); err != nil {
 			return err
 		}
-		c, err := benchftp.Open(addr, time.Now().Add(2*time.Second))
+		c, err := d.Open(addr, time.Now().Add(2*time.Second))
 		if err == nil {
 			err = c.Quit()
 			c.Close()
@@ -63,6 +68,9 @@ type Proxy struct {
 	// Wrapper, when set, is a command ftpalg is run under, which must
 	// exec it (prlimit --nofile=N:N --).
 	Wrapper []string
+	// Dialer is how Start logs in to see the proxy up (FTPS toward a
+	// proxy with --client-tls required).
+	Dialer benchftp.Dialer
 }
 
 // Start runs the proxy on a free port (see Start) and waits until a
@@ -87,7 +95,7 @@ func (x Proxy) Start() (*nstest.Proc, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if err := WaitFTP(p, addr, 10*time.Second); err != nil {
+	if err := WaitFTPWith(x.Dialer, p, addr, 10*time.Second); err != nil {
 		p.Stop(failedStartGrace)
 		return nil, "", fmt.Errorf("%s: %w", x.Name, err)
 	}
@@ -98,6 +106,12 @@ func (x Proxy) Start() (*nstest.Proc, string, error) {
 // serving root anonymously, with its configuration and log in dir, and
 // waits until it answers.
 func StartVsftpd(bin, dir, root, pasvPorts string, maxClients int) (*nstest.Proc, string, error) {
+	return startVsftpd("vsftpd", bin, dir, root, pasvPorts, maxClients, nil)
+}
+
+// startVsftpd is StartVsftpd for the instance name (its config and log
+// files are named after it), with TLS when certs is not nil.
+func startVsftpd(name, bin, dir, root, pasvPorts string, maxClients int, certs *TLSCerts) (*nstest.Proc, string, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, "", err
@@ -106,23 +120,29 @@ func StartVsftpd(bin, dir, root, pasvPorts string, maxClients int) (*nstest.Proc
 	if err := os.MkdirAll(empty, 0o755); err != nil {
 		return nil, "", err
 	}
-	conf, err := Vsftpd{Addr: "127.0.0.1", Port: port, Root: root, Empty: empty,
-		PasvPorts: pasvPorts, MaxClients: maxClients}.Config()
+	v := Vsftpd{Addr: "127.0.0.1", Port: port, Root: root, Empty: empty,
+		PasvPorts: pasvPorts, MaxClients: maxClients}
+	conf, err := v.Config()
 	if err != nil {
 		return nil, "", fmt.Errorf("--server-pasv-ports: %w", err)
 	}
-	confPath := filepath.Join(dir, "vsftpd.conf")
+	var d benchftp.Dialer
+	if certs != nil {
+		conf += certs.vsftpdConfig()
+		d.TLS = certs.Client()
+	}
+	confPath := filepath.Join(dir, name+".conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, "", err
 	}
-	p, err := Start(nil, "vsftpd", filepath.Join(dir, "vsftpd.log"), bin, confPath)
+	p, err := Start(nil, name, filepath.Join(dir, name+".log"), bin, confPath)
 	if err != nil {
 		return nil, "", err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := WaitFTP(p, addr, 10*time.Second); err != nil {
+	if err := WaitFTPWith(d, p, addr, 10*time.Second); err != nil {
 		p.Stop(failedStartGrace)
-		return nil, "", fmt.Errorf("vsftpd: %w", err)
+		return nil, "", fmt.Errorf("%s: %w", name, err)
 	}
 	return p, addr, nil
 }

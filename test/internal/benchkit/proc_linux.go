@@ -51,6 +51,31 @@ func CPUSeconds(pid int) (float64, error) {
 	return float64(ut+st) / clockTicks, nil
 }
 
+// Syscalls is the number of read and write system calls process pid has
+// made, as /proc/PID/io counts them (syscr + syscw: read(2), write(2),
+// readv(2), writev(2), sendfile(2), whatever each moved); 0 for pid 0.
+func Syscalls(pid int) (int64, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if ok && (k == "syscr" || k == "syscw") {
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("malformed /proc/%d/io", pid)
+			}
+			n += x
+		}
+	}
+	return n, nil
+}
+
 // ProcCPU is the CPU time (s) of processes by PID.
 type ProcCPU map[int]float64
 

@@ -15,8 +15,13 @@ import (
 // connect, login, EPSV+LIST, EPSV+RETR of SmallFile, QUIT, all within
 // timeout. buf is the read buffer.
 func Session(addr string, timeout time.Duration, buf []byte) error {
+	return SessionWith(benchftp.Dialer{}, addr, timeout, buf)
+}
+
+// SessionWith is Session with d's settings (FTPS: d.TLS).
+func SessionWith(d benchftp.Dialer, addr string, timeout time.Duration, buf []byte) error {
 	deadline := time.Now().Add(timeout)
-	c, err := benchftp.Open(addr, deadline)
+	c, err := d.Open(addr, deadline)
 	if err != nil {
 		return err
 	}
@@ -82,8 +87,13 @@ func RetrSmall(c *benchftp.Client, deadline time.Time, buf []byte) error {
 // final reply (or the failure): to measure CPU use over the transfer
 // alone.
 func Download(addr string, size int64, buf []byte, timeout time.Duration, around func() (done func())) (int64, float64, error) {
+	return DownloadWith(benchftp.Dialer{}, addr, size, buf, timeout, around)
+}
+
+// DownloadWith is Download with d's settings (FTPS: d.TLS).
+func DownloadWith(d benchftp.Dialer, addr string, size int64, buf []byte, timeout time.Duration, around func() (done func())) (int64, float64, error) {
 	deadline := time.Now().Add(timeout)
-	c, err := benchftp.Open(addr, deadline)
+	c, err := d.Open(addr, deadline)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -120,7 +130,12 @@ type Rate struct {
 // RunRate runs Session against addr from clients concurrent loops until
 // duration has passed; each session may take up to timeout.
 func RunRate(addr string, clients int, duration, timeout time.Duration) Rate {
-	return RunLoad(clients, duration, 0, func(_ int, buf []byte) error { return Session(addr, timeout, buf) })
+	return RunRateWith(benchftp.Dialer{}, addr, clients, duration, timeout)
+}
+
+// RunRateWith is RunRate with d's settings (FTPS: d.TLS).
+func RunRateWith(d benchftp.Dialer, addr string, clients int, duration, timeout time.Duration) Rate {
+	return RunLoad(clients, duration, 0, func(_ int, buf []byte) error { return SessionWith(d, addr, timeout, buf) })
 }
 
 // RunLoad runs session from clients concurrent loops until duration has
