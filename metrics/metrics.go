@@ -70,7 +70,7 @@ func New() *Metrics {
 	m.upstreamConnect = f.histogram("upstream_connect_duration_seconds", "Time to connect the control connection to the FTP server.", connectBuckets)
 	m.rewritten = f.counterVec("commands_rewritten_total", "Data-channel negotiations rewritten, by kind (pasv, epsv, lpsv, port, eprt, lprt).", "kind")
 	m.translated = f.counterVec("commands_translated_total",
-		"Commands sent to the server in another form, or answered by ftpalg, by kind (to_pasv, to_port, to_epsv, to_eprt, epsv_all, feat, local_answer).", "kind")
+		"Commands sent to the server in another form, or answered by ftpalg, by kind (to_pasv, to_port, to_epsv, to_eprt, epsv_all, feat, local_answer, epsv_refused).", "kind")
 	m.dataConnections = f.counterVec("data_connections_total",
 		"Announced data connections by mode (passive, active), path (splice, kernel, tls) and outcome (completed, failed, unconfirmed, aborted, timeout, foreign_peer, dial_failed, cancelled).",
 		"mode", "path", "outcome")

@@ -69,6 +69,8 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 	}
 
 	switch {
+	case s.cfg.RefuseEPSV && (cmd.Kind == ftp.KindEPSV || cmd.Kind == ftp.KindEPSVAll):
+		return s.refuseEPSV(cmd)
 	case s.epsvAll.Load() && (cmd.Active() || cmd.Kind == ftp.KindPASV || cmd.Kind == ftp.KindLPSV):
 		s.cfg.Observer.Violation(ViolationAfterEPSVAll)
 		s.refusal(MsgEPSVAllRefused, zap.String("verb", cmd.Verb))
@@ -117,6 +119,25 @@ func (s *Session) command(line ftp.Line, cmd ftp.Command) bool {
 	default:
 		return s.forward(&exchange{cmd: cmd}, line.Raw, line.Urgent, false)
 	}
+}
+
+// epsvRefused is the proxy's answer to EPSV and EPSV ALL with
+// Config.RefuseEPSV. 502 (command not implemented) says "no EPSV here":
+// curl moves on to PASV after any reply to EPSV but a 229 (lib/ftp.c,
+// ftp_state_pasv_resp → ftp_epsv_disable; over IPv6 it gives up instead),
+// and 500 and 502 are lftp's "command unsupported" (ftpclass.cc,
+// cmd_unsupported). lftp sends EPSV over IPv4 only when FEAT lists it
+// (and ftp:prefer-epsv is set), which is why featReply leaves it out.
+const epsvRefused = "502 EPSV is not available through this gateway; use PASV.\r\n"
+
+// refuseEPSV answers cmd, an EPSV or EPSV ALL, with epsvRefused; the
+// server never sees it. The first refusal of a session is logged.
+func (s *Session) refuseEPSV(cmd ftp.Command) bool {
+	s.cfg.Observer.Translated(TranslationEPSVRefused)
+	if s.epsvRefusedLogged.CompareAndSwap(false, true) {
+		s.log.Info(MsgEPSVRefused, zap.String("command", cmd.String()))
+	}
+	return s.answer(cmd, epsvRefused)
 }
 
 // forward queues x and sends raw to the server; false ends the pump.

@@ -16,6 +16,7 @@ const (
 	MsgFallback        = "server refused the command, translating" // fields refused (the verb), sending (PASV or PORT)
 	MsgEPSVAllRefused  = "command refused after EPSV ALL"
 	MsgEPSVAllHonoured = "server did not accept EPSV ALL; the proxy honours it"
+	MsgEPSVRefused     = "EPSV refused (epsv refuse): the client is told to use PASV" // field command; once per session
 
 	MsgDataConnected  = "data connection established"        // field path: splice or kernel
 	MsgSpliceFallback = "data path: splice for this session" // field error: why the kernel cannot carry it

@@ -72,8 +72,9 @@ const (
 	TranslationToEPSV      = "to_epsv"      // PASV/LPSV sent as EPSV (IPv6 server)
 	TranslationToEPRT      = "to_eprt"      // PORT/LPRT sent as EPRT
 	TranslationEPSVAll     = "epsv_all"     // EPSV ALL answered by the proxy
-	TranslationFEAT        = "feat"         // EPSV/EPRT added to FEAT
+	TranslationFEAT        = "feat"         // EPSV/EPRT added to FEAT (EPSV removed with RefuseEPSV)
 	TranslationLocalAnswer = "local_answer" // a passive request answered by the proxy (522/425 for a family)
+	TranslationEPSVRefused = "epsv_refused" // EPSV or EPSV ALL answered 502 by the proxy (Config.RefuseEPSV)
 )
 
 // Kinds of Observer.Violation.

@@ -48,6 +48,19 @@ type Config struct {
 	// instance behind a load balancer tells outside clients the virtual
 	// address and inside ones its own, for example.
 	AdvertiseFor []nat.AdvertiseRule
+	// RefuseEPSV makes the proxy answer the client's EPSV (with or
+	// without an argument, and EPSV ALL) itself with a 502 (see
+	// epsvRefused), never sending it to the server, and leaves EPSV out
+	// of the FEAT reply. A 229 carries only a port, which the client
+	// dials on the control connection's address: behind a load balancer
+	// that forwards only the control port of a virtual address, while
+	// each instance announces its own address (Advertise), that
+	// connection goes nowhere. Refused, curl falls back to PASV, whose
+	// 227 carries the announced address, and lftp, which sends EPSV over
+	// IPv4 only when FEAT lists it, uses PASV from the start. IPv6
+	// clients are then left with LPSV as their only passive mode (PASV
+	// cannot carry an IPv6 address).
+	RefuseEPSV bool
 	// DataPorts is the range data connections listen on, on both sides.
 	DataPorts nat.PortRange
 	// TrustPASVAddress makes the proxy dial the address a server announces

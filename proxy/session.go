@@ -110,6 +110,8 @@ type Session struct {
 	noEPSV, noEPRT atomic.Bool // the server is known not to do EPSV/EPRT
 	opaque         atomic.Bool // the control channel turned into TLS: relay bytes only
 	commands       atomic.Int64
+	// epsvRefusedLogged: a refused EPSV (Config.RefuseEPSV) is logged.
+	epsvRefusedLogged atomic.Bool
 
 	// TLS (tls.go). clientTLS is the client's control connection once it
 	// is TLS; pbsz and clientProt are what the client asked for (PROT P:

@@ -21,7 +21,9 @@ import (
 //   - "EPSV n" names the family of the client's data connection, which is
 //     the proxy's business, not the server's.
 //   - EPSV ALL is honoured by the proxy itself, whatever the server says.
-//   - FEAT lists EPSV and EPRT, which the proxy always provides.
+//   - FEAT lists EPSV and EPRT, which the proxy always provides, but
+//     EPSV when Config.RefuseEPSV has the proxy refuse it (commands.go,
+//     refuseEPSV): then FEAT never lists EPSV, whatever the server says.
 
 // translationTo names a translation by the verb sent to the server.
 func translationTo(verb string) string {
@@ -62,6 +64,9 @@ func (s *Session) passiveUpstream(cmd ftp.Command) (send, local string) {
 	noEPSV := s.noEPSV.Load()
 	if cmd.Kind == ftp.KindPASV && !adv.Is4() {
 		// RFC 2428 gives PASV no way to carry an IPv6 address.
+		if s.cfg.RefuseEPSV {
+			return "", "425 You cannot use PASV over IPv6. Use LPSV instead.\r\n"
+		}
 		return "", "425 You cannot use PASV over IPv6. Use EPSV instead.\r\n"
 	}
 	if cmd.Kind == ftp.KindEPSV {
@@ -140,9 +145,10 @@ func (s *Session) activeVerb(k ftp.Kind, local netip.AddrPort) (verb, arg string
 
 // featReply adjusts the server's FEAT reply to what the client gets from
 // the proxy: EPSV and EPRT are added (the proxy provides them by
-// translation), and when the proxy manages TLS it lists its own AUTH,
-// PBSZ and PROT in place of the server's. It also learns what the server
-// lacks.
+// translation), EPSV is removed instead when the proxy refuses it
+// (Config.RefuseEPSV), and when the proxy manages TLS it lists its own
+// AUTH, PBSZ and PROT in place of the server's. It also learns what the
+// server lacks.
 func (s *Session) featReply(r *ftp.Reply) []byte {
 	raw := r.Raw()
 	feats, ok := ftp.ParseFEAT(r)
@@ -160,36 +166,42 @@ func (s *Session) featReply(r *ftp.Reply) []byte {
 	// lacks, the proxy cannot provide.
 	if !s.serverAddr.Addr().Is6() {
 		for _, f := range []string{"EPRT", "EPSV"} {
-			if !feats.Has(f) {
+			if !feats.Has(f) && !(f == "EPSV" && s.cfg.RefuseEPSV) {
 				add = append(add, f)
 			}
 		}
 	}
-	drop := func(string) bool { return false }
+	dropTLS := func(string) bool { return false }
 	if s.manageTLS() {
 		// The client's TLS is the proxy's: the server's own offer says
 		// nothing about it.
-		drop = func(name string) bool { return name == "AUTH" || name == "PBSZ" || name == "PROT" || name == "CCC" }
+		dropTLS = func(name string) bool { return name == "AUTH" || name == "PBSZ" || name == "PROT" || name == "CCC" }
 		if s.cfg.ClientTLS != ClientTLSOff {
 			add = append(add, "AUTH TLS", "PBSZ", "PROT")
 		}
 	}
 	out := append([]byte(nil), r.Lines[0].Raw...)
-	dropped := false
+	droppedTLS, droppedEPSV := false, false
 	for _, l := range r.Lines[1 : len(r.Lines)-1] {
-		if name, _ := ftp.FeatureLine(l.Text); drop(name) {
-			dropped = true
+		name, _ := ftp.FeatureLine(l.Text)
+		switch {
+		case dropTLS(name):
+			droppedTLS = true
+			continue
+		case name == "EPSV" && s.cfg.RefuseEPSV:
+			droppedEPSV = true
 			continue
 		}
 		out = append(out, l.Raw...)
 	}
-	if add == nil && !dropped {
+	if add == nil && !droppedTLS && !droppedEPSV {
 		return raw
 	}
 	for _, f := range add {
 		out = append(out, " "+f+"\r\n"...)
 	}
 	s.cfg.Observer.Translated(TranslationFEAT)
-	s.log.Info("FEAT: listing what the proxy provides", zap.Strings("added", add), zap.Bool("server_tls_features_removed", dropped))
+	s.log.Info("FEAT: listing what the proxy provides", zap.Strings("added", add), zap.Bool("server_tls_features_removed", droppedTLS),
+		zap.Bool("epsv_removed", droppedEPSV))
 	return append(out, r.Lines[len(r.Lines)-1].Raw...)
 }

@@ -46,6 +46,7 @@ type globalFlags struct {
 type frontendFlags struct {
 	listen                                   listFlag
 	upstream, advertise, dataPorts           string
+	epsv                                     string
 	mode, interception, upstreamSource       string
 	intercept                                listFlag
 	interceptPort                            int
@@ -108,6 +109,7 @@ func (f *frontendFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.divert, "divert", true, "transparent mode: install the divert rule and policy route that deliver data connections to ftpalg's transparent sockets")
 	fs.StringVar(&f.upstreamSource, "upstream-source", "router", "transparent mode: connect to servers from the router's address (router) or from the client's (client, needs the divert routing in rules/intercept/README.md)")
 	fs.StringVar(&f.advertise, "advertise", "", "address announced to clients in passive replies (default: the local address the client connected to); PREFIX=ADDRESS entries, comma-separated, announce ADDRESS to the clients in PREFIX instead (the longest prefix wins), e.g. 203.0.113.7,10.0.0.0/8=10.0.0.11")
+	fs.StringVar(&f.epsv, "epsv", "on", "on: relay EPSV (translated where the server lacks it); refuse: answer the client's EPSV and EPSV ALL with 502 and leave EPSV out of FEAT, so that clients use PASV, whose reply carries the --advertise address (a load balancer that forwards only the control port of a virtual address: a 229 has only a port, which clients dial on the virtual address); IPv6 clients are then left with LPSV as their only passive mode")
 	fs.StringVar(&f.dataPorts, "data-ports", "50000-50999", "port range for data connections, LO-HI, on both sides (0: any port)")
 	fs.BoolVar(&f.trustPASV, "trust-pasv-address", false, "dial the address a server announces in 227 even when it is not the server's control address (default: dial the control address, as curl and lftp do)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", proxy.DefaultConnectTimeout, "timeout for connecting to the server and to data peers")
@@ -420,6 +422,13 @@ func (f *frontendFlags) config(fw firewallFlags) (frontend, error) {
 			return fe, fmt.Errorf("--advertise %s", err)
 		}
 		cfg.Advertise, cfg.AdvertiseFor = def, rules
+	}
+	switch f.epsv {
+	case "on":
+	case "refuse":
+		cfg.RefuseEPSV = true
+	default:
+		return fe, fmt.Errorf("--epsv %q: want on or refuse", f.epsv)
 	}
 	r, err := nat.ParsePortRange(f.dataPorts)
 	if err != nil {

@@ -30,7 +30,7 @@ var everyKey = map[string][][2]string{
 		{"keep-firewall-hooks", "true"}, {"firewall-check-interval", "500ms"}, {"data-path", "splice"},
 		{"shutdown-grace", "1s"},
 		{"listen", "127.0.0.1:2121"}, {"mode", "reverse"}, {"upstream", "ftp.example:2100"},
-		{"advertise", "203.0.113.7"}, {"data-ports", "0"}, {"trust-pasv-address", "true"},
+		{"advertise", "203.0.113.7"}, {"epsv", "refuse"}, {"data-ports", "0"}, {"trust-pasv-address", "true"},
 		{"connect-timeout", "3s"}, {"data-timeout", "4s"}, {"idle-timeout", "-1s"},
 		{"data-idle-timeout", "1m"}, {"login-timeout", "-1s"}, {"tcp-keepalive", "30s"},
 		{"max-sessions", "-1"}, {"max-sessions-per-ip", "5"},
@@ -242,6 +242,12 @@ frontends:
 					c.Advertise, c.IdleTimeout = netip.MustParseAddr("203.0.113.7"), 90*time.Second
 				})})
 			}},
+		{name: "epsv", file: "frontends:\n  - name: a\n    upstream: x:21\n    epsv: refuse\n  - name: b\n    upstream: y:21\n    listen: :2121\n    data-ports: 51000-51999\n    epsv: on\n",
+			check: func(t *testing.T, rc runConfig) {
+				if !rc.frontends[0].proxy.RefuseEPSV || rc.frontends[1].proxy.RefuseEPSV {
+					t.Errorf("RefuseEPSV %v, %v; want true (refuse), false (on)", rc.frontends[0].proxy.RefuseEPSV, rc.frontends[1].proxy.RefuseEPSV)
+				}
+			}},
 		{name: "data-ports-any-twice", file: "frontends:\n  - name: a\n    upstream: x:21\n    listen: :21\n    data-ports: 0\n  - name: b\n    upstream: y:21\n    listen: :2121\n    data-ports: 0\n"},
 		{name: "same-port-other-addresses", file: "frontends:\n  - name: a\n    upstream: x:21\n    listen: 127.0.0.1:21\n  - name: b\n    upstream: y:21\n    listen: 127.0.0.2:21\n    data-ports: 51000-51999\n"},
 
@@ -272,6 +278,7 @@ frontends:
 		{name: "bad-duration", file: "upstream: a:21\nidle-timeout: 5\n", err: `ftpalg.yaml:2: idle-timeout: "5": want a duration`},
 		{name: "bad-duration-frontend", file: "frontends:\n  - name: a\n    upstream: a:21\n    data-timeout: soon\n", err: `ftpalg.yaml:4: frontend "a": data-timeout: "soon": want a duration`},
 		{name: "bad-advertise", file: "frontends:\n  - name: a\n    upstream: a:21\n    advertise: proxy.example\n", err: `ftpalg.yaml:2: frontend "a": --advertise "proxy.example": want an IP address`},
+		{name: "bad-epsv", file: "frontends:\n  - name: a\n    upstream: a:21\n    epsv: off\n", err: `ftpalg.yaml:2: frontend "a": --epsv "off": want on or refuse`},
 		{name: "bad-upstream", file: "upstream: 192.0.2.10\n", err: `ftpalg.yaml: --upstream "192.0.2.10": want HOST:PORT`},
 		{name: "missing-upstream", file: "frontends:\n  - name: a\n  - name: b\n    upstream: b:21\n    listen: :2121\n", err: `ftpalg.yaml:2: frontend "a": --upstream HOST:PORT is required in reverse mode`},
 		{name: "bad-data-ports", file: "upstream: a:21\ndata-ports: 5-1\n", err: "--data-ports"},

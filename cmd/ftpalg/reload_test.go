@@ -60,6 +60,8 @@ frontends:
 			level: zapcore.DebugLevel, summary: []string{"log-level info → debug"}},
 		{name: "limit", old: base, next: strings.Replace(base, "max-sessions: 10", "max-sessions: 2", 1),
 			change: []change{{name: "a", reconfigure: true}}, summary: []string{`frontend "a": max-sessions 10 → 2`}},
+		{name: "epsv", old: base, next: strings.Replace(base, "max-sessions: 10", "max-sessions: 10\n    epsv: refuse", 1),
+			change: []change{{name: "a", reconfigure: true}}, summary: []string{`frontend "a": epsv on → refuse`}},
 		{name: "limits-from-top", old: base, next: "idle-timeout: 1m\n" + base,
 			change:  []change{{name: "a", reconfigure: true}, {name: "b", reconfigure: true}},
 			summary: []string{`frontend "a": idle-timeout 15m0s → 1m0s`, `frontend "b": idle-timeout 15m0s → 1m0s`}},

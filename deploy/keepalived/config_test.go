@@ -93,4 +93,15 @@ func TestAgree(t *testing.T) {
 			t.Errorf("README.md: the instance flags lack %q", want)
 		}
 	}
+	// Pattern 2's instances refuse EPSV: its 229 has no address, and the
+	// virtual address forwards only port 21.
+	p2 := match(t, "README.md", readme, `(?s)Pattern 2, per instance.*?\n\n(    ftpalg run .*?)\n\n`)[1]
+	if !strings.Contains(p2, "--epsv refuse") {
+		t.Errorf("README.md: pattern 2's instance flags lack --epsv refuse:\n%s", p2)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^#.*ftpalg run .*$`).FindAllString(direct, -1) {
+		if !strings.Contains(m, "--epsv refuse") {
+			t.Errorf("keepalived-direct.conf: instance line lacks --epsv refuse: %s", m)
+		}
+	}
 }
