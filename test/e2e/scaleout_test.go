@@ -51,8 +51,10 @@ import (
 //     address (--advertise 192.0.2.1x), so data connections go straight
 //     to the instance that announced them, routed, not NATed. EPSV cannot
 //     work in this pattern: a 229 reply has no address, so the client
-//     connects to VIP:port, which the director does not forward (asserted:
-//     refused).
+//     would connect to VIP:port, which the director does not forward; so
+//     the instances run with --epsv refuse (asserted: EPSV answered 502 by
+//     ftpalg, not in FEAT, and curl, which tries EPSV first, falls back to
+//     PASV and transfers).
 //
 // PORT and EPRT work in both patterns: the instance connects out to the
 // client. In pattern 2 it does so from its own address, routed through
@@ -222,6 +224,9 @@ func newScaleOut(t *testing.T, pattern soPattern, o soOptions) *scaleOut {
 			"--metrics-listen", net.JoinHostPort(in.Addr, strconv.Itoa(soMetricsPort))}
 		if o.Grace != "" {
 			extra = append(extra, "--shutdown-grace", o.Grace)
+		}
+		if pattern == soDirect {
+			extra = append(extra, "--epsv", "refuse")
 		}
 		in.Proxy = StartProxy(t, topo, ProxyConfig{
 			Listen: in.Addr + ":21", Upstream: "127.0.0.1:21",
@@ -414,6 +419,7 @@ type soSession struct {
 	Gets   []string
 	Put    bool
 	Rate   int64
+	Extra  []string // the client's own arguments
 	Work   string
 	Res    Result
 	Start  time.Time
@@ -463,7 +469,7 @@ func (so *scaleOut) run(ss []*soSession) {
 				Target: Target{Host: soVIP, Port: 21, ClientIP: s.Source},
 				User:   so.Inst[0].Srv.User, Pass: so.Inst[0].Srv.Pass,
 				Mode: s.Mode, Ops: ops, WorkDir: s.Work, Timeout: soTimeout,
-				Source: s.Source, LimitRate: s.Rate,
+				Source: s.Source, LimitRate: s.Rate, ExtraArgs: s.Extra,
 			})
 			s.End = time.Now()
 		}()
@@ -645,8 +651,10 @@ func (so *scaleOut) alive(t *testing.T) {
 	}
 }
 
-// epsvRefused shows why pattern 2 needs PASV: after EPSV the client
-// connects to VIP:port, which the director does not forward.
+// epsvRefused shows why pattern 2 needs --epsv refuse, and that it
+// works: the instances answer EPSV themselves with 502 and leave it out of
+// FEAT; curl, which tries EPSV first, falls back to PASV and gets the
+// file.
 func (so *scaleOut) epsvRefused(t *testing.T) {
 	c, err := dialCtl(so.Client, soVIP+":21", 10*time.Second)
 	if err != nil {
@@ -656,20 +664,35 @@ func (so *scaleOut) epsvRefused(t *testing.T) {
 	if err := c.login(so.Inst[0].Srv.User, so.Inst[0].Srv.Pass); err != nil {
 		t.Fatal(err)
 	}
-	at, err := c.passive(EPSV)
+	feat, err := c.expect("FEAT", 211)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if at.Addr().String() != soVIP {
-		t.Fatalf("EPSV data address %s, want the control peer %s", at, soVIP)
+	if strings.Contains(feat, "EPSV") {
+		t.Errorf("FEAT through an instance with --epsv refuse lists EPSV:\n%s", feat)
 	}
-	if got, dc := knock(so.Client, at, 3*time.Second); got != "refused" {
-		if dc != nil {
-			dc.Close()
-		}
-		t.Errorf("direct pattern, EPSV: connecting to %s: %s, want refused (the director forwards only port 21)", at, got)
+	if _, err := c.expect("EPSV", 502); err != nil {
+		t.Errorf("EPSV through an instance with --epsv refuse: %v", err)
 	}
 	c.quit()
+
+	// curl in its default passive mode: EPSV, then PASV on the 502. Since
+	// 7.74 curl ignores the address in a 227 reply by default and
+	// connects to the control connection's (VIP:port, not forwarded), so
+	// pattern 2 needs --no-ftp-skip-pasv-ip with curl (python's ftplib:
+	// trust_server_pasv_ipv4_address; lftp uses the address).
+	s := &soSession{Name: "epsv-fallback-curl", Client: curlClient{}, Mode: EPSV, Source: so.Sources[0],
+		Gets: []string{"small.bin"}, Extra: []string{"--no-ftp-skip-pasv-ip"}, Work: t.TempDir()}
+	so.run([]*soSession{s})
+	if s.Res.Err != nil {
+		t.Fatalf("curl with EPSV first: %v\n%s", s.Res.Err, nstest.Tail(s.Res.Log, 40))
+	}
+	if err := checkFile(filepath.Join(s.Work, "dl-small.bin"), so.Files["small.bin"]); err != nil {
+		t.Errorf("curl with EPSV first: %v", err)
+	}
+	if !regexp.MustCompile(`(?s)> EPSV\s.*< 502 .*> PASV\s`).MatchString(s.Res.Log) {
+		t.Errorf("curl did not go EPSV, 502, PASV:\n%s", nstest.Tail(s.Res.Log, 40))
+	}
 }
 
 // kill9: see TestScaleOut.
