@@ -73,8 +73,8 @@ type options struct {
 var configs = []string{"plain", "helper", "ftpalg", "kernel"}
 
 func main() {
-	if len(os.Args) == 3 && os.Args[1] == "--worker" {
-		workerMain(os.Args[2])
+	if arg, ok := benchkit.WorkerJob(); ok {
+		workerMain(arg)
 		return
 	}
 	o, err := parseFlags()
@@ -144,7 +144,7 @@ func cleanup() {
 		return
 	}
 	cleaned = true
-	shutdownWorkers()
+	benchkit.StopWorkers()
 	benchkit.StopAll(stopGrace)
 	cleanTopo.destroy()
 	if cleanDir != "" && !keepDir {

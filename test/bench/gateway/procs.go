@@ -3,16 +3,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"sync"
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/test/internal/benchkit"
 )
 
 // stopGrace is how long a child gets between SIGTERM and SIGKILL.
@@ -26,55 +22,13 @@ func stop(p *nstest.Proc) error {
 	return p.ExitErr()
 }
 
-// workers are the client processes running now, for the signal handler.
-var (
-	workerMu     sync.Mutex
-	workers      = map[*os.Process]bool{}
-	workerClosed bool
-)
-
-// shutdownWorkers kills the client processes running now (by PID) and
-// prevents new ones.
-func shutdownWorkers() {
-	workerMu.Lock()
-	defer workerMu.Unlock()
-	workerClosed = true
-	for p := range workers {
-		p.Kill()
-	}
-}
-
-// runWorker runs one client job in namespace ns and returns its result.
-// The job's own error (r.Err) is returned as an error too.
+// runWorker runs one client job in namespace ns (benchkit.RunWorker) and
+// returns its result. The job's own error (r.Err) is returned as an error
+// too.
 func runWorker(ns *nstest.NS, j job, limit time.Duration) (result, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return result{}, err
-	}
-	arg, _ := json.Marshal(j)
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	cmd := ns.Command(ctx, self, "--worker", string(arg))
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	workerMu.Lock()
-	if workerClosed {
-		workerMu.Unlock()
-		return result{}, errors.New("shutting down")
-	}
-	if err := cmd.Start(); err != nil {
-		workerMu.Unlock()
-		return result{}, err
-	}
-	workers[cmd.Process] = true
-	workerMu.Unlock()
-	err = cmd.Wait()
-	workerMu.Lock()
-	delete(workers, cmd.Process)
-	workerMu.Unlock()
 	var r result
-	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &r); jerr != nil {
-		return r, fmt.Errorf("client %s: %v (%v)\n%s%s", j.Mode, err, jerr, out.String(), errb.String())
+	if err := benchkit.RunWorker(ns, j, &r, limit); err != nil {
+		return r, fmt.Errorf("client %s: %w", j.Mode, err)
 	}
 	if r.Err != "" {
 		return r, errors.New(r.Err)

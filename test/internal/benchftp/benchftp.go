@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -21,6 +22,9 @@ type Client struct {
 	conn net.Conn
 	tp   *textproto.Conn
 	host string // host of the control connection; data connections go there
+	// local is the address the data connections are dialed from (nil:
+	// the kernel chooses), Dialer.Source.
+	local *net.TCPAddr
 	// dataTLS is the TLS configuration of the data connections of an
 	// FTPS session (tls.go), nil for plain FTP.
 	dataTLS *tls.Config
@@ -53,6 +57,19 @@ type Dialer struct {
 	// greeting, PBSZ 0 and PROT P, and every data connection TLS,
 	// resuming the control connection's session.
 	TLS *tls.Config
+	// Source, when valid, is the client's own address: the control
+	// connection and the passive data connections are dialed from it (any
+	// port), as from one of several client hosts behind a balancer that
+	// hashes the source address.
+	Source netip.Addr
+}
+
+// localAddr is the address to dial from (nil: any).
+func (d Dialer) localAddr() *net.TCPAddr {
+	if !d.Source.IsValid() {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(d.Source, 0))
 }
 
 // Dial connects, sets deadline on the control connection and reads the
@@ -64,14 +81,18 @@ func Open(addr string, deadline time.Time) (*Client, error) { return Dialer{}.Op
 
 // Dial is the package's Dial with d's settings.
 func (d Dialer) Dial(addr string, deadline time.Time) (*Client, error) {
+	local := d.localAddr()
 	nd := net.Dialer{Deadline: deadline, KeepAlive: d.KeepAlive}
+	if local != nil {
+		nd.LocalAddr = local
+	}
 	conn, err := nd.Dial("tcp", addr)
 	if err != nil {
 		return nil, StepErr("connect", err)
 	}
 	conn.SetDeadline(deadline)
 	host, _, _ := net.SplitHostPort(addr)
-	c := &Client{conn: conn, tp: textproto.NewConn(conn), host: host}
+	c := &Client{conn: conn, tp: textproto.NewConn(conn), host: host, local: local}
 	if _, _, err := c.tp.ReadResponse(2); err != nil {
 		conn.Close()
 		return nil, StepErr("greeting", err)
@@ -195,6 +216,9 @@ func (c *Client) Transfer(command string, deadline time.Time, connectTimeout tim
 	port, _ := strconv.Atoi(ps)
 	verb, _, _ := strings.Cut(command, " ")
 	d := net.Dialer{Deadline: deadline, Timeout: connectTimeout}
+	if c.local != nil {
+		d.LocalAddr = c.local
+	}
 	dc, err := d.Dial("tcp", addr)
 	if err != nil {
 		return 0, port, StepErr(verb+" data connect", err)
