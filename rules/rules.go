@@ -48,9 +48,15 @@ type Backend interface {
 	// Setup installs the backend's own state (chains, sets, hooks) and
 	// removes leftovers of a previous run.
 	Setup(ctx context.Context) error
-	// Open adds a pinhole; when it returns nil the peer's SYN is accepted.
+	// Open adds a pinhole, or a hold on one already open with the same
+	// Key (refreshing its lifetime); when it returns nil the peer's SYN is
+	// accepted. Two sessions can need the same key: a client's forward
+	// pinholes of the kernel data path end at the server's passive port,
+	// which the server may hand to the next session the moment the first
+	// one's connection arrived.
 	Open(ctx context.Context, p Pinhole) error
-	// Close removes a pinhole; one that is already gone is not an error.
+	// Close releases one hold on p's key, by any pinhole of that key; the
+	// pinhole goes with the last. One already gone is not an error.
 	Close(ctx context.Context, p Pinhole) error
 	// Sync checks that the hooks, chains and sets Setup installed are
 	// still in place and, when a firewall reload removed some, restores

@@ -113,6 +113,7 @@ type held struct {
 	// element only before, with the time left.
 	expires time.Time
 	seq     uint64 // the Open that added it
+	holds   int    // Opens not yet Closed (rules.Backend: the last Close removes it)
 }
 
 // New returns an ipset backend; it touches the kernel only from Setup on.
@@ -300,7 +301,7 @@ func (b *Backend) destroy(ctx context.Context, set string) error {
 // Open adds p's element with a timeout of p's lifetime, rounded up to whole
 // seconds: the kernel removes it by itself if the proxy never closes it, so
 // a crashed proxy leaves no pinhole open longer than that. Opening a
-// pinhole that is open already refreshes its timeout.
+// pinhole that is open already refreshes its timeout and adds a hold.
 func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	p, err := p.Check()
 	if err != nil {
@@ -322,16 +323,11 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	expires := b.now().Add(time.Duration(to) * time.Second)
 	if err := call(func() error { return b.h.IpsetAdd(f.set, e) }); err != nil {
 		// The caller takes a failed Open for a pinhole not open and will
-		// not Close it: forget the key (an element of it from an earlier
-		// Open goes too, best effort), so that Sync cannot bring it back.
-		if _, had := b.open[p.Key()]; had {
-			delete(b.open, p.Key())
-			call(func() error { return b.h.IpsetDel(f.set, element(p)) })
-		}
+		// not Close it; the holds of earlier Opens stay theirs.
 		return b.nlerr("open "+desc(p), err)
 	}
 	b.seq++
-	b.open[p.Key()] = held{p: p, expires: expires, seq: b.seq}
+	b.open[p.Key()] = held{p: p, expires: expires, seq: b.seq, holds: b.open[p.Key()].holds + 1}
 	return nil
 }
 
@@ -345,6 +341,11 @@ func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if h, ok := b.open[p.Key()]; ok && h.holds > 1 {
+		h.holds--
+		b.open[p.Key()] = h
+		return nil
+	}
 	delete(b.open, p.Key())
 	if !b.ready {
 		return nil

@@ -72,6 +72,7 @@ type held struct {
 	// Sync restores it only before.
 	expires time.Time
 	seq     uint64 // the Open that added it
+	holds   int    // Opens not yet Closed (rules.Backend: the last Close removes it)
 }
 
 // New returns an iptables backend; it touches the kernel only from Setup on.
@@ -216,17 +217,18 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 		if ok {
 			if expires.After(h.expires) { // the rule stays as the first Open wrote it
 				h.expires = expires
-				b.open[p.Key()] = h
 			}
+			h.holds++
+			b.open[p.Key()] = h
 			return nil
 		}
-		delete(b.open, p.Key())
 	}
 	if err := x.Append(b.chain(p), ruleSpec(p)...); err != nil {
 		return b.wrap("open "+desc(p), err)
 	}
 	b.seq++
-	b.open[p.Key()] = held{p: p, expires: expires, seq: b.seq}
+	// After a flush behind our back the earlier holds still count.
+	b.open[p.Key()] = held{p: p, expires: expires, seq: b.seq, holds: b.open[p.Key()].holds + 1}
 	return nil
 }
 
@@ -241,6 +243,11 @@ func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if h, ok := b.open[p.Key()]; ok {
+		if h.holds > 1 {
+			h.holds--
+			b.open[p.Key()] = h
+			return nil
+		}
 		p = h.p
 	}
 	if !b.ready {

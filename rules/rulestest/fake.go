@@ -58,6 +58,10 @@ type Fake struct {
 	ready                     bool
 	opened, refreshed, closed int
 	syncs                     int
+	// holds counts the Opens of each key not yet Closed (the kernel's
+	// state is the Kernel's; the holds are this process's, as a real
+	// backend's memory map).
+	holds map[rules.Key]int
 	// FailOpen, when set, is returned by every Open of a valid pinhole.
 	FailOpen error
 }
@@ -80,6 +84,7 @@ func (f *Fake) Setup(context.Context) error {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	delete(f.k.open, f.instance)
+	f.holds = nil
 	f.ready = true
 	return nil
 }
@@ -92,12 +97,13 @@ func (f *Fake) Teardown(context.Context) error {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	delete(f.k.open, f.instance)
+	f.holds = nil
 	f.ready = false
 	return nil
 }
 
-// Open adds p, or refreshes the pinhole of p's key when one is open: p
-// replaces it, with its session and lifetime.
+// Open adds p, or refreshes the pinhole of p's key when one is open (p
+// replaces it, with its session and lifetime) and adds a hold.
 func (f *Fake) Open(ctx context.Context, p rules.Pinhole) error {
 	p, err := p.Check()
 	if err != nil {
@@ -127,11 +133,16 @@ func (f *Fake) Open(ctx context.Context, p rules.Pinhole) error {
 		f.opened++
 	}
 	m[p.Key()] = p
+	if f.holds == nil {
+		f.holds = map[rules.Key]int{}
+	}
+	f.holds[p.Key()]++
 	return nil
 }
 
-// Close removes the pinhole of p's key, whatever its session; one that is
-// not open (never opened, closed, flushed) is fine.
+// Close releases one hold on p's key, whatever its session, and removes
+// the pinhole with the last; one that is not open (never opened, closed,
+// flushed) is fine.
 func (f *Fake) Close(_ context.Context, p rules.Pinhole) error {
 	p, err := p.Check()
 	if err != nil {
@@ -144,6 +155,11 @@ func (f *Fake) Close(_ context.Context, p rules.Pinhole) error {
 	}
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
+	if f.holds[p.Key()] > 1 {
+		f.holds[p.Key()]--
+		return nil
+	}
+	delete(f.holds, p.Key())
 	if _, ok := f.k.open[f.instance][p.Key()]; ok {
 		delete(f.k.open[f.instance], p.Key())
 		f.closed++
@@ -208,9 +224,12 @@ func (f *Fake) List(context.Context) ([]rules.Pinhole, error) { return f.Pinhole
 // Flush removes every pinhole of f's instance, as a rules.Lister; it works
 // without Setup.
 func (f *Fake) Flush(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	delete(f.k.open, f.instance)
+	f.holds = nil
 	return nil
 }
 

@@ -539,8 +539,9 @@ func Errors(t *testing.T, c Config) {
 // local address and port), as the proxy relies on: opening a pinhole whose
 // key is open already succeeds and leaves one pinhole (ipset refreshes its
 // timeout and session, iptables keeps its rule), an IPv4-mapped peer is
-// the same key, one Close by any pinhole of the key removes it (not a
-// reference count), and closing it again is fine.
+// the same key, every Open is a hold that a Close by any pinhole of the
+// key releases, the last Close removes it, and closing it again is fine
+// (two sessions can hold one key: see rules.Backend).
 func Reopen(t *testing.T, c Config) {
 	ns, c := c.state(t)
 	b := c.SetUp(t, ns, c.Options(t))
@@ -569,13 +570,19 @@ func Reopen(t *testing.T, c Config) {
 		}
 	}
 	keys("after opening three keys, two of them again", p, other, p6)
+	// Three holds on p's key (p, again, mapped), two on p6's: each Close,
+	// by any pinhole of the key, releases one, and the last removes it.
 	closer := p
 	closer.Session, closer.Lifetime = 9, time.Second
 	Do(t, ns, "Close by another session's pinhole of the key", func(ctx context.Context) error { return b.Close(ctx, closer) })
-	keys("after one Close of the reopened key", other, p6)
 	Do(t, ns, "Close again", func(ctx context.Context) error { return b.Close(ctx, again) })
 	Do(t, ns, "Close p6", func(ctx context.Context) error { return b.Close(ctx, p6) })
-	keys("after closing p6 once (opened twice)", other)
+	keys("after two of three Closes of p's key and one of two of p6's", p, other, p6)
+	Do(t, ns, "Close mapped", func(ctx context.Context) error { return b.Close(ctx, mapped) })
+	keys("after the last Close of p's key", other, p6)
+	Do(t, ns, "Close p6 again", func(ctx context.Context) error { return b.Close(ctx, p6) })
+	keys("after the last Close of p6's key", other)
+	Do(t, ns, "Close of a key gone", func(ctx context.Context) error { return b.Close(ctx, p) })
 	Do(t, ns, "Open after Close", func(ctx context.Context) error { return b.Open(ctx, p) })
 	keys("after opening the key again", p, other)
 }
