@@ -100,26 +100,7 @@ type rateResult struct {
 // runRate runs the session loop against addr; proxyPID, when not zero, is
 // the proxy whose CPU time is counted.
 func runRate(o *options, label, addr string, proxyPID int) *rateResult {
-	m0, _ := benchkit.MachineCPU()
-	cpu0, _ := benchkit.CPUSeconds(proxyPID)
-	rr := benchkit.RunRate(addr, o.Clients, o.Duration, o.SessionTimeout)
-	m1, _ := benchkit.MachineCPU()
-	r := &rateResult{sessions: len(rr.Latencies), secs: rr.Secs, rate: float64(len(rr.Latencies)) / rr.Secs,
-		p50: benchkit.Percentile(rr.Latencies, 50), p99: benchkit.Percentile(rr.Latencies, 99), errors: rr.Errors, errKinds: rr.ErrKinds}
-	_, r.busy = busy(m1.Sub(m0))
-	extra := ""
-	if proxyPID != 0 && r.sessions > 0 {
-		cpu1, _ := benchkit.CPUSeconds(proxyPID)
-		r.proxyCPU = (cpu1 - cpu0) * 1000 / float64(r.sessions)
-		extra = fmt.Sprintf(", proxy CPU %.2f ms/session", r.proxyCPU)
-	}
-	fmt.Printf("  %-6s %7d sessions in %.1f s = %8.1f sessions/s  p50 %7.2f ms  p99 %7.2f ms  errors %d\n",
-		label, r.sessions, r.secs, r.rate, benchkit.Ms(r.p50), benchkit.Ms(r.p99), r.errors)
-	fmt.Printf("         machine %.2f of %d CPUs busy%s\n", r.busy, runtime.NumCPU(), extra)
-	for _, k := range benchkit.TopKinds(rr.ErrKinds, 5) {
-		fmt.Printf("         %6d × %s\n", rr.ErrKinds[k], k)
-	}
-	return r
+	return runRateWith(o, benchftp.Dialer{}, label, addr, proxyPID)
 }
 
 // ---- 3. memory per idle session ----

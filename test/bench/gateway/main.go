@@ -913,46 +913,13 @@ func summary(e *env, res []*cfgResult) string {
 	for _, r := range res {
 		by[r.key] = r
 	}
-	const rowFmt = "%-40s %9s %9s %9s %9s %13s %13s %13s"
-	var b strings.Builder
-	line := func(cells ...string) {
-		args := make([]any, len(cells))
-		for i, c := range cells {
-			args[i] = c
-		}
-		b.WriteString(strings.TrimRight(fmt.Sprintf(rowFmt, args...), " ") + "\n")
-	}
+	b := benchkit.NewTable("%-40s %9s %9s %9s %9s %13s %13s %13s", configs, ratioPairs, by)
 	row := func(name string, val func(*cfgResult) float64, format func(float64) string, prec int) {
-		cells := []string{name}
-		for _, k := range configs {
-			if r := by[k]; r != nil {
-				cells = append(cells, format(val(r)))
-			} else {
-				cells = append(cells, "")
-			}
-		}
-		for _, p := range ratioPairs {
-			a, c := by[p[0]], by[p[1]]
-			if a == nil || c == nil || prec < 0 {
-				cells = append(cells, "")
-				continue
-			}
-			cells = append(cells, benchkit.Ratio(val(a), val(c), prec))
-		}
-		line(cells...)
+		b.Row(name, val, format, prec, nil)
 	}
 	only := func(name string, val func(*cfgResult) float64, format func(float64) string) {
-		cells := []string{name}
-		for _, k := range configs {
-			if r := by[k]; r != nil && (k == "ftpalg" || k == "kernel") {
-				cells = append(cells, format(val(r)))
-			} else {
-				cells = append(cells, "")
-			}
-		}
-		line(append(cells, "", "", "")...)
+		b.Row(name, val, format, -1, func(k string) bool { return k == "ftpalg" || k == "kernel" })
 	}
-	line("measurement", "plain", "helper", "ftpalg", "kernel", "helper/plain", "ftpalg/helper", "kernel/helper")
 	row(fmt.Sprintf("throughput, %s RETR, median MB/s", benchkit.FormatSize(o.Size)), func(r *cfgResult) float64 { return r.mbps }, benchkit.F1, 3)
 	row("machine CPU s per GiB", func(r *cfgResult) float64 { return r.machGiB }, benchkit.F3, 3)
 	row("  of which irq+softirq", func(r *cfgResult) float64 { return r.softGiB }, benchkit.F3, -1)
@@ -972,14 +939,14 @@ func summary(e *env, res []*cfgResult) string {
 	row("other processes' CPU-s (throughput)", func(r *cfgResult) float64 { return r.otherThr }, benchkit.F2, -1)
 	row("steal CPU-s (throughput)", func(r *cfgResult) float64 { return r.stealThr }, benchkit.F2, -1)
 	if m := e.mapping; m != nil {
-		fmt.Fprintf(&b, "kernel data path, one mapping (rules/nftpath BenchmarkMapClose, %d mappings): map+close median %.1f µs, p99 %.0f µs (map %.1f / %.0f, close %.1f / %.0f)\n",
+		fmt.Fprintf(b, "kernel data path, one mapping (rules/nftpath BenchmarkMapClose, %d mappings): map+close median %.1f µs, p99 %.0f µs (map %.1f / %.0f, close %.1f / %.0f)\n",
 			m.N, m.PairMedian, m.PairP99, m.MapMedian, m.MapP99, m.CloseMedian, m.CloseP99)
 	}
 	top := "--interception " + o.interception
 	if o.topology == "reverse" {
 		top = "reverse mode"
 	}
-	fmt.Fprintf(&b, "topology %s; ftpalg: %s --firewall %s --log-level %s; aims (issue #10): kernel/helper ≥ 0.95 (throughput) and ≥ 0.9 (session rate), map+close < 100 µs median\n",
+	fmt.Fprintf(b, "topology %s; ftpalg: %s --firewall %s --log-level %s; aims (issue #10): kernel/helper ≥ 0.95 (throughput) and ≥ 0.9 (session rate), map+close < 100 µs median\n",
 		o.topology, top, o.firewall, o.logLevel)
 	return b.String()
 }

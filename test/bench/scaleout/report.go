@@ -21,48 +21,13 @@ func summary(e *env, res []*cfgResult) string {
 	for _, r := range res {
 		by[r.key] = r
 	}
-	const rowFmt = "%-44s %14s %14s %14s %14s %7s %7s %10s"
-	var b strings.Builder
-	line := func(cells ...string) {
-		args := make([]any, len(cells))
-		for i, c := range cells {
-			args[i] = c
-		}
-		b.WriteString(strings.TrimRight(fmt.Sprintf(rowFmt, args...), " ") + "\n")
-	}
-	text := func(name string, val func(*cfgResult) string) {
-		cells := []string{name}
-		for _, k := range configs {
-			if r := by[k]; r != nil {
-				cells = append(cells, val(r))
-			} else {
-				cells = append(cells, "")
-			}
-		}
-		line(append(cells, "", "", "")...)
-	}
+	b := benchkit.NewTable("%-44s %14s %14s %14s %14s %7s %7s %10s", configs, ratioPairs, by)
 	// row: prec < 0 leaves the ratios out.
 	row := func(name string, val func(*cfgResult) float64, format func(float64) string, prec int) {
-		cells := []string{name}
-		for _, k := range configs {
-			if r := by[k]; r != nil {
-				cells = append(cells, format(val(r)))
-			} else {
-				cells = append(cells, "")
-			}
-		}
-		for _, p := range ratioPairs {
-			a, c := by[p[0]], by[p[1]]
-			if a == nil || c == nil || prec < 0 {
-				cells = append(cells, "")
-				continue
-			}
-			cells = append(cells, benchkit.Ratio(val(a), val(c), prec))
-		}
-		line(cells...)
+		b.Row(name, val, format, prec, nil)
 	}
+	text := b.Text
 	count := func(v float64) string { return strconv.Itoa(int(v)) }
-	line("measurement", "direct1", "n1", "n2", "n3", "n2/n1", "n3/n1", "n1/direct1")
 	row(fmt.Sprintf("throughput, %d × %s RETR, median MB/s", o.parallel, benchkit.FormatSize(o.Size)), func(r *cfgResult) float64 { return r.mbps }, benchkit.F1, 3)
 	row("machine CPU s per GiB", func(r *cfgResult) float64 { return r.machGiB }, benchkit.F3, 3)
 	row("  of which irq+softirq", func(r *cfgResult) float64 { return r.softGiB }, benchkit.F3, 3)
@@ -92,10 +57,10 @@ func summary(e *env, res []*cfgResult) string {
 		return s
 	}, benchkit.F2, -1)
 	if d, n1 := by["direct1"], by["n1"]; d != nil && n1 != nil {
-		fmt.Fprintf(&b, "director's cost (n1 − direct1, the same instance without and with the balancer): %+.3f ms CPU per session (irq+softirq %+.3f), %+.3f CPU-s per GiB (irq+softirq %+.3f)\n",
+		fmt.Fprintf(b, "director's cost (n1 − direct1, the same instance without and with the balancer): %+.3f ms CPU per session (irq+softirq %+.3f), %+.3f CPU-s per GiB (irq+softirq %+.3f)\n",
 			n1.machPerSession()-d.machPerSession(), n1.softPerSession()-d.softPerSession(), n1.machGiB-d.machGiB, n1.softGiB-d.softGiB)
 	}
-	fmt.Fprintf(&b, "director: nftables DNAT by jhash(saddr) mod %d buckets (stand-in for IPVS, which this kernel lacks); %d client source addresses; %s CPUs shared by clients, director, instances and servers\n",
+	fmt.Fprintf(b, "director: nftables DNAT by jhash(saddr) mod %d buckets (stand-in for IPVS, which this kernel lacks); %d client source addresses; %s CPUs shared by clients, director, instances and servers\n",
 		buckets, numSources, e.facts.NProc)
 	return b.String()
 }
