@@ -336,6 +336,13 @@ func dial(ns *nstest.NS, addr string, timeout time.Duration) (net.Conn, error) {
 // FTP 220 greeting, the deadline passes, or alive reports the serving
 // process died.
 func waitBanner(ns *nstest.NS, addr string, deadline time.Duration, alive func() error) error {
+	return waitGreeting(ns, addr, deadline, alive, "", nil)
+}
+
+// waitGreeting is waitBanner over start (nil: plain), which makes the
+// connection the greeting is read from (implicit TLS: the handshake);
+// what names it in the error.
+func waitGreeting(ns *nstest.NS, addr string, deadline time.Duration, alive func() error, what string, start func(net.Conn) (net.Conn, error)) error {
 	end := time.Now().Add(deadline)
 	var last error
 	for time.Now().Before(end) {
@@ -345,22 +352,28 @@ func waitBanner(ns *nstest.NS, addr string, deadline time.Duration, alive func()
 		c, err := dial(ns, addr, time.Second)
 		if err == nil {
 			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-			line, rerr := bufio.NewReader(c).ReadString('\n')
-			if rerr == nil && strings.HasPrefix(line, "220") {
+			if start != nil {
+				c, err = start(c)
+			}
+			var line string
+			if err == nil {
+				if line, err = bufio.NewReader(c).ReadString('\n'); err != nil {
+					err = fmt.Errorf("connected but no greeting: %w", err)
+				}
+			}
+			if err == nil && strings.HasPrefix(line, "220") {
 				// Be polite: say goodbye so servers do not log errors.
 				_, _ = c.Write([]byte("QUIT\r\n"))
 				c.Close()
 				return nil
 			}
 			c.Close()
-			if rerr != nil {
-				err = fmt.Errorf("connected but no greeting: %w", rerr)
-			} else {
+			if err == nil {
 				err = fmt.Errorf("unexpected greeting %q", strings.TrimSpace(line))
 			}
 		}
 		last = err
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("%s (from netns %s) not ready after %v: %v", addr, ns.Name, deadline, last)
+	return fmt.Errorf("%s (%sfrom netns %s) not ready after %v: %v", addr, what, ns.Name, deadline, last)
 }

@@ -196,34 +196,10 @@ func (o *ServerTLS) waitBanner(ns *nstest.NS, addr string, deadline time.Duratio
 
 func waitTLSBanner(ns *nstest.NS, addr string, l *tlsLab, deadline time.Duration, alive func() error) error {
 	host, _, _ := net.SplitHostPort(addr)
-	end := time.Now().Add(deadline)
-	var last error
-	for time.Now().Before(end) {
-		if err := alive(); err != nil {
-			return err
-		}
-		c, err := dial(ns, addr, time.Second)
-		if err == nil {
-			tc := tls.Client(c, l.clientConfig(host))
-			_ = tc.SetDeadline(time.Now().Add(3 * time.Second))
-			var line string
-			if err = tc.Handshake(); err == nil {
-				line, err = bufio.NewReader(tc).ReadString('\n')
-			}
-			if err == nil && strings.HasPrefix(line, "220") {
-				_, _ = tc.Write([]byte("QUIT\r\n"))
-				tc.Close()
-				return nil
-			}
-			tc.Close()
-			if err == nil {
-				err = fmt.Errorf("unexpected greeting %q", strings.TrimSpace(line))
-			}
-		}
-		last = err
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("%s (TLS, from netns %s) not ready after %v: %v", addr, ns.Name, deadline, last)
+	return waitGreeting(ns, addr, deadline, alive, "TLS, ", func(c net.Conn) (net.Conn, error) {
+		tc := tls.Client(c, l.clientConfig(host))
+		return tc, tc.Handshake()
+	})
 }
 
 // ---------------------------------------------------------------- clients
