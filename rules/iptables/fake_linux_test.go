@@ -191,7 +191,10 @@ func TestFakeForwardPinhole(t *testing.T) {
 	if err != nil || len(got) != 2 || got[0].Forward == got[1].Forward || got[0].Key().Local != p4.Local {
 		t.Errorf("List = %v, %v; want the input and the Forward pinhole of one tuple", got, err)
 	}
+	// Opened twice: the first Close releases one hold, the second removes it.
 	do(t, "Close Forward", func(ctx context.Context) error { return b.Close(ctx, fwd) })
+	checkFake(t, x, xtables.IPv4, withForward(filterWith("", rule4), rule4))
+	do(t, "Close Forward again", func(ctx context.Context) error { return b.Close(ctx, fwd) })
 	checkFake(t, x, xtables.IPv4, filterWith("", rule4))
 	do(t, "Open Forward", func(ctx context.Context) error { return b.Open(ctx, fwd) })
 	do(t, "Close input", func(ctx context.Context) error { return b.Close(ctx, p4) })

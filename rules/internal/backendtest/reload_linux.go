@@ -314,10 +314,12 @@ func ReloadRace(t *testing.T, c Config) {
 	b := c.SetUp(t, ns, c.Options(t))
 	const workers, reloads = 4, 3
 	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		open = map[rules.Key]bool{} // each worker's keys are its own
-		stop = make(chan struct{})
+		wg sync.WaitGroup
+		mu sync.Mutex
+		// holds counts each key's Opens not yet Closed (rules.Backend):
+		// a key is open while it has one. Each worker's keys are its own.
+		holds = map[rules.Key]int{}
+		stop  = make(chan struct{})
 	)
 	for w := range workers {
 		wg.Go(func() {
@@ -338,20 +340,19 @@ func ReloadRace(t *testing.T, c Config) {
 					peer, local = nstest.PeerAddr6, nstest.ServerAddr6
 				}
 				p := Pinhole(peer, local, uint16(40000+w*100+i%20), uint64(w*1000+i), time.Minute)
-				err := b.Open(context.Background(), p)
-				mu.Lock()
-				if err == nil {
-					open[p.Key()] = true
-				} else {
-					delete(open, p.Key())
+				// A failed Open holds nothing, and its caller does not Close.
+				if err := b.Open(context.Background(), p); err != nil {
+					continue
 				}
+				mu.Lock()
+				holds[p.Key()]++
 				mu.Unlock()
 				if i%2 == 1 {
 					if err := b.Close(context.Background(), p); err != nil {
 						t.Errorf("Close %s: %v", p, err)
 					}
 					mu.Lock()
-					delete(open, p.Key())
+					holds[p.Key()]--
 					mu.Unlock()
 				}
 			}
@@ -374,8 +375,10 @@ func ReloadRace(t *testing.T, c Config) {
 	for _, p := range mustList(t, ns, b.(rules.Lister)) {
 		have = append(have, fmt.Sprint(p.Key()))
 	}
-	for k := range open {
-		want = append(want, fmt.Sprint(k))
+	for k, n := range holds {
+		if n > 0 {
+			want = append(want, fmt.Sprint(k))
+		}
 	}
 	slices.Sort(have)
 	slices.Sort(want)
