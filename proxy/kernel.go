@@ -59,7 +59,11 @@ func (s *Session) openKernelOffer(sp offerSpec) (*dataOffer, error) {
 	o.release, o.closed = release, make(chan struct{})
 	passive, peer, target := sp.passive, o.peer, sp.target
 	m := rules.Mapping{Peer: peer, Announced: ap, Target: target, Lifetime: s.cfg.DataAcceptTimeout, Session: s.id}
-	if sp.from.Unmap() != peer {
+	// SNAT even to the peer's own address (--upstream-source client):
+	// the binding keeps the host's own source NAT (a router's MASQUERADE
+	// toward the server) off the connection, and the far end must see the
+	// control connection's address.
+	if sp.from.IsValid() {
 		m.Source = sp.from
 	}
 	// The forward path's filter sees the connection after DNAT: from the

@@ -178,8 +178,6 @@ func newSession(srv *Server, id uint64, client net.Conn, peer netip.AddrPort) *S
 // run relays the session until it ends, then cleans up. It returns when
 // every goroutine and data connection of the session is gone.
 func (s *Session) run() {
-	defer s.reportUnconfirmed()
-	defer s.data.Wait()
 	s.log.Info(MsgSessionStarted, zap.Stringer("local", s.clientSide))
 	// The login timeout counts from the client's connect, the server's
 	// connect time included.
@@ -193,7 +191,7 @@ func (s *Session) run() {
 		s.stopLoginTimer()
 		s.rawClient.Close()
 		s.cancel()
-		s.log.Info(MsgSessionEnded, zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)))
+		s.ended()
 		return
 	}
 	torn := make(chan struct{})
@@ -218,8 +216,20 @@ func (s *Session) run() {
 	s.idle.stop()
 	s.stopLoginTimer()
 	s.refusalSummary()
-	s.log.Info(MsgSessionEnded, zap.Stringer("reason", s.reason()), zap.Duration("duration", time.Since(s.started)),
-		zap.Int64("commands", s.commands.Load()), zap.Int64("refused", s.refused.Load()))
+	s.ended(zap.Int64("commands", s.commands.Load()), zap.Int64("refused", s.refused.Load()))
+}
+
+// ended waits for the session's data goroutines (a kernel-carried
+// transfer is reported once conntrack saw its end, after the server's
+// reply), reports the transfers the server never answered, and then logs
+// the session's end: its last line, so that a reader that saw it has all
+// of the session's lines. The duration is the session's own, without
+// that wait.
+func (s *Session) ended(fields ...zap.Field) {
+	took := time.Since(s.started)
+	s.data.Wait()
+	s.reportUnconfirmed()
+	s.log.Info(MsgSessionEnded, append([]zap.Field{zap.Stringer("reason", s.reason()), zap.Duration("duration", took)}, fields...)...)
 }
 
 // dialServer connects to the server. On failure the client has been told

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/nstest"
+	"github.com/ftpalg/ftpalg/proxy"
 )
 
 // proxyBinary is the ftpalg binary built by TestMain ("" if the build
@@ -63,6 +64,28 @@ type Proxy struct {
 	*nstest.Proc
 	Listen    string
 	Advertise string
+}
+
+// LogOfSessions returns ftpalg's log from offset off once it holds n
+// "session ended" lines (at most wait later): a session's end is its last
+// line, so the sessions' transfer lines are all in — a kernel-carried
+// transfer is reported when conntrack saw its end, which can be after the
+// client exited.
+func (p *Proxy) LogOfSessions(t testing.TB, off int64, n int, wait time.Duration) string {
+	t.Helper()
+	ended := `"msg":"` + proxy.MsgSessionEnded + `"`
+	end := time.Now().Add(wait)
+	for {
+		log := p.LogSince(off)
+		if strings.Count(log, ended) >= n {
+			return log
+		}
+		if time.Now().After(end) {
+			t.Errorf("ftpalg logged %d of %d session ends within %v", strings.Count(log, ended), n, wait)
+			return log
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // ProxyConfig are the flags of "ftpalg run".

@@ -272,7 +272,7 @@ func gw6TransferCheck(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCa
 		}
 		after(sizes, 1)
 	}
-	plog := p.LogSince(logOff)
+	plog := p.LogOfSessions(t, logOff, 1, 10*time.Second)
 	if res.Err != nil {
 		t.Errorf("%s (%s) over IPv6 through router %s failed after %v: %v", c.client.Name(), c.mode.Command(), r.Name, elapsed.Round(time.Millisecond), res.Err)
 	}

@@ -162,7 +162,7 @@ func gwTransferCheck(t *testing.T, r *GwRouter, srv *Server, p *GwProxy, c gwCas
 		}
 		after(sizes, 1)
 	}
-	plog := p.LogSince(logOff)
+	plog := p.LogOfSessions(t, logOff, 1, 10*time.Second)
 
 	if res.Err != nil {
 		t.Errorf("%s (%s) through router %s failed after %v: %v", c.client.Name(), c.mode.Command(), r.Name, elapsed.Round(time.Millisecond), res.Err)
@@ -445,12 +445,23 @@ func TestGatewayUpstreamSourceClient(t *testing.T) {
 		{name: "curl-eprt", client: curlClient{}, mode: EPRT},
 		{name: "lftp-port", client: lftpClient{}, mode: PORT},
 	}
-	for _, mode := range []Interception{Redirect, TProxy} {
-		t.Run(string(mode), func(t *testing.T) {
+	kernelHost(t, r.Router)
+	for _, run := range []struct {
+		name  string
+		mode  Interception
+		extra []string
+	}{
+		{"redirect", Redirect, nil}, {"tproxy", TProxy, nil},
+		// The kernel data path: the server must see the client's address
+		// on the data connections too, not the router's MASQUERADE.
+		{"redirect-kernel", Redirect, kernelFlags},
+	} {
+		mode := run.mode
+		t.Run(run.name, func(t *testing.T) {
 			remove := r.InstallInterception(t, InterceptOpts{Mode: mode, ExemptTransparentFromMasq: true})
 			off := srv.vsftpdLogSize()
 			// A short connect timeout bounds the source-port collision case.
-			p := r.StartGatewayProxy(t, GwProxyOpts{Mode: mode, UpstreamSourceClient: true, Extra: []string{"--connect-timeout", "3s"}})
+			p := r.StartGatewayProxy(t, GwProxyOpts{Mode: mode, UpstreamSourceClient: true, Extra: append([]string{"--connect-timeout", "3s"}, run.extra...)})
 			runGwCases(t, r, srv, p, cases, false)
 			clients := srv.vsftpdClients(off)
 			t.Logf("vsftpd logged clients %v", clients)

@@ -516,6 +516,12 @@ func (r *GwRouter) LaunchGatewayProxy(t testing.TB, o GwProxyOpts) *GwProxy {
 	if o.Intercept != "" {
 		args = append(args, "--intercept", o.Intercept)
 	}
+	if !slices.Contains(o.Extra, "--data-path") {
+		// The gateway tests are the splice path's (the default, auto,
+		// picks the kernel on these routers); TestKernelGateway and the
+		// kernel cases pass --data-path kernel.
+		args = append(args, "--data-path", "splice")
+	}
 	args = append(args, o.Extra...)
 	logPath := filepath.Join(t.TempDir(), "ftpalg-"+r.Name+".log")
 	p := &GwProxy{Proxy: &Proxy{Proc: nstest.Start(t, r.Router, "ftpalg-"+r.Name, logPath, clientEnv(os.TempDir()), args...)}, r: r, before: before}
