@@ -166,3 +166,41 @@ func StartWatch(ctx context.Context, interval time.Duration, log *zap.Logger, ss
 		wg.Wait()
 	}
 }
+
+// ReconcilePinholes brings the pinholes the kernel holds (have) to those
+// this process holds open (held, a snapshot by key): restore adds one that
+// is missing, remove takes out a stray, each reporting whether it changed
+// the kernel; r counts them. A failure is wrapped with what (as "restore
+// 203.0.113.9→192.0.2.1:50012") and the others are still tried. It is the
+// pinhole part of a backend's Sync, the same for every backend.
+func ReconcilePinholes[H any](r *Restored, have map[Key]Pinhole, held map[Key]H,
+	restore func(Key, H) (bool, error), remove func(Pinhole) (bool, error), wrap func(what string, err error) error) []error {
+	var errs []error
+	for k, h := range held {
+		if _, ok := have[k]; ok {
+			continue
+		}
+		added, err := restore(k, h)
+		if err != nil {
+			errs = append(errs, wrap("restore "+k.Peer.String()+"→"+k.Local.String(), err))
+			continue
+		}
+		if added {
+			r.Pinholes++
+		}
+	}
+	for k, p := range have {
+		if _, ok := held[k]; ok {
+			continue
+		}
+		removed, err := remove(p)
+		if err != nil {
+			errs = append(errs, wrap("remove stray "+p.Peer.String()+"→"+p.Local.String(), err))
+			continue
+		}
+		if removed {
+			r.Stray++
+		}
+	}
+	return errs
+}

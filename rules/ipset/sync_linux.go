@@ -115,33 +115,10 @@ func (b *Backend) repair(ctx context.Context, f *family, hdr *setDump, r *rules.
 			}
 		}
 	}
-	var errs []error
-	for k, h := range snap {
-		if _, ok := have[k]; ok {
-			continue
-		}
-		added, err := b.restore(f, k, h.seq)
-		if err != nil {
-			errs = append(errs, b.nlerr("sync: restore "+desc(h.p), err))
-			continue
-		}
-		if added {
-			r.Pinholes++
-		}
-	}
-	for k, p := range have {
-		if _, ok := snap[k]; ok {
-			continue
-		}
-		removed, err := b.removeStray(f, p)
-		if err != nil {
-			errs = append(errs, b.nlerr("sync: remove stray "+desc(p), err))
-			continue
-		}
-		if removed {
-			r.Stray++
-		}
-	}
+	errs := rules.ReconcilePinholes(r, have, snap,
+		func(k rules.Key, h held) (bool, error) { return b.restore(f, k, h.seq) },
+		func(p rules.Pinhole) (bool, error) { return b.removeStray(f, p) },
+		func(what string, err error) error { return b.nlerr("sync: "+what, err) })
 
 	fail := func(err error) error { return errors.Join(append(errs, err)...) }
 	if err := ctx.Err(); err != nil {

@@ -112,33 +112,10 @@ func (b *Backend) repair(ctx context.Context, i int, x *xtables.Tables, r *rules
 			}
 		}
 	}
-	var errs []error
-	for k, h := range snap {
-		if _, ok := have[k]; ok {
-			continue
-		}
-		added, err := b.restore(x, k, h.seq)
-		if err != nil {
-			errs = append(errs, b.wrap("sync: restore "+desc(h.p), err))
-			continue
-		}
-		if added {
-			r.Pinholes++
-		}
-	}
-	for k, p := range have {
-		if _, ok := snap[k]; ok {
-			continue
-		}
-		removed, err := b.removeStray(x, p)
-		if err != nil {
-			errs = append(errs, b.wrap("sync: remove stray "+desc(p), err))
-			continue
-		}
-		if removed {
-			r.Stray++
-		}
-	}
+	errs := rules.ReconcilePinholes(r, have, snap,
+		func(k rules.Key, h held) (bool, error) { return b.restore(x, k, h.seq) },
+		func(p rules.Pinhole) (bool, error) { return b.removeStray(x, p) },
+		func(what string, err error) error { return b.wrap("sync: "+what, err) })
 	return errors.Join(errs...)
 }
 
