@@ -31,50 +31,81 @@ type Driver struct {
 	Probe func(ctx context.Context, opts Options) error
 }
 
-var (
-	driversMu sync.Mutex
-	drivers   = map[string]Driver{}
-)
-
-// Register makes a backend available to New and Detect. It panics on a
-// duplicate or empty name: that is a programming error found at init.
-func Register(d Driver) {
-	driversMu.Lock()
-	defer driversMu.Unlock()
-	if d.Name == "" || d.New == nil {
-		panic("rules: Register: a driver needs a Name and New")
-	}
-	if _, dup := drivers[d.Name]; dup || d.Name == "none" {
-		panic("rules: Register: duplicate backend " + d.Name)
-	}
-	drivers[d.Name] = d
+// registry holds the registered drivers of one kind (pinhole backends,
+// kernel data paths) by name.
+type registry[D any] struct {
+	fn      string                // the registering function, for its panics
+	builtin string                // the name no driver may take ("none", Splice)
+	key     func(D) (string, int) // a driver's name and preference
+	ok      func(D) bool          // whether a driver is complete
+	mu      sync.Mutex
+	m       map[string]D
 }
 
-// Names returns the backend names New accepts, "none" last.
-func Names() []string {
-	ds := sortedDrivers()
-	out := make([]string, 0, len(ds)+1)
-	for _, d := range ds {
-		out = append(out, d.Name)
+// register adds d. It panics on a duplicate or empty name: that is a
+// programming error found at init.
+func (r *registry[D]) register(d D) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	name, _ := r.key(d)
+	if name == "" || !r.ok(d) {
+		panic("rules: " + r.fn + ": a driver needs a Name and New")
 	}
-	return append(out, "none")
+	if _, dup := r.m[name]; dup || name == r.builtin {
+		panic("rules: " + r.fn + ": duplicate " + name)
+	}
+	if r.m == nil {
+		r.m = map[string]D{}
+	}
+	r.m[name] = d
 }
 
-func sortedDrivers() []Driver {
-	driversMu.Lock()
-	ds := make([]Driver, 0, len(drivers))
-	for _, d := range drivers {
+func (r *registry[D]) get(name string) (D, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, ok := r.m[name]
+	return d, ok
+}
+
+// sorted returns the drivers by preference (lower first), then name.
+func (r *registry[D]) sorted() []D {
+	r.mu.Lock()
+	ds := make([]D, 0, len(r.m))
+	for _, d := range r.m {
 		ds = append(ds, d)
 	}
-	driversMu.Unlock()
-	slices.SortFunc(ds, func(a, b Driver) int {
-		if a.Preference != b.Preference {
-			return a.Preference - b.Preference
+	r.mu.Unlock()
+	slices.SortFunc(ds, func(a, b D) int {
+		an, ap := r.key(a)
+		bn, bp := r.key(b)
+		if ap != bp {
+			return ap - bp
 		}
-		return strings.Compare(a.Name, b.Name)
+		return strings.Compare(an, bn)
 	})
 	return ds
 }
+
+// names returns the drivers' names in order, the built-in one last.
+func (r *registry[D]) names() []string {
+	var out []string
+	for _, d := range r.sorted() {
+		name, _ := r.key(d)
+		out = append(out, name)
+	}
+	return append(out, r.builtin)
+}
+
+var drivers = registry[Driver]{fn: "Register", builtin: "none",
+	key: func(d Driver) (string, int) { return d.Name, d.Preference },
+	ok:  func(d Driver) bool { return d.New != nil }}
+
+// Register makes a backend available to New and Detect. It panics on a
+// duplicate or empty name: that is a programming error found at init.
+func Register(d Driver) { drivers.register(d) }
+
+// Names returns the backend names New accepts, "none" last.
+func Names() []string { return drivers.names() }
 
 // New builds the backend called name: "none" or a registered one ("ipset",
 // "iptables"). It touches no kernel state; Setup does.
@@ -85,9 +116,7 @@ func New(name string, opts Options) (Backend, error) {
 	if name == "none" {
 		return None{}, nil
 	}
-	driversMu.Lock()
-	d, ok := drivers[name]
-	driversMu.Unlock()
+	d, ok := drivers.get(name)
 	if !ok {
 		return nil, fmt.Errorf("%w %q: this build knows %s", ErrUnknownBackend, name, strings.Join(Names(), ", "))
 	}
@@ -101,7 +130,7 @@ func New(name string, opts Options) (Backend, error) {
 // else "none". reason says why, naming each backend passed over and its
 // error; it is also logged.
 func Detect(ctx context.Context, log *zap.Logger) (name string, reason string) {
-	return detect(ctx, log, sortedDrivers())
+	return detect(ctx, log, drivers.sorted())
 }
 
 func detect(ctx context.Context, log *zap.Logger, ds []Driver) (name string, reason string) {
@@ -156,50 +185,17 @@ type DataPathDriver struct {
 // returns a nil DataPath for it.
 const Splice = "splice"
 
-var (
-	dataPathsMu sync.Mutex
-	dataPaths   = map[string]DataPathDriver{}
-)
+var dataPaths = registry[DataPathDriver]{fn: "RegisterDataPath", builtin: Splice,
+	key: func(d DataPathDriver) (string, int) { return d.Name, d.Preference },
+	ok:  func(d DataPathDriver) bool { return d.New != nil }}
 
 // RegisterDataPath makes a kernel data path available to NewDataPath and
 // DetectDataPath. It panics on a duplicate or empty name.
-func RegisterDataPath(d DataPathDriver) {
-	dataPathsMu.Lock()
-	defer dataPathsMu.Unlock()
-	if d.Name == "" || d.New == nil {
-		panic("rules: RegisterDataPath: a driver needs a Name and New")
-	}
-	if _, dup := dataPaths[d.Name]; dup || d.Name == Splice {
-		panic("rules: RegisterDataPath: duplicate data path " + d.Name)
-	}
-	dataPaths[d.Name] = d
-}
+func RegisterDataPath(d DataPathDriver) { dataPaths.register(d) }
 
 // DataPathNames returns the data path names NewDataPath accepts, Splice
 // last.
-func DataPathNames() []string {
-	var out []string
-	for _, d := range sortedDataPaths() {
-		out = append(out, d.Name)
-	}
-	return append(out, Splice)
-}
-
-func sortedDataPaths() []DataPathDriver {
-	dataPathsMu.Lock()
-	ds := make([]DataPathDriver, 0, len(dataPaths))
-	for _, d := range dataPaths {
-		ds = append(ds, d)
-	}
-	dataPathsMu.Unlock()
-	slices.SortFunc(ds, func(a, b DataPathDriver) int {
-		if a.Preference != b.Preference {
-			return a.Preference - b.Preference
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
-	return ds
-}
+func DataPathNames() []string { return dataPaths.names() }
 
 // NewDataPath builds the data path called name: a registered one
 // ("nftables"), or Splice, for which it returns nil and no error (the
@@ -212,9 +208,7 @@ func NewDataPath(name string, opts Options) (DataPath, error) {
 	if name == Splice {
 		return nil, nil
 	}
-	dataPathsMu.Lock()
-	d, ok := dataPaths[name]
-	dataPathsMu.Unlock()
+	d, ok := dataPaths.get(name)
 	if !ok {
 		return nil, fmt.Errorf("%w %q: this build knows %s", ErrUnknownDataPath, name, strings.Join(DataPathNames(), ", "))
 	}
@@ -229,7 +223,7 @@ func NewDataPath(name string, opts Options) (DataPath, error) {
 // probe looks for what admits forwarded connections, and the backend's
 // FORWARD hook is one such thing.
 func DetectDataPath(ctx context.Context, opts Options) (name string, reason string) {
-	return detectDataPath(ctx, opts, sortedDataPaths())
+	return detectDataPath(ctx, opts, dataPaths.sorted())
 }
 
 func detectDataPath(ctx context.Context, opts Options, ds []DataPathDriver) (name string, reason string) {
