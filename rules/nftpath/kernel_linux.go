@@ -343,32 +343,42 @@ func (k *nftKernel) send(msgs []netlink.Message) (first, last uint32, err error)
 	return first, k.seq, nil
 }
 
+// readDatagram reads one datagram from the netlink socket into k.buf,
+// waiting in the runtime's poller, and parses its messages.
+func (k *nftKernel) readDatagram() ([]syscall.NetlinkMessage, error) {
+	rc, err := k.nl.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var (
+		n    int
+		rerr error
+	)
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, rerr = unix.Recvfrom(int(fd), k.buf, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	}); err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("netlink receive: %w", rerr)
+	}
+	ms, err := syscall.ParseNetlinkMessage(k.buf[:n])
+	if err != nil {
+		return nil, fmt.Errorf("netlink receive: %w", err)
+	}
+	return ms, nil
+}
+
 // receive reads the answers to the messages numbered first to last until
 // the one to last (an acknowledgement or an error), and returns the
 // first error among them. Each answer is a datagram of its own.
 func (k *nftKernel) receive(first, last uint32) error {
-	rc, err := k.nl.SyscallConn()
-	if err != nil {
-		return err
-	}
 	var failed error
 	for {
-		var (
-			n    int
-			rerr error
-		)
-		if err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), k.buf, 0)
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		}); err != nil {
-			return err
-		}
-		if rerr != nil {
-			return fmt.Errorf("netlink receive: %w", rerr)
-		}
-		ms, err := syscall.ParseNetlinkMessage(k.buf[:n])
+		ms, err := k.readDatagram()
 		if err != nil {
-			return fmt.Errorf("netlink receive: %w", err)
+			return err
 		}
 		for _, m := range ms {
 			if m.Header.Seq < first || m.Header.Seq > last {
@@ -424,27 +434,10 @@ func (k *nftKernel) generation() (uint32, error) {
 		return 0, err
 	}
 	// The answer is a NEWGEN message, without an acknowledgement.
-	rc, err := k.nl.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
 	for {
-		var (
-			n    int
-			rerr error
-		)
-		if err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), k.buf, 0)
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		}); err != nil {
-			return 0, err
-		}
-		if rerr != nil {
-			return 0, fmt.Errorf("netlink receive: %w", rerr)
-		}
-		ms, err := syscall.ParseNetlinkMessage(k.buf[:n])
+		ms, err := k.readDatagram()
 		if err != nil {
-			return 0, fmt.Errorf("netlink receive: %w", err)
+			return 0, err
 		}
 		for _, m := range ms {
 			if m.Header.Seq != seq {
